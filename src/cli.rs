@@ -1,0 +1,140 @@
+//! The command line: `serve`, `migrate`, `check-config`, `version`. Each subcommand is a
+//! plain function of its arguments.
+//!
+//! Owns argument parsing and the mapping of failures to exit codes (2 = bad config or
+//! input, 1 = anything else). Messages go to stderr as one line (printed by `main`); logs
+//! go to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, AppError};
+use crate::clock::SystemClock;
+use crate::config::{self, ConfigError, ConfigSource};
+use crate::signals::Signals;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::telemetry::{self, TelemetryError};
+
+#[derive(Debug, Parser)]
+#[command(name = "workspaced", version, about = "Keeps developer workspaces alive, warm and tidy")]
+pub struct Cli {
+    /// The TOML config file [default: /etc/workspaced/workspaced.toml when it exists,
+    /// else built-in defaults]
+    #[arg(long, global = true, env = "WORKSPACED_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP server, reconciler, lifecycle and GC loops.
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Validate the config and exit 0 (valid) or 2 (invalid).
+    CheckConfig,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot write to stdout")]
+    Stdout(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// 2 for input the operator must fix (config), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Telemetry(TelemetryError::Filter { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let source = ConfigSource::resolve(cli.config.as_deref());
+    match cli.command {
+        Command::Serve => serve(source),
+        Command::Migrate => migrate(source),
+        Command::CheckConfig => check_config(source),
+        Command::Version => print(&format!("workspaced {}", env!("CARGO_PKG_VERSION"))),
+    }
+}
+
+fn serve(source: ConfigSource) -> Result<(), CliError> {
+    let config = config::load(&source)?;
+    let _telemetry = telemetry::init(&config.log)?;
+    tracing::info!(config = %source.describe(), version = env!("CARGO_PKG_VERSION"), "starting workspaced");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("workspaced")
+        .build()
+        .map_err(CliError::Runtime)?;
+    let result = runtime.block_on(async move {
+        // Before anything else: an early SIGHUP or SIGTERM must be handled, not fatal.
+        let signals = Signals::register().map_err(CliError::Signals)?;
+        let app = App::build(config, source, Arc::new(SystemClock))?;
+        let report = app.open_report();
+        tracing::info!(
+            addr = %app.local_addr(),
+            database = %app.store().path().display(),
+            created = report.created,
+            schema_version = report.schema_version,
+            applied_migrations = ?report.applied_migrations,
+            "http server listening"
+        );
+        let shutdown = CancellationToken::new();
+        let signal_task = tokio::spawn(signals.run(shutdown.clone(), app.reloader()));
+        let result = app.run(shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = signal_task.await;
+        result.map_err(CliError::from)
+    });
+    // A blocking database call still running after the grace period is abandoned here.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn migrate(source: ConfigSource) -> Result<(), CliError> {
+    let config = config::load(&source)?;
+    let (store, report) = Store::open(StoreOptions::from_config(&config.storage))?;
+    let applied = if report.applied_migrations.is_empty() {
+        "nothing to apply".to_owned()
+    } else {
+        format!("applied {:?}", report.applied_migrations)
+    };
+    print(&format!(
+        "database {}: schema version {} ({applied})",
+        store.path().display(),
+        report.schema_version
+    ))
+}
+
+fn check_config(source: ConfigSource) -> Result<(), CliError> {
+    config::load(&source)?;
+    print(&format!("config OK: {}", source.describe()))
+}
+
+fn print(line: &str) -> Result<(), CliError> {
+    writeln!(std::io::stdout().lock(), "{line}").map_err(CliError::Stdout)
+}

@@ -1,0 +1,431 @@
+//! The daemon's configuration: built-in defaults, then one TOML file, then `WORKSPACED_*`
+//! environment variables (`WORKSPACED_<SECTION>__<KEY>`), merged by figment into `Config`.
+//!
+//! Owns loading, typed defaults and validation. Every error names the key, the value where
+//! there is one, and the source (file path or environment variable). It must not touch the
+//! database or start anything: a config is checked completely before it is used.
+
+pub mod duration;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use duration::HumanDuration;
+
+/// The config file used when `--config` is not given and this file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/workspaced/workspaced.toml";
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "WORKSPACED_";
+
+/// The whole configuration. Every section and key has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub outbox: OutboxConfig,
+    pub reconciler: ReconcilerConfig,
+    pub lifecycle: LifecycleConfig,
+    pub gc: GcConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP server (`/healthz`, `/readyz`, `/metrics`, the API). Port 0
+    /// picks a free port; the daemon logs the address it bound.
+    pub listen: SocketAddr,
+    /// How long shutdown waits for requests and loops to finish before giving up.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2118)),
+            shutdown_grace: HumanDuration::from_secs(8),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Holds the database (`workspaced.db`) and the local backend's workspace directories.
+    /// A relative path is relative to the daemon's working directory.
+    pub data_dir: PathBuf,
+    /// SQLite `synchronous` pragma. `full` survives power loss; `normal` is faster.
+    pub synchronous: Synchronous,
+    /// How long a connection waits for a lock held by another process.
+    pub busy_timeout: HumanDuration,
+    /// Read-only connections kept open for queries.
+    pub read_connections: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+            synchronous: Synchronous::Full,
+            busy_timeout: HumanDuration::from_secs(5),
+            read_connections: 4,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The SQLite file inside `data_dir`.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("workspaced.db")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Off,
+    Normal,
+    Full,
+    Extra,
+}
+
+impl Synchronous {
+    pub fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `workspaced=debug,info`). `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// `text` for people and journald, `json` for log shippers.
+    pub format: LogFormat,
+    pub file: LogFileConfig,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".to_owned(), format: LogFormat::Text, file: LogFileConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An optional rolling log file, written by a non-blocking background writer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFileConfig {
+    /// Directory for `workspaced.<date>.log` files; empty = no log file (stdout only).
+    pub directory: PathBuf,
+    pub rotation: LogRotation,
+    /// How many rotated files to keep; older ones are removed.
+    pub max_files: usize,
+}
+
+impl Default for LogFileConfig {
+    fn default() -> Self {
+        LogFileConfig { directory: PathBuf::new(), rotation: LogRotation::Daily, max_files: 7 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Hourly,
+    Daily,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// The publisher wakes at once after a commit of this process; this poll also picks up
+    /// events written by other processes (CLI commands) and retries after errors.
+    pub poll_interval: HumanDuration,
+    /// Events read and published per batch.
+    pub batch_size: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { poll_interval: HumanDuration::from_secs(5), batch_size: 256 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcilerConfig {
+    /// Time between reconcile cycles; the first one runs one interval after start.
+    pub interval: HumanDuration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig { interval: HumanDuration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Time between lifecycle ticks.
+    pub interval: HumanDuration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { interval: HumanDuration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Whether the garbage collector deletes anything at all.
+    pub enabled: bool,
+    /// Time between GC runs.
+    pub interval: HumanDuration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { enabled: false, interval: HumanDuration::from_secs(30 * 60) }
+    }
+}
+
+/// Where the config came from: a file (maybe none) plus the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// The TOML file, or `None` for built-in defaults plus environment only.
+    pub file: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// `--config PATH` when given; otherwise the default path if it exists; otherwise none.
+    pub fn resolve(explicit: Option<&Path>) -> ConfigSource {
+        match explicit {
+            Some(path) => ConfigSource { file: Some(path.to_path_buf()) },
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+                ConfigSource { file: default.exists().then_some(default) }
+            }
+        }
+    }
+
+    /// Names the source for messages: the file path or "built-in defaults".
+    pub fn describe(&self) -> String {
+        match &self.file {
+            Some(path) => path.display().to_string(),
+            None => "built-in defaults".to_owned(),
+        }
+    }
+}
+
+/// A config that cannot be used. `source` is the file path or the environment variable,
+/// `key` the dotted key path (`server.listen`), `reason` what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{key}`: {}", self.source_name, self.reason),
+            None => write!(f, "{}: {}", self.source_name, self.reason),
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn metric_label(&self) -> &'static str {
+        if self.key.is_some() { "invalid_value" } else { "unreadable" }
+    }
+
+    fn in_file(path: &Path, key: Option<&str>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            source_name: path.display().to_string(),
+            key: key.map(str::to_owned),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Loads and validates the configuration from `source` and the process environment.
+pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = &source.file {
+        // figment silently skips a missing file; an operator who named a file wants it.
+        std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::in_file(path, None, format!("cannot read config file: {error}")))?;
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(env_provider());
+    let config: Config = figment.extract().map_err(|error| from_figment(source, error))?;
+    config.validate(source)?;
+    Ok(config)
+}
+
+/// `WORKSPACED_SERVER__LISTEN=…` → `server.listen`. `WORKSPACED_CONFIG` names the file
+/// itself (read by the CLI), so it is not a key.
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__")
+}
+
+fn from_figment(source: &ConfigSource, error: figment::Error) -> ConfigError {
+    // figment chains several errors; the first is the one to fix first.
+    let error = error.into_iter().next().unwrap_or_else(|| figment::Error::from("unknown error"));
+    let path = error.path.clone();
+    let key = (!path.is_empty()).then(|| path.join("."));
+    let source_name = match &error.metadata {
+        Some(metadata) => match &metadata.source {
+            Some(figment::Source::File(file)) => file.display().to_string(),
+            _ if metadata.name.contains("environment") => match &key {
+                Some(_) => format!(
+                    "environment variable {ENV_PREFIX}{}",
+                    path.iter().map(|part| part.to_uppercase()).collect::<Vec<_>>().join("__")
+                ),
+                None => "environment".to_owned(),
+            },
+            _ => source.describe(),
+        },
+        None => source.describe(),
+    };
+    let reason = match &error.kind {
+        figment::error::Kind::UnknownField(field, _) => format!("unknown key `{field}`"),
+        kind => kind.to_string(),
+    };
+    ConfigError { source_name, key, reason }
+}
+
+impl Config {
+    /// Checks what types cannot: ranges and relations between keys.
+    fn validate(&self, source: &ConfigSource) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: String| ConfigError {
+            source_name: source.describe(),
+            key: Some(key.to_owned()),
+            reason,
+        };
+        let at_least_one_second = [
+            ("reconciler.interval", self.reconciler.interval),
+            ("lifecycle.interval", self.lifecycle.interval),
+            ("gc.interval", self.gc.interval),
+            ("outbox.poll_interval", self.outbox.poll_interval),
+        ];
+        for (key, value) in at_least_one_second {
+            if value.as_secs() < 1 {
+                return Err(fail(key, format!("{value} is too short; use at least 1s")));
+            }
+        }
+        if self.server.shutdown_grace.as_secs() < 1 {
+            return Err(fail("server.shutdown_grace", "must be at least 1s".to_owned()));
+        }
+        if !(1..=64).contains(&self.storage.read_connections) {
+            return Err(fail(
+                "storage.read_connections",
+                format!("{} is out of range; use 1 to 64", self.storage.read_connections),
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(fail("storage.data_dir", "must not be empty".to_owned()));
+        }
+        if !(1..=10_000).contains(&self.outbox.batch_size) {
+            return Err(fail(
+                "outbox.batch_size",
+                format!("{} is out of range; use 1 to 10000", self.outbox.batch_size),
+            ));
+        }
+        if self.log.file.max_files == 0 {
+            return Err(fail("log.file.max_files", "must be at least 1".to_owned()));
+        }
+        if let Err(error) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(fail("log.level", format!("invalid filter {:?}: {error}", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("workspaced.toml");
+        std::fs::write(&path, toml).unwrap();
+        load(&ConfigSource { file: Some(path) })
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(load_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn durations_and_addresses_are_parsed() {
+        let config = load_str(
+            "[server]\nlisten = \"0.0.0.0:9000\"\n[reconciler]\ninterval = \"2m30s\"\n[gc]\ninterval = \"1d\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.reconciler.interval.as_secs(), 150);
+        assert_eq!(config.gc.interval.as_secs(), 86_400);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_path_and_file() {
+        let error = load_str("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("server.lisen"));
+        assert!(error.source_name.ends_with("workspaced.toml"), "{error}");
+        assert!(error.to_string().contains("unknown key `lisen`"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_key_and_value() {
+        let error = load_str("[lifecycle]\ninterval = \"5 minutes\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("lifecycle.interval"));
+        assert!(error.reason.contains("5 minutes"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_interval_is_rejected() {
+        let error = load_str("[gc]\ninterval = \"0s\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("gc.interval"));
+    }
+
+    #[test]
+    fn a_bad_enum_value_lists_the_choices() {
+        let error = load_str("[storage]\nsynchronous = \"sometimes\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("storage.synchronous"));
+        assert!(error.reason.contains("sometimes") && error.reason.contains("full"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_not_the_defaults() {
+        let error =
+            load(&ConfigSource { file: Some(PathBuf::from("/nonexistent/workspaced.toml")) })
+                .unwrap_err();
+        assert!(error.to_string().starts_with("/nonexistent/workspaced.toml: cannot read"));
+    }
+}

@@ -1,0 +1,162 @@
+//! Events: what the daemon tells the outside world about state changes, and the publisher
+//! task that delivers them.
+//!
+//! `Event` is a boundary type (persisted in the outbox, later sent over SSE and webhooks),
+//! so its serde shape is part of the contract. Events are written by `WriteTx::emit` inside
+//! the transaction that makes the change; the `Publisher` reads only committed outbox rows,
+//! hands them to subscribers and marks them delivered. Nothing here writes domain state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::metrics::OutboxMetrics;
+use crate::store::{Store, StoreError, outbox};
+
+/// A state change the outside world may care about. `kind` is the serde tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum Event {
+    #[serde(rename = "workspace.created")]
+    WorkspaceCreated {
+        workspace_id: String,
+        organization_id: String,
+        owner_id: String,
+        template_id: String,
+        name: String,
+    },
+    #[serde(rename = "workspace.deleted")]
+    WorkspaceDeleted { workspace_id: String, organization_id: String, owner_id: String },
+    #[serde(rename = "config.applied")]
+    ConfigApplied { templates_changed: u32, versions_created: u32 },
+}
+
+impl Event {
+    /// The stable event kind, as stored in the outbox and used by filters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::WorkspaceCreated { .. } => "workspace.created",
+            Event::WorkspaceDeleted { .. } => "workspace.deleted",
+            Event::ConfigApplied { .. } => "config.applied",
+        }
+    }
+
+    /// The organization the event belongs to, for permission filtering; `None` = global.
+    pub fn organization_id(&self) -> Option<&str> {
+        match self {
+            Event::WorkspaceCreated { organization_id, .. }
+            | Event::WorkspaceDeleted { organization_id, .. } => Some(organization_id),
+            Event::ConfigApplied { .. } => None,
+        }
+    }
+
+    /// The user the event is about, for permission filtering; `None` = not user-specific.
+    pub fn owner_id(&self) -> Option<&str> {
+        match self {
+            Event::WorkspaceCreated { owner_id, .. } | Event::WorkspaceDeleted { owner_id, .. } => {
+                Some(owner_id)
+            }
+            Event::ConfigApplied { .. } => None,
+        }
+    }
+}
+
+/// A committed event with its outbox id (monotonic, usable as an SSE event id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEvent {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub event: Event,
+}
+
+/// Delivers committed outbox rows to in-process subscribers, oldest first, and marks them
+/// delivered. Delivery is at-least-once: a crash between sending and marking re-sends.
+pub struct Publisher {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sender: broadcast::Sender<Arc<PublishedEvent>>,
+    metrics: OutboxMetrics,
+    batch_size: usize,
+}
+
+impl Publisher {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        sender: broadcast::Sender<Arc<PublishedEvent>>,
+        metrics: OutboxMetrics,
+        batch_size: usize,
+    ) -> Self {
+        Publisher { store, clock, sender, metrics, batch_size }
+    }
+
+    /// Publishes every committed, undelivered event; returns how many.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut published = 0;
+        loop {
+            let batch_size = self.batch_size;
+            let batch = self.store.read(move |conn| outbox::undelivered(conn, batch_size)).await?;
+            let Some(last) = batch.last() else { break };
+            let last_id = last.id;
+            let count = batch.len();
+            for event in batch {
+                // No subscriber is not an error: the event is still delivered to everyone
+                // who listens (nobody), and durable consumers read the outbox themselves.
+                let _ = self.sender.send(Arc::new(event));
+            }
+            let now = self.clock.now();
+            self.store.write(move |tx| outbox::mark_delivered_through(tx, last_id, now)).await?;
+            self.metrics.published.inc_by(count as u64);
+            published += count;
+            if count < self.batch_size {
+                break;
+            }
+        }
+        let pending = self.store.read(outbox::pending_count).await?;
+        self.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        Ok(published)
+    }
+
+    /// Drains after every local commit that emitted events (`Store::outbox_notified`), every
+    /// `poll_interval` (events written by other processes), and once more on shutdown.
+    pub async fn run(self, cancel: CancellationToken, poll_interval: Duration) {
+        let store = self.store.clone();
+        loop {
+            if let Err(error) = self.drain().await {
+                self.metrics.errors.inc();
+                tracing::error!(error = %error, "outbox publish failed; retrying on the next wake-up");
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = store.outbox_notified() => {}
+                () = tokio::time::sleep(poll_interval) => {}
+            }
+        }
+        if let Err(error) = self.drain().await {
+            self.metrics.errors.inc();
+            tracing::error!(error = %error, "final outbox publish on shutdown failed; events stay queued");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serde_tag_is_the_kind() {
+        let event = Event::WorkspaceDeleted {
+            workspace_id: "ws-1".into(),
+            organization_id: "org".into(),
+            owner_id: "u".into(),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], event.kind());
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
+    }
+}

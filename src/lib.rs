@@ -1,0 +1,30 @@
+//! workspaced keeps developer workspaces on an edge host alive, warm and tidy.
+//!
+//! Codemap, in reading order:
+//! - `config`: TOML + environment into a typed, validated `Config`.
+//! - `clock`: the one source of wall time (`Clock`, `SystemClock`, `ManualClock`).
+//! - `domain`: plain data and fixed ids.
+//! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
+//! - `events`: the `Event` type and the publisher that delivers committed events.
+//! - `loops`: reconciler, lifecycle and GC loops and their driver.
+//! - `metrics`: the Prometheus registry.
+//! - `http`: the hyper server (`/healthz`, `/readyz`, `/metrics`).
+//! - `app`: start-up and shutdown order.
+//! - `signals`: SIGTERM/SIGINT/SIGHUP.
+//! - `telemetry`: logging setup.
+//! - `cli`: subcommands.
+//!
+//! See ARCHITECTURE.md for the invariants.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod http;
+pub mod loops;
+pub mod metrics;
+pub mod signals;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,185 @@
+//! The background loops (reconciler, lifecycle, garbage collector) and the one driver that
+//! runs them: `run_every` waits for the loop's interval, runs one iteration with `run_once`,
+//! records its figures and carries on whatever the iteration returned.
+//!
+//! Owns cadence, error counting and cancellation. An iteration is never interrupted:
+//! cancellation only ends the *wait* between iterations, so in-flight transactions finish.
+//! Each loop's `tick(ctx, now)` decides and acts; tests call `run_once` directly instead of
+//! waiting for the timer.
+
+pub mod gc;
+pub mod lifecycle;
+pub mod reconciler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Everything a loop iteration may use. Cheap to clone.
+#[derive(Clone)]
+pub struct LoopCtx {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    /// The live config; a reload sends a new value.
+    pub config: watch::Receiver<Arc<Config>>,
+}
+
+/// Which loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopKind {
+    Reconciler,
+    Lifecycle,
+    Gc,
+}
+
+impl LoopKind {
+    pub const ALL: [LoopKind; 3] = [LoopKind::Reconciler, LoopKind::Lifecycle, LoopKind::Gc];
+
+    /// The `loop` label value and log name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopKind::Reconciler => "reconciler",
+            LoopKind::Lifecycle => "lifecycle",
+            LoopKind::Gc => "gc",
+        }
+    }
+
+    /// Time between iterations under `config`.
+    pub fn interval(self, config: &Config) -> Duration {
+        match self {
+            LoopKind::Reconciler => config.reconciler.interval.as_duration(),
+            LoopKind::Lifecycle => config.lifecycle.interval.as_duration(),
+            LoopKind::Gc => config.gc.interval.as_duration(),
+        }
+    }
+}
+
+/// What one iteration saw and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TickReport {
+    /// Items the iteration looked at (presets, workspaces).
+    pub examined: u64,
+    /// Actions it took (builds enqueued, warnings sent).
+    pub actions: u64,
+}
+
+/// Why an iteration failed. The loop logs it, counts it and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("{loop_name} iteration failed")]
+    Store {
+        loop_name: &'static str,
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl LoopError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            LoopError::Store { source, .. } => source.metric_label(),
+        }
+    }
+}
+
+/// Runs one iteration of `kind` at the clock's current time and records its figures.
+pub async fn run_once(kind: LoopKind, ctx: &LoopCtx) -> Result<TickReport, LoopError> {
+    let name = kind.name();
+    let now = ctx.clock.now();
+    let started = Instant::now();
+    let result = match kind {
+        LoopKind::Reconciler => reconciler::tick(ctx, now).await,
+        LoopKind::Lifecycle => lifecycle::tick(ctx, now).await,
+        LoopKind::Gc => gc::tick(ctx, now).await,
+    };
+    let elapsed = started.elapsed();
+    let metrics = &ctx.metrics.loops;
+    metrics.runs.with_label_values(&[name]).inc();
+    metrics.duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
+    metrics.last_run.with_label_values(&[name]).set(now.timestamp());
+    match &result {
+        Ok(report) => {
+            metrics.last_success.with_label_values(&[name]).set(now.timestamp());
+            tracing::debug!(
+                r#loop = name,
+                examined = report.examined,
+                actions = report.actions,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "loop iteration done"
+            );
+        }
+        Err(error) => {
+            metrics.errors.with_label_values(&[name]).inc();
+            tracing::error!(r#loop = name, error = %error_chain(error), "loop iteration failed");
+        }
+    }
+    result
+}
+
+/// Runs `kind` every interval until `cancel` fires. The first iteration runs one interval
+/// after start. A config reload that changes the interval restarts the timer.
+pub async fn run_every(kind: LoopKind, ctx: LoopCtx, cancel: CancellationToken) {
+    let mut config = ctx.config.clone();
+    let mut period = kind.interval(&config.borrow_and_update());
+    let mut ticker = ticker(period);
+    let mut watching_config = true;
+    tracing::info!(r#loop = kind.name(), interval = ?period, "loop started");
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ticker.tick() => {
+                // The iteration runs to completion even if shutdown starts meanwhile.
+                let _ = run_once(kind, &ctx).await;
+            }
+            changed = config.changed(), if watching_config => {
+                if changed.is_err() {
+                    // The app dropped the sender: no more reloads, keep the current period.
+                    watching_config = false;
+                    continue;
+                }
+                let new_period = kind.interval(&config.borrow_and_update());
+                if new_period != period {
+                    tracing::info!(r#loop = kind.name(), interval = ?new_period, "loop interval changed");
+                    period = new_period;
+                    ticker = self::ticker(period);
+                }
+            }
+        }
+    }
+    tracing::info!(r#loop = kind.name(), "loop stopped");
+}
+
+fn ticker(period: Duration) -> Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    // A slow iteration delays the next one instead of causing a burst of catch-up runs.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// `error: cause: cause` on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `now` as the loops pass it on; kept as a type alias so signatures read clearly.
+pub type Now = DateTime<Utc>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! Prometheus metrics: one `Registry` owned by the app, the families registered once at
+//! start, and the text exposition served at `/metrics`.
+//!
+//! Owns metric names, types, help texts and label sets (documented in `docs/metrics.md`).
+//! Label values are bounded (loop names, error labels); never a workspace id or a message.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The `loop` label values.
+pub const LOOP_NAMES: [&str; 3] = ["reconciler", "lifecycle", "gc"];
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metric families")]
+pub struct MetricsError(#[source] pub prometheus::Error);
+
+/// Every metric family of the daemon, registered in `registry`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub loops: LoopMetrics,
+    pub outbox: OutboxMetrics,
+}
+
+/// Figures of the background loops, labelled `loop` = reconciler | lifecycle | gc.
+#[derive(Clone)]
+pub struct LoopMetrics {
+    pub runs: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub duration: HistogramVec,
+    pub last_run: IntGaugeVec,
+    pub last_success: IntGaugeVec,
+}
+
+/// Figures of the outbox publisher.
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    pub published: IntCounter,
+    pub errors: IntCounter,
+    pub pending: IntGauge,
+    pub publish_lag: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        Self::build().map_err(MetricsError)
+    }
+
+    fn build() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("workspaced_build_info", "Always 1; the labels name the running build."),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info))?;
+
+        let loops = LoopMetrics {
+            runs: IntCounterVec::new(
+                Opts::new("workspaced_loop_runs_total", "Loop iterations run, failed ones included."),
+                &["loop"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new("workspaced_loop_errors_total", "Loop iterations that ended in an error."),
+                &["loop"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "workspaced_loop_duration_seconds",
+                    "Time one loop iteration took, from reading the state to the last write.",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["loop"],
+            )?,
+            last_run: IntGaugeVec::new(
+                Opts::new(
+                    "workspaced_loop_last_run_timestamp_seconds",
+                    "Unix time at which the loop's latest iteration started.",
+                ),
+                &["loop"],
+            )?,
+            last_success: IntGaugeVec::new(
+                Opts::new(
+                    "workspaced_loop_last_success_timestamp_seconds",
+                    "Unix time at which the loop's latest successful iteration started.",
+                ),
+                &["loop"],
+            )?,
+        };
+        // Create every loop's series up front, so a scrape before the first iteration
+        // already shows them (at zero) and alerts on absent series stay meaningful.
+        for name in LOOP_NAMES {
+            loops.runs.with_label_values(&[name]);
+            loops.errors.with_label_values(&[name]);
+            loops.duration.with_label_values(&[name]);
+        }
+        registry.register(Box::new(loops.runs.clone()))?;
+        registry.register(Box::new(loops.errors.clone()))?;
+        registry.register(Box::new(loops.duration.clone()))?;
+        registry.register(Box::new(loops.last_run.clone()))?;
+        registry.register(Box::new(loops.last_success.clone()))?;
+
+        let outbox = OutboxMetrics {
+            published: IntCounter::new(
+                "workspaced_outbox_published_total",
+                "Committed events handed to subscribers and marked delivered.",
+            )?,
+            errors: IntCounter::new(
+                "workspaced_outbox_publish_errors_total",
+                "Publisher wake-ups that failed to read or mark the outbox.",
+            )?,
+            pending: IntGauge::new(
+                "workspaced_outbox_pending_events",
+                "Committed events waiting for the publisher.",
+            )?,
+            publish_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "workspaced_outbox_publish_lag_seconds",
+                    "Time from an event's commit to its publication.",
+                )
+                .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0]),
+            )?,
+        };
+        registry.register(Box::new(outbox.published.clone()))?;
+        registry.register(Box::new(outbox.errors.clone()))?;
+        registry.register(Box::new(outbox.pending.clone()))?;
+        registry.register(Box::new(outbox.publish_lag.clone()))?;
+
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+        Ok(Metrics { registry, loops, outbox })
+    }
+
+    /// The registry in the Prometheus text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_their_help_text() {
+        let metrics = Metrics::new().unwrap();
+        metrics.loops.runs.with_label_values(&["gc"]).inc();
+        let text = metrics.render().unwrap();
+        assert!(text.contains("workspaced_build_info{version=\""), "{text}");
+        assert!(text.contains("workspaced_loop_runs_total{loop=\"gc\"} 1"), "{text}");
+        assert!(text.contains("# HELP workspaced_outbox_pending_events"), "{text}");
+    }
+
+    #[test]
+    fn two_instances_do_not_share_state() {
+        let first = Metrics::new().unwrap();
+        let second = Metrics::new().unwrap();
+        first.outbox.published.inc();
+        assert_eq!(second.outbox.published.get(), 0);
+    }
+}

@@ -1,0 +1,334 @@
+//! The SQLite store: one writer connection for every state change, a small pool of
+//! read-only connections for queries, both on a real file in WAL mode.
+//!
+//! Owns opening (file checks, pragmas, migrations) and the two access paths:
+//! `Store::write` runs a closure in a `BEGIN IMMEDIATE` transaction on the single writer,
+//! so writes are serialized and a closure that re-reads what it decides on sees the latest
+//! committed state; `Store::read` runs a closure on a read-only connection. Both run on
+//! tokio's blocking pool, never on the async executor. Events emitted in a write
+//! transaction go to the outbox and wake the publisher only after commit.
+//! Domain SQL lives in the submodules; this module knows no table but the outbox.
+
+pub mod fleet;
+pub mod migrations;
+pub mod outbox;
+pub mod time;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::Notify;
+
+use crate::config::{StorageConfig, Synchronous};
+use crate::events::Event;
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not a SQLite database (its header is not \"SQLite format 3\"); refusing to touch it")]
+    NotSqlite { path: PathBuf },
+    #[error(
+        "database {path} has schema version {database_version}, newer than this binary knows ({binary_version}); upgrade workspaced or restore a backup"
+    )]
+    TooNew { path: PathBuf, database_version: i64, binary_version: i64 },
+    #[error("cannot create data directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read database file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot migrate database {path}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: refinery::Error,
+    },
+    #[error("database query failed")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot encode a row as JSON")]
+    Encode(#[source] serde_json::Error),
+    #[error("corrupt data in {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("a database task panicked or was cancelled")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl StoreError {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::NotSqlite { .. } => "not_sqlite",
+            StoreError::TooNew { .. } => "too_new",
+            StoreError::CreateDir { .. } | StoreError::ReadFile { .. } => "io",
+            StoreError::Open { .. } => "open",
+            StoreError::Migrate { .. } => "migrate",
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                "busy"
+            }
+            StoreError::Sqlite(_) => "sqlite",
+            StoreError::Encode(_) => "encode",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Task(_) => "task",
+        }
+    }
+}
+
+/// Settings for opening the store, taken from `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+    pub read_connections: usize,
+}
+
+impl StoreOptions {
+    pub fn from_config(storage: &StorageConfig) -> Self {
+        StoreOptions {
+            path: storage.database_path(),
+            synchronous: storage.synchronous,
+            busy_timeout: storage.busy_timeout.as_duration(),
+            read_connections: storage.read_connections,
+        }
+    }
+
+    /// Defaults for a database at `path` (tests, benches).
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        StoreOptions::from_config(&StorageConfig::default()).with_path(path)
+    }
+
+    fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = path.into();
+        self
+    }
+}
+
+/// What `Store::open` found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    pub created: bool,
+    pub applied_migrations: Vec<i64>,
+    pub schema_version: i64,
+}
+
+/// A cheap handle to the database, shared by the loops, the publisher and the HTTP layer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: StoreOptions,
+    writer: Mutex<Connection>,
+    idle_readers: Mutex<Vec<Connection>>,
+    outbox_notify: Notify,
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`). Derefs to the connection for queries; events
+/// go through `emit` so they commit or roll back with the change.
+pub struct WriteTx<'conn> {
+    tx: rusqlite::Transaction<'conn>,
+    emitted: usize,
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+impl WriteTx<'_> {
+    /// Writes `event` to the outbox in this transaction.
+    pub fn emit(&mut self, event: &Event, now: DateTime<Utc>) -> Result<i64, StoreError> {
+        let id = outbox::insert(&self.tx, event, now)?;
+        self.emitted += 1;
+        Ok(id)
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database, checks it is ours and not from a newer binary, sets
+    /// the pragmas and applies pending migrations. Nothing is written before the checks pass.
+    pub fn open(options: StoreOptions) -> Result<(Store, OpenReport), StoreError> {
+        let path = options.path.clone();
+        let existed = check_existing_file(&path)?;
+        if !existed && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
+        }
+        let open_error = |source| StoreError::Open { path: path.clone(), source };
+        let mut writer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        writer.busy_timeout(options.busy_timeout).map_err(open_error)?;
+        if existed {
+            // Read-only look before any pragma: switching to WAL would already write.
+            let database_version = migrations::applied_version(&writer).map_err(open_error)?;
+            let binary_version = migrations::latest_known_version();
+            if database_version > binary_version {
+                return Err(StoreError::TooNew { path, database_version, binary_version });
+            }
+        }
+        writer.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
+        writer.pragma_update(None, "synchronous", options.synchronous.pragma_value()).map_err(open_error)?;
+        writer.pragma_update(None, "foreign_keys", "ON").map_err(open_error)?;
+        let applied_migrations = migrations::run(&mut writer)
+            .map_err(|source| StoreError::Migrate { path: path.clone(), source })?;
+        let schema_version = migrations::applied_version(&writer).map_err(open_error)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                options,
+                writer: Mutex::new(writer),
+                idle_readers: Mutex::new(Vec::new()),
+                outbox_notify: Notify::new(),
+            }),
+        };
+        Ok((store, OpenReport { created: !existed, applied_migrations, schema_version }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.options.path
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer, on the blocking pool.
+    /// `Ok` commits, `Err` rolls back. After a commit that emitted events the publisher
+    /// is woken.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_blocking(f))
+            .await
+            .map_err(|error| E::from(StoreError::Task(error)))?
+    }
+
+    /// `write` for threads that may block (CLI commands, tests, benches). Never call this
+    /// from async code: it holds the thread until the writer is free.
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+        E: From<StoreError>,
+    {
+        let (value, emitted) = {
+            let mut conn = lock(&self.inner.writer);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|error| E::from(StoreError::from(error)))?;
+            let mut write_tx = WriteTx { tx, emitted: 0 };
+            let value = f(&mut write_tx)?;
+            let emitted = write_tx.emitted;
+            write_tx.tx.commit().map_err(|error| E::from(StoreError::from(error)))?;
+            (value, emitted)
+        };
+        if emitted > 0 {
+            self.inner.outbox_notify.notify_one();
+        }
+        Ok(value)
+    }
+
+    /// Runs `f` on a read-only connection, on the blocking pool. Each call sees one
+    /// consistent committed snapshot if `f` wraps its queries in a transaction.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f)).await.map_err(StoreError::Task)?
+    }
+
+    /// `read` for threads that may block.
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let conn = match lock(&self.inner.idle_readers).pop() {
+            Some(conn) => conn,
+            None => self.open_reader()?,
+        };
+        let result = f(&conn);
+        let mut idle = lock(&self.inner.idle_readers);
+        if idle.len() < self.inner.options.read_connections {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Resolves after a commit that emitted events (or at once if one happened since the
+    /// last wait), so the publisher needs no busy polling.
+    pub async fn outbox_notified(&self) {
+        self.inner.outbox_notify.notified().await;
+    }
+
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        let path = &self.inner.options.path;
+        let open_error = |source| StoreError::Open { path: path.clone(), source };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        conn.busy_timeout(self.inner.options.busy_timeout).map_err(open_error)?;
+        conn.pragma_update(None, "query_only", "ON").map_err(open_error)?;
+        Ok(conn)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside a closure drops its Transaction, which rolls back, so the connection
+    // behind a poisoned lock is still in a clean state.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Returns whether a database file exists at `path`, after checking that a non-empty
+/// file really is SQLite. Reads only.
+fn check_existing_file(path: &Path) -> Result<bool, StoreError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(StoreError::ReadFile { path: path.to_path_buf(), source }),
+    };
+    let mut header = Vec::with_capacity(SQLITE_HEADER.len());
+    (&mut file)
+        .take(SQLITE_HEADER.len() as u64)
+        .read_to_end(&mut header)
+        .map_err(|source| StoreError::ReadFile { path: path.to_path_buf(), source })?;
+    // SQLite treats an empty file as an empty database; anything else must carry the header.
+    if !header.is_empty() && header.as_slice() != SQLITE_HEADER {
+        return Err(StoreError::NotSqlite { path: path.to_path_buf() });
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+use super::*;
+
+use rusqlite::params;
+
+fn fresh() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, report) = Store::open(StoreOptions::at(dir.path().join("db").join("w.db"))).unwrap();
+    assert!(report.created);
+    (dir, store)
+}
+
+fn table_names(store: &Store) -> Vec<String> {
+    store
+        .read_blocking(|conn| {
+            let mut statement =
+                conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?;
+            let names = statement.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+            Ok(names)
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_fresh_file_gets_the_whole_schema_in_wal_mode() {
+    let (_dir, store) = fresh();
+    let tables = table_names(&store);
+    for table in [
+        "organizations",
+        "users",
+        "user_roles",
+        "api_tokens",
+        "templates",
+        "template_versions",
+        "template_version_parameters",
+        "presets",
+        "preset_parameters",
+        "preset_prebuild_schedules",
+        "workspaces",
+        "workspace_builds",
+        "workspace_build_parameters",
+        "provisioner_jobs",
+        "provisioner_job_logs",
+        "provisioner_job_timings",
+        "workspace_resources",
+        "resource_replacements",
+        "notifications",
+        "outbox",
+        "audit_log",
+        "refinery_schema_history",
+    ] {
+        assert!(tables.iter().any(|t| t == table), "missing table {table} in {tables:?}");
+    }
+    let mode: String = store
+        .read_blocking(|conn| Ok(conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let prebuilds_user: String = store
+        .read_blocking(|conn| {
+            Ok(conn.query_row("SELECT username FROM users WHERE is_system = 1", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(prebuilds_user, "prebuilds");
+}
+
+#[test]
+fn reopening_applies_nothing_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let (store, first) = Store::open(StoreOptions::at(&path)).unwrap();
+    assert_eq!(first.applied_migrations, vec![1]);
+    store
+        .write_blocking(|tx| {
+            tx.execute("INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)", [])
+                .map_err(StoreError::from)
+        })
+        .unwrap();
+    drop(store);
+    let (store, second) = Store::open(StoreOptions::at(&path)).unwrap();
+    assert!(!second.created);
+    assert!(second.applied_migrations.is_empty());
+    assert_eq!(second.schema_version, migrations::latest_known_version());
+    let count: i64 = store
+        .read_blocking(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(count, 2);
+}
+
+#[test]
+fn a_failed_write_rolls_back_its_rows_and_events() {
+    let (_dir, store) = fresh();
+    let event = Event::ConfigApplied { templates_changed: 1, versions_created: 1 };
+    let result: Result<(), StoreError> = store.write_blocking(|tx| {
+        tx.execute("INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)", [])?;
+        tx.emit(&event, DateTime::from_timestamp(1_750_000_000, 0).unwrap())?;
+        Err(StoreError::Corrupt { what: "test".into(), reason: "abort".into() })
+    });
+    assert!(result.is_err());
+    let (orgs, events): (i64, i64) = store
+        .read_blocking(|conn| {
+            Ok((
+                conn.query_row("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?,
+                conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?,
+            ))
+        })
+        .unwrap();
+    assert_eq!((orgs, events), (1, 0));
+}
+
+#[test]
+fn read_connections_cannot_write() {
+    let (_dir, store) = fresh();
+    let result = store.read_blocking(|conn| {
+        Ok(conn.execute("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)", [])?)
+    });
+    assert!(result.is_err());
+}
+
+#[test]
+fn foreign_keys_are_enforced() {
+    let (_dir, store) = fresh();
+    let result = store.write_blocking(|tx| {
+        tx.execute(
+            "INSERT INTO user_roles (user_id, organization_id, role, created_at) VALUES ('nobody', 'nowhere', 'member', 1)",
+            [],
+        )
+        .map_err(StoreError::from)
+    });
+    assert!(result.is_err());
+}
+
+#[test]
+fn concurrent_read_modify_write_transactions_lose_no_update() {
+    let (_dir, store) = fresh();
+    store
+        .write_blocking(|tx| {
+            tx.execute("INSERT INTO organizations (id, name, created_at) VALUES ('c', 'counter', 0)", [])
+                .map_err(StoreError::from)
+        })
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    store
+                        .write_blocking(|tx| {
+                            // Read, then write what was read plus one: only serialized
+                            // transactions make this exact.
+                            let value: i64 = tx.query_row(
+                                "SELECT created_at FROM organizations WHERE id = 'c'",
+                                [],
+                                |r| r.get(0),
+                            )?;
+                            tx.execute(
+                                "UPDATE organizations SET created_at = ?1 WHERE id = 'c'",
+                                params![value + 1],
+                            )?;
+                            Ok::<_, StoreError>(())
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let value: i64 = store
+        .read_blocking(|conn| {
+            Ok(conn.query_row("SELECT created_at FROM organizations WHERE id = 'c'", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(value, 200);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let content = b"this is a text file, not a database\n".repeat(100);
+    std::fs::write(&path, &content).unwrap();
+    let error = Store::open(StoreOptions::at(&path)).err().unwrap();
+    assert!(matches!(error, StoreError::NotSqlite { .. }), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+}
+
+#[test]
+fn a_database_from_a_newer_binary_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    drop(Store::open(StoreOptions::at(&path)).unwrap());
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (999, 'future', '2030-01-01T00:00:00Z', '1')",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let error = Store::open(StoreOptions::at(&path)).err().unwrap();
+    match error {
+        StoreError::TooNew { database_version, binary_version, .. } => {
+            assert_eq!(database_version, 999);
+            assert_eq!(binary_version, migrations::latest_known_version());
+        }
+        other => panic!("expected TooNew, got {other}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
