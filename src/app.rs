@@ -62,7 +62,11 @@ pub struct App {
 
 impl App {
     /// Binds the listener, then opens and migrates the store.
-    pub fn build(config: Config, source: ConfigSource, clock: Arc<dyn Clock>) -> Result<App, AppError> {
+    pub fn build(
+        config: Config,
+        source: ConfigSource,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, AppError> {
         let addr = config.server.listen;
         let bind_error = |source| AppError::Bind { addr, source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
@@ -118,8 +122,8 @@ impl App {
         let config = Arc::clone(&self.config.borrow());
         let grace = config.server.shutdown_grace.as_duration();
         let addr = self.local_addr;
-        let listener =
-            tokio::net::TcpListener::from_std(self.listener).map_err(|source| AppError::Bind { addr, source })?;
+        let listener = tokio::net::TcpListener::from_std(self.listener)
+            .map_err(|source| AppError::Bind { addr, source })?;
 
         let workers = TaskTracker::new();
         let workers_cancel = CancellationToken::new();
@@ -154,7 +158,9 @@ impl App {
             self.metrics.outbox.clone(),
             config.outbox.batch_size,
         );
-        publisher_tasks.spawn(publisher.run(publisher_cancel.clone(), config.outbox.poll_interval.as_duration()));
+        publisher_tasks.spawn(
+            publisher.run(publisher_cancel.clone(), config.outbox.poll_interval.as_duration()),
+        );
 
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(addr = %addr, database = %self.store.path().display(), "workspaced is ready");
@@ -167,14 +173,19 @@ impl App {
         workers_cancel.cancel();
         workers.close();
         if tokio::time::timeout_at(deadline, workers.wait()).await.is_err() {
-            tracing::warn!(tasks = workers.len(), "shutdown grace elapsed; abandoning unfinished tasks");
+            tracing::warn!(
+                tasks = workers.len(),
+                "shutdown grace elapsed; abandoning unfinished tasks"
+            );
         }
         // Loops may have committed events in their last iteration: publish them now.
         publisher_cancel.cancel();
         publisher_tasks.close();
         let publisher_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
         if tokio::time::timeout_at(publisher_deadline, publisher_tasks.wait()).await.is_err() {
-            tracing::warn!("outbox publisher did not finish; undelivered events stay queued for the next start");
+            tracing::warn!(
+                "outbox publisher did not finish; undelivered events stay queued for the next start"
+            );
         }
         tracing::info!("stopped");
         Ok(())

@@ -9,9 +9,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// The `loop` label values.
-pub const LOOP_NAMES: [&str; 3] = ["reconciler", "lifecycle", "gc"];
-
 #[derive(Debug, thiserror::Error)]
 #[error("cannot register metric families")]
 pub struct MetricsError(#[source] pub prometheus::Error);
@@ -59,11 +56,17 @@ impl Metrics {
 
         let loops = LoopMetrics {
             runs: IntCounterVec::new(
-                Opts::new("workspaced_loop_runs_total", "Loop iterations run, failed ones included."),
+                Opts::new(
+                    "workspaced_loop_runs_total",
+                    "Loop iterations run, failed ones included.",
+                ),
                 &["loop"],
             )?,
             errors: IntCounterVec::new(
-                Opts::new("workspaced_loop_errors_total", "Loop iterations that ended in an error."),
+                Opts::new(
+                    "workspaced_loop_errors_total",
+                    "Loop iterations that ended in an error.",
+                ),
                 &["loop"],
             )?,
             duration: HistogramVec::new(
@@ -71,7 +74,9 @@ impl Metrics {
                     "workspaced_loop_duration_seconds",
                     "Time one loop iteration took, from reading the state to the last write.",
                 )
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
                 &["loop"],
             )?,
             last_run: IntGaugeVec::new(
@@ -91,7 +96,7 @@ impl Metrics {
         };
         // Create every loop's series up front, so a scrape before the first iteration
         // already shows them (at zero) and alerts on absent series stay meaningful.
-        for name in LOOP_NAMES {
+        for name in crate::loops::LoopKind::ALL.map(crate::loops::LoopKind::name) {
             loops.runs.with_label_values(&[name]);
             loops.errors.with_label_values(&[name]);
             loops.duration.with_label_values(&[name]);

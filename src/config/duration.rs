@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize, Serializer};
 pub enum DurationError {
     #[error("empty duration; expected something like \"15s\", \"72h30m\" or \"14d\"")]
     Empty,
-    #[error("invalid duration {0:?}; expected a number followed by d, h, m or s, e.g. \"15s\", \"72h30m\" or \"14d\"")]
+    #[error(
+        "invalid duration {0:?}; expected a number followed by d, h, m or s, e.g. \"15s\", \"72h30m\" or \"14d\""
+    )]
     Syntax(String),
     #[error("unknown unit {unit:?} in duration {input:?}; use d, h, m or s")]
     UnknownUnit { input: String, unit: String },
@@ -56,8 +58,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
                 });
             }
         };
-        let value: u64 =
-            number.parse().map_err(|_| DurationError::Overflow(input.to_owned()))?;
+        let value: u64 = number.parse().map_err(|_| DurationError::Overflow(input.to_owned()))?;
         total = value
             .checked_mul(seconds_per_unit)
             .and_then(|part| total.checked_add(part))
@@ -165,10 +166,7 @@ mod tests {
             parse_duration("3w"),
             Err(DurationError::UnknownUnit { input: "3w".into(), unit: "w".into() })
         );
-        assert!(matches!(
-            parse_duration("99999999999999999999d"),
-            Err(DurationError::Overflow(_))
-        ));
+        assert!(matches!(parse_duration("99999999999999999999d"), Err(DurationError::Overflow(_))));
         assert!(matches!(parse_duration("999999999999999999d"), Err(DurationError::Overflow(_))));
     }
 

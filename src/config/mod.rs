@@ -119,7 +119,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".to_owned(), format: LogFormat::Text, file: LogFileConfig::default() }
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+            file: LogFileConfig::default(),
+        }
     }
 }
 
@@ -277,8 +281,9 @@ pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = &source.file {
         // figment silently skips a missing file; an operator who named a file wants it.
-        std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::in_file(path, None, format!("cannot read config file: {error}")))?;
+        std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::in_file(path, None, format!("cannot read config file: {error}"))
+        })?;
         figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(env_provider());
@@ -314,9 +319,20 @@ fn from_figment(source: &ConfigSource, error: figment::Error) -> ConfigError {
     };
     let reason = match &error.kind {
         figment::error::Kind::UnknownField(field, _) => format!("unknown key `{field}`"),
-        kind => kind.to_string(),
+        kind => one_line(&kind.to_string()),
     };
     ConfigError { source_name, key, reason }
+}
+
+/// Folds a multi-line message (TOML parse errors draw the offending line with a caret)
+/// into one line: the snippet is dropped, the position and the explanation are kept.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.contains('|'))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Config {

@@ -69,7 +69,8 @@ async fn a_failing_iteration_is_counted_and_the_loop_goes_on() {
         .ctx
         .store
         .write(|tx| {
-            tx.execute_batch("ALTER TABLE presets RENAME TO presets_moved").map_err(StoreError::from)
+            tx.execute_batch("ALTER TABLE presets RENAME TO presets_moved")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();
@@ -82,7 +83,8 @@ async fn a_failing_iteration_is_counted_and_the_loop_goes_on() {
         .ctx
         .store
         .write(|tx| {
-            tx.execute_batch("ALTER TABLE presets_moved RENAME TO presets").map_err(StoreError::from)
+            tx.execute_batch("ALTER TABLE presets_moved RENAME TO presets")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();

@@ -32,7 +32,9 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path} is not a SQLite database (its header is not \"SQLite format 3\"); refusing to touch it")]
+    #[error(
+        "{path} is not a SQLite database (its header is not \"SQLite format 3\"); refusing to touch it"
+    )]
     NotSqlite { path: PathBuf },
     #[error(
         "database {path} has schema version {database_version}, newer than this binary knows ({binary_version}); upgrade workspaced or restore a backup"
@@ -197,7 +199,9 @@ impl Store {
             }
         }
         writer.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
-        writer.pragma_update(None, "synchronous", options.synchronous.pragma_value()).map_err(open_error)?;
+        writer
+            .pragma_update(None, "synchronous", options.synchronous.pragma_value())
+            .map_err(open_error)?;
         writer.pragma_update(None, "foreign_keys", "ON").map_err(open_error)?;
         let applied_migrations = migrations::run(&mut writer)
             .map_err(|source| StoreError::Migrate { path: path.clone(), source })?;
@@ -264,7 +268,9 @@ impl Store {
         T: Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f)).await.map_err(StoreError::Task)?
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(StoreError::Task)?
     }
 
     /// `read` for threads that may block.

@@ -14,7 +14,11 @@ use crate::store::time::{from_millis, to_millis};
 
 /// Appends `event` to the outbox; call it only inside a write transaction
 /// (`WriteTx::emit` does), so the event commits or rolls back with its change.
-pub(crate) fn insert(conn: &Connection, event: &Event, now: DateTime<Utc>) -> Result<i64, StoreError> {
+pub(crate) fn insert(
+    conn: &Connection,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
     let payload = serde_json::to_string(event).map_err(StoreError::Encode)?;
     conn.execute(
         "INSERT INTO outbox (kind, payload, organization_id, owner_id, created_at)
@@ -36,8 +40,10 @@ pub fn undelivered(conn: &Connection, limit: usize) -> Result<Vec<PublishedEvent
     let mut events = Vec::new();
     for row in rows {
         let (id, payload, created_at) = row?;
-        let event = serde_json::from_str(&payload)
-            .map_err(|source| StoreError::Corrupt { what: format!("outbox row {id}"), reason: source.to_string() })?;
+        let event = serde_json::from_str(&payload).map_err(|source| StoreError::Corrupt {
+            what: format!("outbox row {id}"),
+            reason: source.to_string(),
+        })?;
         let created_at = from_millis(created_at).ok_or_else(|| StoreError::Corrupt {
             what: format!("outbox row {id}"),
             reason: format!("created_at {created_at} is out of range"),
@@ -48,7 +54,11 @@ pub fn undelivered(conn: &Connection, limit: usize) -> Result<Vec<PublishedEvent
 }
 
 /// Marks the events with ids up to and including `last_id` as delivered.
-pub fn mark_delivered_through(conn: &Connection, last_id: i64, now: DateTime<Utc>) -> Result<usize, StoreError> {
+pub fn mark_delivered_through(
+    conn: &Connection,
+    last_id: i64,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE outbox SET delivered_at = ?1 WHERE delivered_at IS NULL AND id <= ?2",
         params![to_millis(now), last_id],
@@ -58,6 +68,8 @@ pub fn mark_delivered_through(conn: &Connection, last_id: i64, now: DateTime<Utc
 /// How many committed events wait for delivery.
 pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
     let count: i64 =
-        conn.query_row("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |row| row.get(0))?;
+        conn.query_row("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |row| {
+            row.get(0)
+        })?;
     Ok(u64::try_from(count).unwrap_or(0))
 }

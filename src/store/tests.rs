@@ -4,7 +4,8 @@ use rusqlite::params;
 
 fn fresh() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, report) = Store::open(StoreOptions::at(dir.path().join("db").join("w.db"))).unwrap();
+    let (store, report) =
+        Store::open(StoreOptions::at(dir.path().join("db").join("w.db"))).unwrap();
     assert!(report.created);
     (dir, store)
 }
@@ -70,8 +71,11 @@ fn reopening_applies_nothing_and_keeps_data() {
     assert_eq!(first.applied_migrations, vec![1]);
     store
         .write_blocking(|tx| {
-            tx.execute("INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)", [])
-                .map_err(StoreError::from)
+            tx.execute(
+                "INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)",
+                [],
+            )
+            .map_err(StoreError::from)
         })
         .unwrap();
     drop(store);
@@ -80,7 +84,9 @@ fn reopening_applies_nothing_and_keeps_data() {
     assert!(second.applied_migrations.is_empty());
     assert_eq!(second.schema_version, migrations::latest_known_version());
     let count: i64 = store
-        .read_blocking(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?))
+        .read_blocking(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?)
+        })
         .unwrap();
     assert_eq!(count, 2);
 }
@@ -90,7 +96,10 @@ fn a_failed_write_rolls_back_its_rows_and_events() {
     let (_dir, store) = fresh();
     let event = Event::ConfigApplied { templates_changed: 1, versions_created: 1 };
     let result: Result<(), StoreError> = store.write_blocking(|tx| {
-        tx.execute("INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)", [])?;
+        tx.execute(
+            "INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)",
+            [],
+        )?;
         tx.emit(&event, DateTime::from_timestamp(1_750_000_000, 0).unwrap())?;
         Err(StoreError::Corrupt { what: "test".into(), reason: "abort".into() })
     });
@@ -110,7 +119,8 @@ fn a_failed_write_rolls_back_its_rows_and_events() {
 fn read_connections_cannot_write() {
     let (_dir, store) = fresh();
     let result = store.read_blocking(|conn| {
-        Ok(conn.execute("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)", [])?)
+        Ok(conn
+            .execute("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)", [])?)
     });
     assert!(result.is_err());
 }
@@ -133,8 +143,11 @@ fn concurrent_read_modify_write_transactions_lose_no_update() {
     let (_dir, store) = fresh();
     store
         .write_blocking(|tx| {
-            tx.execute("INSERT INTO organizations (id, name, created_at) VALUES ('c', 'counter', 0)", [])
-                .map_err(StoreError::from)
+            tx.execute(
+                "INSERT INTO organizations (id, name, created_at) VALUES ('c', 'counter', 0)",
+                [],
+            )
+            .map_err(StoreError::from)
         })
         .unwrap();
     let threads: Vec<_> = (0..4)
@@ -167,7 +180,9 @@ fn concurrent_read_modify_write_transactions_lose_no_update() {
     }
     let value: i64 = store
         .read_blocking(|conn| {
-            Ok(conn.query_row("SELECT created_at FROM organizations WHERE id = 'c'", [], |r| r.get(0))?)
+            Ok(conn.query_row("SELECT created_at FROM organizations WHERE id = 'c'", [], |r| {
+                r.get(0)
+            })?)
         })
         .unwrap();
     assert_eq!(value, 200);

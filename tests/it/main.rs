@@ -1,1 +1,13 @@
+//! The one integration-test binary. Each module drives the real thing: the `workspaced`
+//! binary as a child process, or the library on a real SQLite file, over real HTTP on
+//! loopback.
 
+// A failed unwrap is a failed test with its location: exactly what a test wants.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod binary;
+mod daemon;
+mod helpers;
+mod outbox;
+mod tidy;

@@ -1,0 +1,152 @@
+//! The real binary: start, serve, scrape, reload, stop.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::{
+    DaemonProcess, binary_config, eventually, http_get, metric_value, run_binary, write_config,
+};
+
+#[test]
+fn the_daemon_serves_health_and_metrics_runs_its_loops_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let daemon = DaemonProcess::start(&config);
+
+    assert_eq!(http_get(daemon.addr, "/healthz"), (200, "ok\n".to_owned()));
+    eventually(Duration::from_secs(10), "/readyz 200", || {
+        (http_get(daemon.addr, "/readyz").0 == 200).then_some(())
+    });
+    // Every loop runs on its own 1 s timer and reports runs and durations.
+    let scrape = eventually(Duration::from_secs(20), "every loop to run twice", || {
+        let (status, body) = http_get(daemon.addr, "/metrics");
+        assert_eq!(status, 200);
+        ["reconciler", "lifecycle", "gc"]
+            .iter()
+            .all(|name| {
+                metric_value(&body, &format!("workspaced_loop_runs_total{{loop=\"{name}\"}}"))
+                    .is_some_and(|runs| runs >= 2.0)
+            })
+            .then_some(body)
+    });
+    for name in ["reconciler", "lifecycle", "gc"] {
+        let count = metric_value(
+            &scrape,
+            &format!("workspaced_loop_duration_seconds_count{{loop=\"{name}\"}}"),
+        );
+        assert!(count.is_some_and(|count| count >= 2.0), "{name}: {scrape}");
+        assert_eq!(
+            metric_value(&scrape, &format!("workspaced_loop_errors_total{{loop=\"{name}\"}}")),
+            Some(0.0)
+        );
+    }
+    assert_eq!(metric_value(&scrape, "workspaced_build_info{version=\"0.1.0\"}"), Some(1.0));
+    assert_eq!(http_get(daemon.addr, "/nope").0, 404);
+
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    // The file holds the migrated schema.
+    let conn = rusqlite::Connection::open(dir.path().join("data/workspaced.db")).unwrap();
+    let version: i64 = conn
+        .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, workspaced::store::migrations::latest_known_version());
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN
+             ('workspaces', 'workspace_builds', 'provisioner_jobs', 'outbox', 'audit_log', 'presets')",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 6);
+}
+
+#[test]
+fn sigint_also_stops_the_daemon_with_exit_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let daemon = DaemonProcess::start(&config);
+    daemon.signal(Signal::SIGINT);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_daemon_running_on_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let daemon = DaemonProcess::start(&config);
+    std::fs::write(&config, "[server\nlisten = ").unwrap();
+    daemon.signal(Signal::SIGHUP);
+    let line = daemon
+        .wait_for_log("config reload failed; keeping the previous config", Duration::from_secs(10));
+    assert!(line["fields"]["error"].as_str().unwrap().contains("workspaced.toml"), "{line}");
+    assert!(daemon.is_running());
+    assert_eq!(http_get(daemon.addr, "/healthz").0, 200);
+
+    // A good config is applied.
+    std::fs::write(&config, binary_config(dir.path())).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("config reloaded", Duration::from_secs(10));
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn an_environment_variable_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file names a port that is taken; the environment moves the daemon to a free one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let body = binary_config(dir.path()).replace("127.0.0.1:0", &taken_addr.to_string());
+    let config = write_config(dir.path(), &body);
+    let daemon =
+        DaemonProcess::start_with_env(&config, &[("WORKSPACED_SERVER__LISTEN", "127.0.0.1:0")]);
+    assert_ne!(daemon.addr, taken_addr);
+    assert_eq!(http_get(daemon.addr, "/healthz").0, 200);
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn migrate_creates_the_schema_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let config = config.to_str().unwrap();
+    let first = run_binary(&["migrate", "--config", config], &[], Duration::from_secs(30));
+    assert!(first.status.success(), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied [1]"), "{first:?}");
+    let second = run_binary(&["migrate", "--config", config], &[], Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("nothing to apply"), "{second:?}");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = run_binary(&["version"], &[], Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "workspaced 0.1.0");
+}
+
+#[test]
+fn the_optional_log_file_receives_the_daemon_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let body = format!(
+        "{}[log.file]\ndirectory = {logs:?}\nrotation = \"hourly\"\nmax_files = 3\n",
+        binary_config(dir.path())
+    );
+    let config = write_config(dir.path(), &body);
+    let daemon = DaemonProcess::start(&config);
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("workspaced.") && name.ends_with(".log"), "{name}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    // The file writer is flushed on exit: the last line is there too.
+    assert!(text.contains("http server listening"), "{text}");
+    assert!(text.contains("\"stopped\""), "{text}");
+}

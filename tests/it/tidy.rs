@@ -1,0 +1,114 @@
+//! Tidy checks: the rules of ARCHITECTURE.md that a grep can enforce.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap().display().to_string()
+}
+
+#[test]
+fn every_source_module_says_what_it_owns() {
+    for file in rust_files(&root().join("src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = relative(&file);
+        // Test modules (`tests.rs`) are exempt: their parent documents them.
+        if name.ends_with("/tests.rs") {
+            continue;
+        }
+        assert!(text.starts_with("//!"), "{name} must open with a //! module comment");
+    }
+}
+
+#[test]
+fn only_the_clock_reads_wall_time() {
+    for file in rust_files(&root().join("src")) {
+        let name = relative(&file);
+        if name == "src/clock.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for banned in ["Utc::now", "SystemTime::now", "Local::now"] {
+            assert!(!text.contains(banned), "{name} calls {banned}; use the injected Clock");
+        }
+    }
+}
+
+#[test]
+fn anyhow_is_only_used_by_the_binary_edge() {
+    for file in rust_files(&root().join("src")) {
+        let name = relative(&file);
+        if name == "src/main.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("anyhow"), "{name} uses anyhow; use a thiserror enum");
+    }
+}
+
+#[test]
+fn released_migrations_are_never_edited() {
+    // refinery's checksum of each released migration. Editing one changes its checksum
+    // (and an existing database would refuse to start): add a new V<n>__ file instead.
+    let released: &[(i64, &str, u64)] = &[(1, "initial", RELEASED_V1_CHECKSUM)];
+    let runner = workspaced::store::migrations::migrations::runner();
+    let migrations = runner.get_migrations();
+    for (version, name, checksum) in released {
+        let migration = migrations
+            .iter()
+            .find(|migration| i64::from(migration.version()) == *version)
+            .unwrap_or_else(|| panic!("released migration V{version} is missing"));
+        assert_eq!(migration.name(), *name);
+        assert_eq!(
+            migration.checksum(),
+            *checksum,
+            "migration V{version}__{name} was edited; migrations are append-only"
+        );
+    }
+    // Versions are contiguous from 1, so nothing was renumbered.
+    let mut versions: Vec<i64> = migrations.iter().map(|m| i64::from(m.version())).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+}
+
+const RELEASED_V1_CHECKSUM: u64 = 11_948_683_481_800_558_907;
+
+#[test]
+fn the_ci_script_runs_the_readme_test_command() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(readme.contains("scripts/test"), "README must give scripts/test as the test command");
+    assert!(ci.contains("scripts/test"), ".ci/run must run scripts/test");
+}
+
+#[test]
+fn the_example_config_documents_the_defaults() {
+    // Every key of config/workspaced.toml shows the built-in default, except data_dir,
+    // which the quick start keeps under ./data.
+    let source =
+        workspaced::config::ConfigSource { file: Some(root().join("config/workspaced.toml")) };
+    let example = workspaced::config::load(&source).unwrap();
+    let mut expected = workspaced::config::Config::default();
+    expected.storage.data_dir = PathBuf::from("./data");
+    assert_eq!(example, expected);
+}
