@@ -104,12 +104,14 @@ impl Publisher {
             let Some(last) = batch.last() else { break };
             let last_id = last.id;
             let count = batch.len();
+            let now = self.clock.now();
             for event in batch {
+                let lag = (now - event.created_at).to_std().unwrap_or_default();
+                self.metrics.publish_lag.observe(lag.as_secs_f64());
                 // No subscriber is not an error: the event is still delivered to everyone
                 // who listens (nobody), and durable consumers read the outbox themselves.
                 let _ = self.sender.send(Arc::new(event));
             }
-            let now = self.clock.now();
             self.store.write(move |tx| outbox::mark_delivered_through(tx, last_id, now)).await?;
             self.metrics.published.inc_by(count as u64);
             published += count;
