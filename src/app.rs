@@ -4,7 +4,8 @@
 //! Owns start-up order and shutdown order. Start-up binds the listener *before* opening the
 //! database, so a taken port never touches the file. Shutdown: mark not-ready, stop the
 //! HTTP server and the loops (each finishes its current iteration), then let the publisher
-//! deliver what was committed, all bounded by `server.shutdown_grace`.
+//! deliver what was committed, all bounded by `server.shutdown_grace`. Running provisioner
+//! jobs are canceled on shutdown (their backends stopped) and recorded as canceled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,8 @@ use crate::events::{PublishedEvent, Publisher};
 use crate::http::{self, HttpState};
 use crate::loops::{self, LoopCtx, LoopKind};
 use crate::metrics::{Metrics, MetricsError};
-use crate::store::{OpenReport, Store, StoreError, StoreOptions};
+use crate::provisioner::runner::Runner;
+use crate::store::{OpenReport, Store, StoreError, StoreOptions, jobs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -58,6 +60,7 @@ pub struct App {
     config: watch::Sender<Arc<Config>>,
     source: ConfigSource,
     events: broadcast::Sender<Arc<PublishedEvent>>,
+    runner: Runner,
 }
 
 impl App {
@@ -74,9 +77,38 @@ impl App {
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let (store, open_report) = Store::open(StoreOptions::from_config(&config.storage))?;
         let metrics = Metrics::new()?;
+        // Counters that must survive restarts start from what the database recorded.
+        for (labels, count) in store.read_blocking(jobs::replacement_counts)? {
+            metrics
+                .provisioner
+                .resource_replacements
+                .with_label_values(&[
+                    &labels.organization_name,
+                    &labels.template_name,
+                    &labels.preset_name,
+                ])
+                .inc_by(count);
+        }
         let (config, _) = watch::channel(Arc::new(config));
         let (events, _) = broadcast::channel(1024);
-        Ok(App { listener, local_addr, store, open_report, metrics, clock, config, source, events })
+        let runner = Runner::new(
+            store.clone(),
+            Arc::clone(&clock),
+            metrics.provisioner.clone(),
+            config.subscribe(),
+        );
+        Ok(App {
+            listener,
+            local_addr,
+            store,
+            open_report,
+            metrics,
+            clock,
+            config,
+            source,
+            events,
+            runner,
+        })
     }
 
     /// The address the HTTP server listens on (the real port when `listen` used port 0).
@@ -104,6 +136,11 @@ impl App {
             metrics: self.metrics.clone(),
             config: self.config.subscribe(),
         }
+    }
+
+    /// The job runner (tests run jobs with `Runner::run_one`).
+    pub fn runner(&self) -> &Runner {
+        &self.runner
     }
 
     /// Committed events, as the publisher delivers them.
@@ -148,6 +185,10 @@ impl App {
         for kind in LoopKind::ALL {
             workers.spawn(loops::run_every(kind, ctx.clone(), workers_cancel.clone()));
         }
+        // Jobs a previous process left running can never finish: fail them before any
+        // worker starts, so nothing hangs forever.
+        self.runner.recover_orphans(true).await?;
+        self.runner.spawn(&workers, workers_cancel.clone());
 
         let publisher_tasks = TaskTracker::new();
         let publisher_cancel = CancellationToken::new();
@@ -204,9 +245,13 @@ impl Reloader {
     pub fn reload(&self) -> Result<(), ConfigError> {
         let new = config::load(&self.source)?;
         let old = Arc::clone(&self.config.borrow());
-        if new.server != old.server || new.storage != old.storage || new.log != old.log {
+        if new.server != old.server
+            || new.storage != old.storage
+            || new.log != old.log
+            || new.provisioner.concurrency != old.provisioner.concurrency
+        {
             tracing::warn!(
-                "[server], [storage] and [log] changes take effect only after a restart"
+                "[server], [storage], [log] and provisioner.concurrency changes take effect only after a restart"
             );
         }
         self.config.send_replace(Arc::new(new));

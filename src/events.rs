@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::domain::{BuildReason, Transition};
 use crate::metrics::OutboxMetrics;
 use crate::store::{Store, StoreError, outbox};
 
@@ -32,8 +33,41 @@ pub enum Event {
     },
     #[serde(rename = "workspace.deleted")]
     WorkspaceDeleted { workspace_id: String, organization_id: String, owner_id: String },
+    #[serde(rename = "build.queued")]
+    BuildQueued { build: BuildRef },
+    #[serde(rename = "build.started")]
+    BuildStarted { build: BuildRef },
+    #[serde(rename = "build.succeeded")]
+    BuildSucceeded { build: BuildRef },
+    #[serde(rename = "build.failed")]
+    BuildFailed { build: BuildRef, error: String },
+    #[serde(rename = "build.canceled")]
+    BuildCanceled { build: BuildRef },
+    /// A build that claimed a prebuild had to replace a resource: the template defeats
+    /// the prebuild (template admins are notified).
+    #[serde(rename = "prebuild.resource_replaced")]
+    ResourceReplaced {
+        build: BuildRef,
+        preset_id: Option<String>,
+        resource: String,
+        paths: Vec<String>,
+    },
     #[serde(rename = "config.applied")]
     ConfigApplied { templates_changed: u32, versions_created: u32 },
+}
+
+/// Identifies a build in events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRef {
+    pub workspace_id: String,
+    pub build_id: String,
+    pub job_id: String,
+    pub build_number: i64,
+    pub transition: Transition,
+    pub reason: BuildReason,
+    pub organization_id: String,
+    pub owner_id: String,
 }
 
 impl Event {
@@ -42,7 +76,25 @@ impl Event {
         match self {
             Event::WorkspaceCreated { .. } => "workspace.created",
             Event::WorkspaceDeleted { .. } => "workspace.deleted",
+            Event::BuildQueued { .. } => "build.queued",
+            Event::BuildStarted { .. } => "build.started",
+            Event::BuildSucceeded { .. } => "build.succeeded",
+            Event::BuildFailed { .. } => "build.failed",
+            Event::BuildCanceled { .. } => "build.canceled",
+            Event::ResourceReplaced { .. } => "prebuild.resource_replaced",
             Event::ConfigApplied { .. } => "config.applied",
+        }
+    }
+
+    fn build(&self) -> Option<&BuildRef> {
+        match self {
+            Event::BuildQueued { build }
+            | Event::BuildStarted { build }
+            | Event::BuildSucceeded { build }
+            | Event::BuildFailed { build, .. }
+            | Event::BuildCanceled { build }
+            | Event::ResourceReplaced { build, .. } => Some(build),
+            _ => None,
         }
     }
 
@@ -51,7 +103,7 @@ impl Event {
         match self {
             Event::WorkspaceCreated { organization_id, .. }
             | Event::WorkspaceDeleted { organization_id, .. } => Some(organization_id),
-            Event::ConfigApplied { .. } => None,
+            _ => self.build().map(|build| build.organization_id.as_str()),
         }
     }
 
@@ -61,7 +113,7 @@ impl Event {
             Event::WorkspaceCreated { owner_id, .. } | Event::WorkspaceDeleted { owner_id, .. } => {
                 Some(owner_id)
             }
-            Event::ConfigApplied { .. } => None,
+            _ => self.build().map(|build| build.owner_id.as_str()),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
 //! - `events`: the `Event` type and the publisher that delivers committed events.
 //! - `loops`: reconciler, lifecycle and GC loops and their driver.
+//! - `provisioner`: backends (local, exec) and the job runner that feeds them.
 //! - `metrics`: the Prometheus registry.
 //! - `http`: the hyper server (`/healthz`, `/readyz`, `/metrics`).
 //! - `app`: start-up and shutdown order.
@@ -25,6 +26,7 @@ pub mod events;
 pub mod http;
 pub mod loops;
 pub mod metrics;
+pub mod provisioner;
 pub mod signals;
 pub mod store;
 pub mod telemetry;

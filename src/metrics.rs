@@ -19,6 +19,19 @@ pub struct Metrics {
     pub registry: Registry,
     pub loops: LoopMetrics,
     pub outbox: OutboxMetrics,
+    pub provisioner: ProvisionerMetrics,
+}
+
+/// Figures of the job runner.
+#[derive(Clone)]
+pub struct ProvisionerMetrics {
+    pub jobs: IntCounterVec,
+    pub duration: HistogramVec,
+    pub pending: IntGauge,
+    pub running: IntGauge,
+    pub timeouts: IntCounter,
+    pub orphans_recovered: IntCounter,
+    pub resource_replacements: IntCounterVec,
 }
 
 /// Figures of the background loops, labelled `loop` = reconciler | lifecycle | gc.
@@ -133,10 +146,57 @@ impl Metrics {
         registry.register(Box::new(outbox.pending.clone()))?;
         registry.register(Box::new(outbox.publish_lag.clone()))?;
 
+        let provisioner = ProvisionerMetrics {
+            jobs: IntCounterVec::new(
+                Opts::new(
+                    "workspaced_provisioner_jobs_total",
+                    "Provisioner jobs finished, by backend, transition and final status.",
+                ),
+                &["backend", "transition", "status"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "workspaced_provisioner_job_duration_seconds",
+                    "Time from a job's start to its completion.",
+                )
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ]),
+                &["backend", "transition"],
+            )?,
+            pending: IntGauge::new(
+                "workspaced_provisioner_jobs_pending",
+                "Jobs waiting for a worker.",
+            )?,
+            running: IntGauge::new("workspaced_provisioner_jobs_running", "Jobs running now.")?,
+            timeouts: IntCounter::new(
+                "workspaced_provisioner_job_timeouts_total",
+                "Jobs stopped because they ran past provisioner.job_timeout.",
+            )?,
+            orphans_recovered: IntCounter::new(
+                "workspaced_provisioner_orphaned_jobs_recovered_total",
+                "Jobs left running by a previous process and marked failed.",
+            )?,
+            resource_replacements: IntCounterVec::new(
+                Opts::new(
+                    "workspaced_prebuilt_workspaces_resource_replacements_total",
+                    "Resources replaced while claiming a prebuild (the template defeats its prebuilds).",
+                ),
+                &["organization_name", "template_name", "preset_name"],
+            )?,
+        };
+        registry.register(Box::new(provisioner.jobs.clone()))?;
+        registry.register(Box::new(provisioner.duration.clone()))?;
+        registry.register(Box::new(provisioner.pending.clone()))?;
+        registry.register(Box::new(provisioner.running.clone()))?;
+        registry.register(Box::new(provisioner.timeouts.clone()))?;
+        registry.register(Box::new(provisioner.orphans_recovered.clone()))?;
+        registry.register(Box::new(provisioner.resource_replacements.clone()))?;
+
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Metrics { registry, loops, outbox })
+        Ok(Metrics { registry, loops, outbox, provisioner })
     }
 
     /// The registry in the Prometheus text exposition format.

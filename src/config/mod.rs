@@ -7,6 +7,7 @@
 
 pub mod duration;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Transition;
 use duration::HumanDuration;
 
 /// The config file used when `--config` is not given and this file exists.
@@ -34,6 +36,7 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     pub lifecycle: LifecycleConfig,
     pub gc: GcConfig,
+    pub provisioner: ProvisionerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +219,94 @@ impl Default for GcConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionerConfig {
+    /// Jobs run at the same time.
+    pub concurrency: usize,
+    /// A job still running after this is stopped and fails.
+    pub job_timeout: HumanDuration,
+    /// Time a stopped backend gets between SIGTERM and SIGKILL.
+    pub kill_grace: HumanDuration,
+    /// Largest fraction of the workers prebuild jobs may hold (at least one worker).
+    pub prebuild_share: f64,
+    /// Log bytes kept per job; output past it is dropped with one notice.
+    pub max_log_bytes: u64,
+    /// How often idle workers look for jobs enqueued by other processes.
+    pub poll_interval: HumanDuration,
+    /// How often jobs left running by a dead process are failed.
+    pub orphan_check_interval: HumanDuration,
+    pub local: LocalBackendConfig,
+    /// External provisioners by profile name (`[provisioner.exec.NAME]`).
+    pub exec: BTreeMap<String, ExecBackendConfig>,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        ProvisionerConfig {
+            concurrency: 4,
+            job_timeout: HumanDuration::from_secs(30 * 60),
+            kill_grace: HumanDuration::from_secs(5),
+            prebuild_share: 0.5,
+            max_log_bytes: 1 << 20,
+            poll_interval: HumanDuration::from_secs(1),
+            orphan_check_interval: HumanDuration::from_secs(60),
+            local: LocalBackendConfig::default(),
+            exec: BTreeMap::new(),
+        }
+    }
+}
+
+impl ProvisionerConfig {
+    /// How many workers prebuild jobs may hold at once.
+    pub fn max_prebuild_jobs(&self) -> usize {
+        // Truncation is intended: the share is a ceiling, and at least one worker builds
+        // prebuilds so a pool can fill on a one-worker host.
+        ((self.concurrency as f64 * self.prebuild_share) as usize).max(1)
+    }
+}
+
+/// The built-in backend: a directory per workspace under `<data_dir>/workspaces`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalBackendConfig {
+    /// How long each build takes (a stand-in for real provisioning work).
+    pub build_duration: HumanDuration,
+    /// Transitions that fail on purpose, for demos and tests (e.g. `["start"]`).
+    pub fail_transitions: Vec<Transition>,
+}
+
+impl Default for LocalBackendConfig {
+    fn default() -> Self {
+        LocalBackendConfig {
+            build_duration: HumanDuration::from_secs(1),
+            fail_transitions: Vec::new(),
+        }
+    }
+}
+
+/// An external provisioner executable speaking the JSON-lines protocol
+/// (docs/provisioner-protocol.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBackendConfig {
+    pub command: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; default: the daemon's.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// Bytes of stdout (and, separately, stderr) accepted per job.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+}
+
+fn default_max_output_bytes() -> u64 {
+    16 << 20
+}
+
 /// Where the config came from: a file (maybe none) plus the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigSource {
@@ -348,6 +439,9 @@ impl Config {
             ("lifecycle.interval", self.lifecycle.interval),
             ("gc.interval", self.gc.interval),
             ("outbox.poll_interval", self.outbox.poll_interval),
+            ("provisioner.job_timeout", self.provisioner.job_timeout),
+            ("provisioner.poll_interval", self.provisioner.poll_interval),
+            ("provisioner.orphan_check_interval", self.provisioner.orphan_check_interval),
         ];
         for (key, value) in at_least_one_second {
             if value.as_secs() < 1 {
@@ -371,6 +465,40 @@ impl Config {
                 "outbox.batch_size",
                 format!("{} is out of range; use 1 to 10000", self.outbox.batch_size),
             ));
+        }
+        let provisioner = &self.provisioner;
+        if !(1..=256).contains(&provisioner.concurrency) {
+            return Err(fail(
+                "provisioner.concurrency",
+                format!("{} is out of range; use 1 to 256", provisioner.concurrency),
+            ));
+        }
+        if !(provisioner.prebuild_share > 0.0 && provisioner.prebuild_share <= 1.0) {
+            return Err(fail(
+                "provisioner.prebuild_share",
+                format!(
+                    "{} is out of range; use a fraction above 0 and at most 1",
+                    provisioner.prebuild_share
+                ),
+            ));
+        }
+        if provisioner.max_log_bytes < 1024 {
+            return Err(fail("provisioner.max_log_bytes", "must be at least 1024".to_owned()));
+        }
+        for (name, exec) in &provisioner.exec {
+            let key = |field: &str| format!("provisioner.exec.{name}.{field}");
+            if name == "local" || name.is_empty() {
+                return Err(fail(
+                    &format!("provisioner.exec.{name}"),
+                    "this name is reserved for the built-in backend".to_owned(),
+                ));
+            }
+            if exec.command.as_os_str().is_empty() {
+                return Err(fail(&key("command"), "must not be empty".to_owned()));
+            }
+            if exec.max_output_bytes < 1024 {
+                return Err(fail(&key("max_output_bytes"), "must be at least 1024".to_owned()));
+            }
         }
         if self.log.file.max_files == 0 {
             return Err(fail("log.file.max_files", "must be at least 1".to_owned()));

@@ -9,10 +9,15 @@
 //! transaction go to the outbox and wake the publisher only after commit.
 //! Domain SQL lives in the submodules; this module knows no table but the outbox.
 
+pub mod builds;
 pub mod fleet;
+pub mod jobs;
 pub mod migrations;
 pub mod outbox;
+pub mod templates;
 pub mod time;
+pub mod users;
+pub mod workspaces;
 
 use std::fs::File;
 use std::io::Read;
@@ -145,6 +150,7 @@ struct Inner {
     writer: Mutex<Connection>,
     idle_readers: Mutex<Vec<Connection>>,
     outbox_notify: Notify,
+    jobs_notify: Notify,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`). Derefs to the connection for queries; events
@@ -152,6 +158,7 @@ struct Inner {
 pub struct WriteTx<'conn> {
     tx: rusqlite::Transaction<'conn>,
     emitted: usize,
+    jobs_enqueued: bool,
 }
 
 impl std::ops::Deref for WriteTx<'_> {
@@ -168,6 +175,12 @@ impl WriteTx<'_> {
         let id = outbox::insert(&self.tx, event, now)?;
         self.emitted += 1;
         Ok(id)
+    }
+
+    /// Records that this transaction enqueued a provisioner job: the job runner is woken
+    /// after commit.
+    pub fn wake_job_runner(&mut self) {
+        self.jobs_enqueued = true;
     }
 }
 
@@ -212,6 +225,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 idle_readers: Mutex::new(Vec::new()),
                 outbox_notify: Notify::new(),
+                jobs_notify: Notify::new(),
             }),
         };
         Ok((store, OpenReport { created: !existed, applied_migrations, schema_version }))
@@ -243,19 +257,22 @@ impl Store {
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
         E: From<StoreError>,
     {
-        let (value, emitted) = {
+        let (value, emitted, jobs_enqueued) = {
             let mut conn = lock(&self.inner.writer);
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|error| E::from(StoreError::from(error)))?;
-            let mut write_tx = WriteTx { tx, emitted: 0 };
+            let mut write_tx = WriteTx { tx, emitted: 0, jobs_enqueued: false };
             let value = f(&mut write_tx)?;
-            let emitted = write_tx.emitted;
+            let (emitted, jobs_enqueued) = (write_tx.emitted, write_tx.jobs_enqueued);
             write_tx.tx.commit().map_err(|error| E::from(StoreError::from(error)))?;
-            (value, emitted)
+            (value, emitted, jobs_enqueued)
         };
         if emitted > 0 {
             self.inner.outbox_notify.notify_one();
+        }
+        if jobs_enqueued {
+            self.wake_job_runner();
         }
         Ok(value)
     }
@@ -294,6 +311,18 @@ impl Store {
     /// last wait), so the publisher needs no busy polling.
     pub async fn outbox_notified(&self) {
         self.inner.outbox_notify.notified().await;
+    }
+
+    /// Resolves after a commit that enqueued a provisioner job (or at once if one happened
+    /// since the last wait).
+    pub async fn jobs_notified(&self) {
+        self.inner.jobs_notify.notified().await;
+    }
+
+    /// Wakes one idle job worker (a worker that took a job wakes the next, so a burst of
+    /// jobs spreads over the idle workers).
+    pub fn wake_job_runner(&self) {
+        self.inner.jobs_notify.notify_one();
     }
 
     fn open_reader(&self) -> Result<Connection, StoreError> {
@@ -338,3 +367,20 @@ fn check_existing_file(path: &Path) -> Result<bool, StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads a TEXT column into one of the domain's string enums; a value the schema should
+/// have prevented is reported as a conversion failure naming the column.
+pub(crate) fn parse_text<T>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(index)?;
+    text.parse().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
+    })
+}

@@ -150,3 +150,71 @@ fn the_optional_log_file_receives_the_daemon_log() {
     assert!(text.contains("http server listening"), "{text}");
     assert!(text.contains("\"stopped\""), "{text}");
 }
+
+#[test]
+fn a_job_orphaned_by_kill_9_is_failed_on_restart_and_nothing_stays_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("provisioner.pid");
+    let script = dir.path().join("hang.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho $$ > {}\nexec sleep 120\n", pid_file.display()),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).unwrap();
+    let body =
+        format!("{}[provisioner.exec.hang]\ncommand = {script:?}\n", binary_config(dir.path()));
+    let config = write_config(dir.path(), &body);
+    let daemon = DaemonProcess::start(&config);
+
+    // Another process (this test) queues a build in the daemon's database.
+    let (store, _) = workspaced::store::Store::open(workspaced::store::StoreOptions::at(
+        dir.path().join("data/workspaced.db"),
+    ))
+    .unwrap();
+    let (template_id, _) = crate::fixtures::template(&store, "hang", "hang", &[]);
+    let alice = crate::fixtures::user(&store, "alice");
+    let ws = crate::fixtures::workspace(&store, &alice, &template_id, "dev");
+    let job = crate::fixtures::build(&store, &ws, workspaced::domain::Transition::Start, &alice);
+    let status = || crate::fixtures::status_now(&store, &job.job_id);
+    eventually(Duration::from_secs(15), "the daemon to start the job", || {
+        (status() == workspaced::domain::JobStatus::Running).then_some(())
+    });
+
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(status(), workspaced::domain::JobStatus::Running, "the crash left the job running");
+    // The provisioner outlived the daemon (its own process group); stop it.
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+
+    let restarted = DaemonProcess::start(&config);
+    restarted.wait_for_log("workspaced is ready", Duration::from_secs(10));
+    let (final_status, error) = workspaced::store::jobs::status(
+        &rusqlite::Connection::open(dir.path().join("data/workspaced.db")).unwrap(),
+        &job.job_id,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(final_status, workspaced::domain::JobStatus::Failed);
+    assert_eq!(error.as_deref(), Some(workspaced::store::jobs::ORPHANED_ERROR));
+    let running: i64 = store
+        .read_blocking(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM provisioner_jobs WHERE status IN ('running', 'canceling', 'pending')",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(running, 0);
+    let (_, scrape) = http_get(restarted.addr, "/metrics");
+    assert_eq!(
+        metric_value(&scrape, "workspaced_provisioner_orphaned_jobs_recovered_total"),
+        Some(1.0)
+    );
+    restarted.signal(Signal::SIGTERM);
+    assert_eq!(restarted.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

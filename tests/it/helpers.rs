@@ -64,11 +64,12 @@ pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
 /// A daemon inside the test process: real store file, real HTTP on a free loopback port,
 /// manual clock. Loops run on their (long) timers; tests call `tick` instead of waiting.
 pub struct TestDaemon {
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub store: Store,
     pub clock: Arc<ManualClock>,
     pub ctx: LoopCtx,
+    pub runner: workspaced::provisioner::runner::Runner,
     pub app_events: tokio::sync::broadcast::Receiver<Arc<workspaced::events::PublishedEvent>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -84,19 +85,23 @@ impl TestDaemon {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.storage.data_dir = dir.path().join("data");
+        config.provisioner.local.build_duration =
+            workspaced::config::duration::HumanDuration::from_secs(0);
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(start_time()));
         let app = App::build(config, ConfigSource { file: None }, clock.clone()).unwrap();
         let addr = app.local_addr();
         let store = app.store().clone();
         let ctx = app.loop_ctx();
+        let runner = app.runner().clone();
         let app_events = app.subscribe();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move { app.run(shutdown).await.unwrap() }
         });
-        let daemon = TestDaemon { _dir: dir, addr, store, clock, ctx, app_events, shutdown, task };
+        let daemon =
+            TestDaemon { dir, addr, store, clock, ctx, runner, app_events, shutdown, task };
         daemon.wait_ready().await;
         daemon
     }

@@ -8,6 +8,8 @@
 mod bad_input;
 mod binary;
 mod daemon;
+mod fixtures;
 mod helpers;
 mod outbox;
+mod provisioner;
 mod tidy;

@@ -1,0 +1,124 @@
+//! Provisioner backends: what turns a build into real effects on the host.
+//!
+//! Owns the `Backend` trait, the request every backend receives (`protocol::JobRequest`,
+//! also the exec protocol's wire format), the error a failed backend reports, and the job
+//! runner that feeds backends from the database. Backends know nothing about SQLite:
+//! they get a request, a log channel and a cancellation token, and return a report.
+
+pub mod exec;
+pub mod local;
+pub mod protocol;
+pub mod runner;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::ProvisionerConfig;
+use crate::domain::{LogLine, Transition};
+use crate::store::jobs::SuccessReport;
+use protocol::JobRequest;
+
+/// A boxed future, so backends can be trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The name of the built-in backend.
+pub const LOCAL_BACKEND: &str = "local";
+
+/// What a backend gets besides the request.
+pub struct JobIo {
+    /// Build output; the runner batches it into the job's log.
+    pub logs: mpsc::Sender<LogLine>,
+    /// Fires when the job must stop (timeout, cancel request, shutdown). The backend stops
+    /// its work (gracefully, then forcibly) and returns `ProvisionerError::Canceled`.
+    pub cancel: CancellationToken,
+}
+
+/// Runs builds.
+pub trait Backend: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        request: &'a JobRequest,
+        io: JobIo,
+    ) -> BoxFuture<'a, Result<SuccessReport, ProvisionerError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionerError {
+    #[error("the job was canceled")]
+    Canceled,
+    #[error("{transition} failed on purpose (provisioner.local.fail_transitions)")]
+    Injected { transition: Transition },
+    #[error("unknown provisioner {0:?}: not \"local\" and no [provisioner.exec.{0}] profile")]
+    UnknownBackend(String),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start provisioner {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("provisioner exited with {status}{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    ExitStatus { status: String, detail: Option<String> },
+    #[error("provisioner wrote malformed JSON on stdout line {line}: {reason}")]
+    Malformed { line: usize, reason: String },
+    #[error("provisioner exited successfully without a \"complete\" message")]
+    NoComplete,
+    #[error("provisioner output exceeded the {limit}-byte limit (max_output_bytes); it was killed")]
+    OutputTooLarge { limit: u64 },
+    #[error("provisioner reported an error: {0}")]
+    Reported(String),
+    #[error("job timed out after {0:?}; the provisioner was stopped")]
+    TimedOut(Duration),
+}
+
+impl ProvisionerError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ProvisionerError::Canceled => "canceled",
+            ProvisionerError::Injected { .. } => "injected",
+            ProvisionerError::UnknownBackend(_) => "unknown_backend",
+            ProvisionerError::Io { .. } => "io",
+            ProvisionerError::Spawn { .. } => "spawn",
+            ProvisionerError::ExitStatus { .. } => "exit_status",
+            ProvisionerError::Malformed { .. } => "malformed",
+            ProvisionerError::NoComplete => "no_complete",
+            ProvisionerError::OutputTooLarge { .. } => "output_too_large",
+            ProvisionerError::Reported(_) => "reported",
+            ProvisionerError::TimedOut(_) => "timeout",
+        }
+    }
+}
+
+/// The backend named `name` under the current config: `local`, or an exec profile.
+pub fn backend_for(
+    name: &str,
+    config: &ProvisionerConfig,
+    data_dir: &Path,
+    clock: &Arc<dyn Clock>,
+) -> Result<Box<dyn Backend>, ProvisionerError> {
+    if name == LOCAL_BACKEND {
+        return Ok(Box::new(local::LocalBackend::new(
+            local::workspaces_root(data_dir),
+            config.local.clone(),
+            Arc::clone(clock),
+        )));
+    }
+    match config.exec.get(name) {
+        Some(profile) => {
+            Ok(Box::new(exec::ExecBackend::new(profile.clone(), config.kill_grace.as_duration())))
+        }
+        None => Err(ProvisionerError::UnknownBackend(name.to_owned())),
+    }
+}

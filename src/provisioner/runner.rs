@@ -1,0 +1,401 @@
+//! The job runner: N workers take the most urgent pending job (people, then the lifecycle,
+//! then prebuilds; oldest first within a class), run it on its backend, stream its logs
+//! into SQLite in batches and complete it in one transaction with the build's effects.
+//!
+//! Owns job timeouts (cancel, kill grace, fail), cancellation (pending: at once; running:
+//! the backend is stopped), the prebuild share (prebuild jobs never hold more than
+//! `max_prebuild_jobs` workers) and orphan recovery (jobs a dead process left running are
+//! failed at start and periodically). It decides nothing about *which* builds exist.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::{JobPriority, JobStatus, LogLevel, LogLine};
+use crate::loops::error_chain;
+use crate::metrics::ProvisionerMetrics;
+use crate::provisioner::protocol::JobRequest;
+use crate::provisioner::{JobIo, ProvisionerError, backend_for};
+use crate::store::jobs::{self, AcquiredJob, CancelResult, CompletedJob, JobOutcome};
+use crate::store::{Store, StoreError};
+
+/// Lines buffered before a flush, and the longest a line waits in the buffer.
+const LOG_BATCH_LINES: usize = 64;
+const LOG_BATCH_WAIT: Duration = Duration::from_millis(200);
+
+/// Runs provisioner jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    metrics: ProvisionerMetrics,
+    config: watch::Receiver<Arc<Config>>,
+    data_dir: PathBuf,
+    /// Prefix of this process's worker ids; jobs held by other prefixes are orphans.
+    instance_id: String,
+    running_prebuilds: AtomicUsize,
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// Releases a prebuild slot when the job ends.
+struct PrebuildSlot<'a>(&'a AtomicUsize);
+
+impl Drop for PrebuildSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Runner {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        metrics: ProvisionerMetrics,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Runner {
+        let data_dir = config.borrow().storage.data_dir.clone();
+        Runner {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                metrics,
+                config,
+                data_dir,
+                instance_id: uuid::Uuid::new_v4().to_string(),
+                running_prebuilds: AtomicUsize::new(0),
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Fails jobs left running by a previous process: at start (`all`: every running job,
+    /// since this process runs none yet) and periodically (jobs of other instances).
+    pub async fn recover_orphans(&self, all: bool) -> Result<Vec<CompletedJob>, StoreError> {
+        let prefix = (!all).then(|| self.inner.instance_id.clone());
+        let now = self.inner.clock.now();
+        let failed = self
+            .inner
+            .store
+            .write(move |tx| jobs::fail_orphans(tx, prefix.as_deref(), now))
+            .await?;
+        for job in &failed {
+            self.inner.metrics.orphans_recovered.inc();
+            self.record_finished(job, None);
+            tracing::warn!(
+                job_id = %job.build.job_id,
+                workspace_id = %job.build.workspace_id,
+                transition = %job.build.transition,
+                "job was left running by a previous process; marked failed"
+            );
+        }
+        Ok(failed)
+    }
+
+    /// Starts `provisioner.concurrency` workers and the periodic orphan check on `tracker`;
+    /// they stop when `shutdown` fires (running jobs are canceled and recorded).
+    pub fn spawn(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let concurrency = self.inner.config.borrow().provisioner.concurrency;
+        for index in 0..concurrency {
+            let worker_id = format!("{}/worker-{index}", self.inner.instance_id);
+            tracker.spawn(self.clone().work(worker_id, shutdown.clone()));
+        }
+        tracker.spawn(self.clone().check_orphans(shutdown));
+    }
+
+    async fn work(self, worker_id: String, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let poll = self.inner.config.borrow().provisioner.poll_interval.as_duration();
+            match self.run_one(&worker_id, &shutdown).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(worker = %worker_id, error = %error_chain(&error), "job runner failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.inner.store.jobs_notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    async fn check_orphans(self, shutdown: CancellationToken) {
+        loop {
+            let period = self.inner.config.borrow().provisioner.orphan_check_interval.as_duration();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
+            if let Err(error) = self.recover_orphans(false).await {
+                tracing::error!(error = %error_chain(&error), "orphaned job check failed");
+            }
+        }
+    }
+
+    /// Takes and runs one job, if there is one this worker may take. Tests call it to run
+    /// jobs deterministically.
+    pub async fn run_one(
+        &self,
+        worker_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<CompletedJob>, StoreError> {
+        let config = Arc::clone(&self.inner.config.borrow());
+        let max_prebuild = config.provisioner.max_prebuild_jobs();
+        // Reserve a prebuild slot before asking, so two workers cannot both take the last one.
+        let reserved = self.inner.running_prebuilds.fetch_add(1, Ordering::AcqRel) < max_prebuild;
+        if !reserved {
+            self.inner.running_prebuilds.fetch_sub(1, Ordering::AcqRel);
+        }
+        let now = self.inner.clock.now();
+        let worker = worker_id.to_owned();
+        let acquired =
+            self.inner.store.write(move |tx| jobs::acquire(tx, &worker, reserved, now)).await;
+        let job = match acquired {
+            Ok(Some(job)) => job,
+            other => {
+                if reserved {
+                    self.inner.running_prebuilds.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.update_pending().await;
+                return other.map(|_| None);
+            }
+        };
+        let _slot = if reserved && job.priority == JobPriority::Prebuild {
+            Some(PrebuildSlot(&self.inner.running_prebuilds))
+        } else {
+            if reserved {
+                self.inner.running_prebuilds.fetch_sub(1, Ordering::AcqRel);
+            }
+            None
+        };
+        // More jobs may be waiting: let another idle worker look.
+        self.inner.store.wake_job_runner();
+        self.update_pending().await;
+
+        let token = shutdown.child_token();
+        self.lock_running().insert(job.job_id.clone(), token.clone());
+        self.inner.metrics.running.inc();
+        let started = tokio::time::Instant::now();
+        tracing::info!(
+            job_id = %job.job_id,
+            workspace_id = %job.build.workspace_id,
+            transition = %job.build.transition,
+            reason = %job.build.reason,
+            backend = %job.backend,
+            "job started"
+        );
+        let outcome = self.execute(&job, &config, token, shutdown).await;
+        self.inner.metrics.running.dec();
+        self.lock_running().remove(&job.job_id);
+
+        let final_line = match &outcome {
+            JobOutcome::Succeeded(_) => LogLine::new(LogLevel::Info, "done", "build succeeded"),
+            JobOutcome::Failed { error, .. } => {
+                LogLine::new(LogLevel::Error, "done", format!("build failed: {error}"))
+            }
+            JobOutcome::Canceled { reason } => {
+                LogLine::new(LogLevel::Warn, "done", format!("build canceled: {reason}"))
+            }
+        };
+        let job_id = job.job_id.clone();
+        let cap = config.provisioner.max_log_bytes;
+        let now = self.inner.clock.now();
+        let completed = self
+            .inner
+            .store
+            .write(move |tx| {
+                // The closing line may pass the cap: it says how the job ended, which matters most.
+                jobs::append_logs(tx, &job_id, &[final_line], cap.saturating_add(4096), now)?;
+                jobs::complete(tx, &job_id, &outcome, now)
+            })
+            .await?;
+        if let Some(completed) = &completed {
+            self.record_finished(completed, Some(started.elapsed()));
+            match completed.status {
+                JobStatus::Failed => tracing::warn!(
+                    job_id = %completed.build.job_id,
+                    workspace_id = %completed.build.workspace_id,
+                    transition = %completed.build.transition,
+                    "job failed"
+                ),
+                status => tracing::info!(
+                    job_id = %completed.build.job_id,
+                    workspace_id = %completed.build.workspace_id,
+                    transition = %completed.build.transition,
+                    %status,
+                    "job finished"
+                ),
+            }
+        }
+        Ok(completed)
+    }
+
+    async fn execute(
+        &self,
+        job: &AcquiredJob,
+        config: &Config,
+        token: CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> JobOutcome {
+        let backend = match backend_for(
+            &job.backend,
+            &config.provisioner,
+            &self.inner.data_dir,
+            &self.inner.clock,
+        ) {
+            Ok(backend) => backend,
+            Err(error) => return failed(&error),
+        };
+        let request = JobRequest::from_job(job);
+        let (logs, log_lines) = mpsc::channel(256);
+        let pump = self.pump_logs(job.job_id.clone(), log_lines, config.provisioner.max_log_bytes);
+        let timeout = config.provisioner.job_timeout.as_duration();
+        let run = async {
+            let run = backend.run(&request, JobIo { logs, cancel: token.clone() });
+            tokio::pin!(run);
+            tokio::select! {
+                result = &mut run => (result, false),
+                () = tokio::time::sleep(timeout) => {
+                    // The backend stops its work (gracefully, then forcibly) and returns.
+                    token.cancel();
+                    (run.await, true)
+                }
+            }
+        };
+        let ((result, timed_out), ()) = tokio::join!(run, pump);
+        match result {
+            Ok(report) => JobOutcome::Succeeded(report),
+            Err(_) if timed_out => {
+                self.inner.metrics.timeouts.inc();
+                failed(&ProvisionerError::TimedOut(timeout))
+            }
+            Err(ProvisionerError::Canceled) if shutdown.is_cancelled() => {
+                JobOutcome::Canceled { reason: "the daemon shut down during the job".to_owned() }
+            }
+            Err(ProvisionerError::Canceled) => {
+                JobOutcome::Canceled { reason: "canceled by request".to_owned() }
+            }
+            Err(error) => failed(&error),
+        }
+    }
+
+    /// Writes log lines in batches (every `LOG_BATCH_LINES` lines or `LOG_BATCH_WAIT`)
+    /// until the backend drops its sender.
+    async fn pump_logs(&self, job_id: String, mut lines: mpsc::Receiver<LogLine>, cap: u64) {
+        let mut buffer = Vec::new();
+        loop {
+            let next = if buffer.is_empty() {
+                lines.recv().await
+            } else {
+                match tokio::time::timeout(LOG_BATCH_WAIT, lines.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.flush_logs(&job_id, &mut buffer, cap).await;
+                        continue;
+                    }
+                }
+            };
+            match next {
+                Some(line) => {
+                    buffer.push(line);
+                    if buffer.len() >= LOG_BATCH_LINES {
+                        self.flush_logs(&job_id, &mut buffer, cap).await;
+                    }
+                }
+                None => {
+                    self.flush_logs(&job_id, &mut buffer, cap).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn flush_logs(&self, job_id: &str, buffer: &mut Vec<LogLine>, cap: u64) {
+        if buffer.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(buffer);
+        let job_id = job_id.to_owned();
+        let now = self.inner.clock.now();
+        let result = self
+            .inner
+            .store
+            .write(move |tx| jobs::append_logs(tx, &job_id, &lines, cap, now))
+            .await;
+        if let Err(error) = result {
+            // Losing log lines must not fail the build itself.
+            tracing::warn!(error = %error_chain(&error), "cannot store job log lines");
+        }
+    }
+
+    /// Cancels a job: a pending one at once, a running one by stopping its backend.
+    pub async fn cancel(&self, job_id: &str) -> Result<CancelResult, StoreError> {
+        let now = self.inner.clock.now();
+        let id = job_id.to_owned();
+        let result = self.inner.store.write(move |tx| jobs::request_cancel(tx, &id, now)).await?;
+        if result == CancelResult::Canceling
+            && let Some(token) = self.lock_running().get(job_id)
+        {
+            token.cancel();
+        }
+        if let CancelResult::Canceled(job) = &result {
+            self.record_finished(job, None);
+        }
+        Ok(result)
+    }
+
+    fn record_finished(&self, job: &CompletedJob, elapsed: Option<Duration>) {
+        let metrics = &self.inner.metrics;
+        let transition = job.build.transition.as_str();
+        metrics.jobs.with_label_values(&[&job.backend, transition, job.status.as_str()]).inc();
+        if let Some(elapsed) = elapsed {
+            metrics
+                .duration
+                .with_label_values(&[&job.backend, transition])
+                .observe(elapsed.as_secs_f64());
+        }
+        if let Some(labels) = &job.preset_labels {
+            metrics
+                .resource_replacements
+                .with_label_values(&[
+                    &labels.organization_name,
+                    &labels.template_name,
+                    &labels.preset_name,
+                ])
+                .inc_by(job.replacements.len() as u64);
+        }
+    }
+
+    async fn update_pending(&self) {
+        match self.inner.store.read(jobs::pending_count).await {
+            Ok(pending) => {
+                self.inner.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX))
+            }
+            Err(error) => tracing::warn!(error = %error_chain(&error), "cannot count pending jobs"),
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.inner.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn failed(error: &ProvisionerError) -> JobOutcome {
+    JobOutcome::Failed { error: error_chain(error), code: error.metric_label().to_owned() }
+}

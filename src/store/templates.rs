@@ -1,0 +1,253 @@
+//! Templates, their versions, parameters and presets: the SQL.
+//!
+//! Owns inserting and reading template rows. Deciding *what* to write (hashing a template's
+//! content, diffing the config file against the database) is the templates-config code's
+//! job, not this module's.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ParameterType;
+use crate::domain::parameters::ParameterSpec;
+use crate::store::time::to_millis;
+use crate::store::{StoreError, parse_text};
+
+/// Schedule options of a template: updated in place, never a new version. 0 = off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateOptions {
+    pub default_ttl_s: i64,
+    pub max_ttl_s: i64,
+    pub autostart_enabled: bool,
+    pub autostop_enabled: bool,
+    /// Bit 0 = Sunday … bit 6 = Saturday.
+    pub autostart_days: u8,
+    pub failure_ttl_s: i64,
+    pub time_til_dormant_s: i64,
+    pub time_til_dormant_autodelete_s: i64,
+    pub require_active_version: bool,
+}
+
+impl Default for TemplateOptions {
+    fn default() -> Self {
+        TemplateOptions {
+            default_ttl_s: 0,
+            max_ttl_s: 0,
+            autostart_enabled: true,
+            autostop_enabled: true,
+            autostart_days: 0b111_1111,
+            failure_ttl_s: 0,
+            time_til_dormant_s: 0,
+            time_til_dormant_autodelete_s: 0,
+            require_active_version: false,
+        }
+    }
+}
+
+/// What a new template version holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionSpec {
+    pub name: String,
+    pub content_hash: String,
+    pub provisioner: String,
+    pub provisioner_config: serde_json::Value,
+    pub parameters: Vec<ParameterSpec>,
+}
+
+/// Inserts a template without an active version; returns its id.
+pub fn insert_template(
+    conn: &Connection,
+    organization_id: &str,
+    name: &str,
+    provisioner: &str,
+    options: &TemplateOptions,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    conn.execute(
+        "INSERT INTO templates (id, organization_id, name, provisioner, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![id, organization_id, name, provisioner, to_millis(now)],
+    )?;
+    update_options(conn, &id, options, now)?;
+    Ok(id)
+}
+
+/// Updates a template's schedule options in place.
+pub fn update_options(
+    conn: &Connection,
+    template_id: &str,
+    options: &TemplateOptions,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE templates SET default_ttl_s = ?2, max_ttl_s = ?3, autostart_enabled = ?4,
+            autostop_enabled = ?5, autostart_days = ?6, failure_ttl_s = ?7,
+            time_til_dormant_s = ?8, time_til_dormant_autodelete_s = ?9,
+            require_active_version = ?10, updated_at = ?11
+         WHERE id = ?1",
+        params![
+            template_id,
+            options.default_ttl_s,
+            options.max_ttl_s,
+            options.autostart_enabled,
+            options.autostop_enabled,
+            options.autostart_days,
+            options.failure_ttl_s,
+            options.time_til_dormant_s,
+            options.time_til_dormant_autodelete_s,
+            options.require_active_version,
+            to_millis(now),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Inserts a version with its parameters and makes it the template's active version.
+pub fn insert_active_version(
+    conn: &Connection,
+    template_id: &str,
+    spec: &VersionSpec,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let config = serde_json::to_string(&spec.provisioner_config).map_err(StoreError::Encode)?;
+    conn.execute(
+        "INSERT INTO template_versions (id, template_id, name, content_hash, provisioner, provisioner_config, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, template_id, spec.name, spec.content_hash, spec.provisioner, config, to_millis(now)],
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO template_version_parameters
+            (template_version_id, name, type, mutable, default_value, options, description, position)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (position, parameter) in spec.parameters.iter().enumerate() {
+        let options = if parameter.options.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&parameter.options).map_err(StoreError::Encode)?)
+        };
+        insert.execute(params![
+            id,
+            parameter.name,
+            parameter.kind.as_str(),
+            parameter.mutable,
+            parameter.default_value,
+            options,
+            parameter.description,
+            position as i64,
+        ])?;
+    }
+    conn.execute(
+        "UPDATE templates SET active_version_id = ?2, provisioner = ?3, updated_at = ?4 WHERE id = ?1",
+        params![template_id, id, spec.provisioner, to_millis(now)],
+    )?;
+    Ok(id)
+}
+
+/// The parameters a version declares, in declaration order.
+pub fn version_parameters(
+    conn: &Connection,
+    version_id: &str,
+) -> Result<Vec<ParameterSpec>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT name, type, mutable, default_value, options, description
+           FROM template_version_parameters WHERE template_version_id = ?1 ORDER BY position, name",
+    )?;
+    let rows = statement.query_map([version_id], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            parse_text::<ParameterType>(row, 1)?,
+            row.get::<_, bool>(2)?,
+            row.get::<_, Option<String>>(3)?,
+            row.get::<_, Option<String>>(4)?,
+            row.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut parameters = Vec::new();
+    for row in rows {
+        let (name, kind, mutable, default_value, options, description) = row?;
+        let options: Vec<String> = match options {
+            Some(json) => serde_json::from_str(&json).map_err(|error| StoreError::Corrupt {
+                what: format!("options of parameter {name} of version {version_id}"),
+                reason: error.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        parameters.push(ParameterSpec { name, kind, mutable, default_value, options, description });
+    }
+    Ok(parameters)
+}
+
+/// A preset of a version; `desired_instances` None = no prebuild pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresetSpec {
+    pub name: String,
+    pub parameters: BTreeMap<String, String>,
+    pub desired_instances: Option<i64>,
+    pub ttl_s: Option<i64>,
+    pub scheduling_timezone: String,
+    /// (cron expression, instances)
+    pub schedules: Vec<(String, i64)>,
+}
+
+/// Inserts a preset of `version_id`; returns its id.
+pub fn insert_preset(
+    conn: &Connection,
+    version_id: &str,
+    spec: &PresetSpec,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    conn.execute(
+        "INSERT INTO presets (id, template_version_id, name, desired_instances, ttl_s, scheduling_timezone, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            version_id,
+            spec.name,
+            spec.desired_instances,
+            spec.ttl_s,
+            spec.scheduling_timezone,
+            to_millis(now)
+        ],
+    )?;
+    for (name, value) in &spec.parameters {
+        conn.execute(
+            "INSERT INTO preset_parameters (preset_id, name, value) VALUES (?1, ?2, ?3)",
+            params![id, name, value],
+        )?;
+    }
+    for (cron, instances) in &spec.schedules {
+        conn.execute(
+            "INSERT INTO preset_prebuild_schedules (preset_id, cron_expression, desired_instances)
+             VALUES (?1, ?2, ?3)",
+            params![id, cron, instances],
+        )?;
+    }
+    Ok(id)
+}
+
+/// A preset's parameter values.
+pub fn preset_parameters(
+    conn: &Connection,
+    preset_id: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut statement =
+        conn.prepare_cached("SELECT name, value FROM preset_parameters WHERE preset_id = ?1")?;
+    let rows = statement.query_map([preset_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The template's active version id, if the template exists and has one.
+pub fn active_version(conn: &Connection, template_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT active_version_id FROM templates WHERE id = ?1", [template_id], |row| {
+            row.get::<_, Option<String>>(0)
+        })
+        .optional()?
+        .flatten())
+}

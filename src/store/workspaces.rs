@@ -1,0 +1,162 @@
+//! Workspaces: the SQL for creating and reading them.
+//!
+//! Owns workspace rows. State changes caused by builds (ready, deleted) are written by
+//! `store::jobs` when a job completes, in the same transaction as the job's outcome.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use crate::store::StoreError;
+use crate::store::time::{from_millis, to_millis};
+
+/// What a new workspace needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWorkspace {
+    pub organization_id: String,
+    pub owner_id: String,
+    pub template_id: String,
+    pub preset_id: Option<String>,
+    pub name: String,
+    pub autostart_schedule: Option<String>,
+    pub ttl_s: Option<i64>,
+    pub automatic_updates_always: bool,
+}
+
+/// A workspace row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub id: String,
+    pub organization_id: String,
+    pub owner_id: String,
+    pub template_id: String,
+    pub preset_id: Option<String>,
+    pub name: String,
+    pub autostart_schedule: Option<String>,
+    pub ttl_s: Option<i64>,
+    pub automatic_updates_always: bool,
+    pub agents_ready: Option<bool>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub dormant_at: Option<DateTime<Utc>>,
+    pub deleting_at: Option<DateTime<Utc>>,
+    pub protected: bool,
+    pub gc_warned_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateWorkspaceError {
+    #[error("the owner already has a workspace named {name:?}")]
+    NameTaken { name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Inserts a workspace; `last_used_at` starts at `now`. Returns its id.
+pub fn insert(
+    conn: &Connection,
+    new: &NewWorkspace,
+    now: DateTime<Utc>,
+) -> Result<String, CreateWorkspaceError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let result = conn.execute(
+        "INSERT INTO workspaces (id, organization_id, owner_id, template_id, preset_id, name,
+            autostart_schedule, ttl_s, automatic_updates, created_at, updated_at, last_used_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10)",
+        params![
+            id,
+            new.organization_id,
+            new.owner_id,
+            new.template_id,
+            new.preset_id,
+            new.name,
+            new.autostart_schedule,
+            new.ttl_s,
+            if new.automatic_updates_always { "always" } else { "never" },
+            to_millis(now),
+        ],
+    );
+    match result {
+        Ok(_) => Ok(id),
+        Err(rusqlite::Error::SqliteFailure(error, Some(message)))
+            if error.code == ErrorCode::ConstraintViolation
+                && message.contains("workspaces.name") =>
+        {
+            Err(CreateWorkspaceError::NameTaken { name: new.name.clone() })
+        }
+        Err(error) => Err(StoreError::from(error).into()),
+    }
+}
+
+const COLUMNS: &str = "id, organization_id, owner_id, template_id, preset_id, name,
+    autostart_schedule, ttl_s, automatic_updates, agents_ready, created_at, last_used_at,
+    dormant_at, deleting_at, protected, gc_warned_at, deleted";
+
+fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let millis: i64 = row.get(index)?;
+    from_millis(millis).ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis))
+}
+
+fn optional_time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    match row.get::<_, Option<i64>>(index)? {
+        Some(millis) => Ok(Some(
+            from_millis(millis).ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Workspace> {
+    Ok(Workspace {
+        id: row.get(0)?,
+        organization_id: row.get(1)?,
+        owner_id: row.get(2)?,
+        template_id: row.get(3)?,
+        preset_id: row.get(4)?,
+        name: row.get(5)?,
+        autostart_schedule: row.get(6)?,
+        ttl_s: row.get(7)?,
+        automatic_updates_always: row.get::<_, String>(8)? == "always",
+        agents_ready: row.get(9)?,
+        created_at: time(row, 10)?,
+        last_used_at: time(row, 11)?,
+        dormant_at: optional_time(row, 12)?,
+        deleting_at: optional_time(row, 13)?,
+        protected: row.get(14)?,
+        gc_warned_at: optional_time(row, 15)?,
+        deleted: row.get(16)?,
+    })
+}
+
+/// The workspace with `id`, deleted or not.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<Workspace>, StoreError> {
+    Ok(conn
+        .query_row(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"), [id], from_row)
+        .optional()?)
+}
+
+/// The live workspace of `owner_id` named `name`.
+pub fn get_by_name(
+    conn: &Connection,
+    owner_id: &str,
+    name: &str,
+) -> Result<Option<Workspace>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM workspaces WHERE owner_id = ?1 AND name = ?2 AND deleted = 0"
+            ),
+            params![owner_id, name],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// Live workspaces, oldest first.
+pub fn list_live(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM workspaces WHERE deleted = 0 ORDER BY created_at, id"
+    ))?;
+    let rows = statement.query_map([], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

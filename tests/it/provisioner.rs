@@ -1,0 +1,558 @@
+//! Builds that really run: the job runner with the local backend and real child processes
+//! for the exec backend, including every way a backend can misbehave.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use workspaced::config::duration::HumanDuration;
+use workspaced::config::{Config, ExecBackendConfig};
+use workspaced::domain::{BuildReason, JobStatus, PREBUILDS_USER_ID, Transition};
+use workspaced::store::builds::{BuildError, BuildRequest};
+use workspaced::store::jobs::CancelResult;
+use workspaced::store::{StoreError, workspaces};
+
+use crate::fixtures::{
+    self, build, enqueue, finished, logs, parameter, params, status_where, template, user,
+    workspace,
+};
+use crate::helpers::{TestDaemon, metric_value};
+
+fn exec_profile(command: &Path, env: &[(&str, &str)]) -> ExecBackendConfig {
+    ExecBackendConfig {
+        command: command.to_path_buf(),
+        args: Vec::new(),
+        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        working_dir: None,
+        max_output_bytes: 64 * 1024,
+    }
+}
+
+/// Writes an executable shell script into `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    path
+}
+
+fn example_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("packaging/provisioners/example.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_stop_delete_cycle_on_the_local_backend_creates_keeps_and_removes_the_directory() {
+    let daemon = TestDaemon::spawn().await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "go", "local", &[parameter("cpu", "2", true)]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "dev");
+    let dir = daemon.dir.path().join("data/workspaces").join(&ws);
+
+    let start = build(&store, &ws, Transition::Start, &alice);
+    assert_eq!(finished(&store, &start.job_id).await, (JobStatus::Succeeded, None));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["status"], "running");
+    assert_eq!(state["parameters"]["cpu"], "2");
+    let row = store.read(move |conn| workspaces::get(conn, &ws)).await.unwrap().unwrap();
+    assert_eq!(row.agents_ready, Some(true));
+    let ws = row.id;
+    assert!(logs(&store, &start.job_id).iter().any(|line| line.contains("is running")));
+
+    let stop = build(&store, &ws, Transition::Stop, &alice);
+    assert_eq!(finished(&store, &stop.job_id).await.0, JobStatus::Succeeded);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["status"], "stopped");
+    let id = ws.clone();
+    let row = store.read(move |conn| workspaces::get(conn, &id)).await.unwrap().unwrap();
+    assert_eq!(row.agents_ready, None);
+
+    let delete = build(&store, &ws, Transition::Delete, &alice);
+    assert_eq!(finished(&store, &delete.job_id).await.0, JobStatus::Succeeded);
+    assert!(!dir.exists());
+    let id = ws.clone();
+    assert!(store.read(move |conn| workspaces::get(conn, &id)).await.unwrap().unwrap().deleted);
+    // The name is free again.
+    workspace(&store, &alice, &template_id, "dev");
+
+    let (_, scrape) = daemon.get("/metrics").await;
+    for transition in ["start", "stop", "delete"] {
+        let series = format!(
+            "workspaced_provisioner_jobs_total{{backend=\"local\",status=\"succeeded\",transition=\"{transition}\"}}"
+        );
+        assert_eq!(metric_value(&scrape, &series), Some(1.0), "{series}");
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_with_a_build_in_progress_gets_no_second_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = script(dir.path(), "hang.sh", "sleep 30");
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("hang".into(), exec_profile(&hang, &[]));
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "slow", "hang", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "dev");
+    let start = build(&store, &ws, Transition::Start, &alice);
+    let request = BuildRequest::new(&ws, Transition::Stop, BuildReason::Initiator, &alice);
+    let second = store.write_blocking(|tx| {
+        workspaced::store::builds::enqueue(tx, &request, crate::helpers::start_time())
+    });
+    assert!(matches!(second, Err(BuildError::InProgress { .. })), "{second:?}");
+    assert!(matches!(
+        daemon.runner.cancel(&start.job_id).await.unwrap(),
+        CancelResult::Canceling | CancelResult::Canceled(_)
+    ));
+    assert_eq!(finished(&store, &start.job_id).await.0, JobStatus::Canceled);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exec_backend_runs_the_example_provisioner_and_passes_state_between_builds() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_str().unwrap().to_owned();
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert(
+            "example".into(),
+            exec_profile(&example_script(), &[("EXAMPLE_PROVISIONER_ROOT", &root_path)]),
+        );
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(
+        &store,
+        "py",
+        "example",
+        &[parameter("region", "eu", true), parameter("fail", "false", true)],
+    );
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "dev");
+    let dir = root.path().join(&ws);
+
+    let start = build(&store, &ws, Transition::Start, &alice);
+    assert_eq!(finished(&store, &start.job_id).await, (JobStatus::Succeeded, None));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("params.json")).unwrap()).unwrap();
+    assert_eq!(written["parameters"]["region"], "eu");
+    let lines = logs(&store, &start.job_id);
+    assert!(
+        lines.iter().any(|line| line.starts_with("info plan: start of dev (build 1)")),
+        "{lines:?}"
+    );
+    let id = ws.clone();
+    assert_eq!(
+        store.read(move |c| workspaces::get(c, &id)).await.unwrap().unwrap().agents_ready,
+        Some(true)
+    );
+
+    let stop = build(&store, &ws, Transition::Stop, &alice);
+    assert_eq!(finished(&store, &stop.job_id).await.0, JobStatus::Succeeded);
+    // The stop saw the start's state: the generation counter went up.
+    let build_id = stop.build_id.clone();
+    let state: Option<Vec<u8>> = store
+        .read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT provisioner_state FROM workspace_builds WHERE id = ?1",
+                [&build_id],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.unwrap()).unwrap();
+    assert_eq!(state["generation"], 2);
+    let timings: i64 = store
+        .read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM provisioner_job_timings", [], |r| r.get(0))?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(timings, 2);
+
+    let delete = build(&store, &ws, Transition::Delete, &alice);
+    assert_eq!(finished(&store, &delete.job_id).await.0, JobStatus::Succeeded);
+    assert!(!dir.exists());
+
+    // A reported error fails the build and leaves the workspace as it was.
+    let ws2 = workspace(&store, &alice, &template_id, "second");
+    let mut failing = BuildRequest::new(&ws2, Transition::Start, BuildReason::Initiator, &alice);
+    failing.parameters = params(&[("fail", "true")]);
+    let failed = enqueue(&store, failing);
+    let (status, error) = finished(&store, &failed.job_id).await;
+    assert_eq!(status, JobStatus::Failed);
+    assert_eq!(
+        error.as_deref(),
+        Some("provisioner reported an error: parameter fail=true asked this build to fail")
+    );
+    assert!(!root.path().join(&ws2).exists());
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_replaces_resources_is_recorded_counted_and_notified() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_str().unwrap().to_owned();
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert(
+            "example".into(),
+            exec_profile(&example_script(), &[("EXAMPLE_PROVISIONER_ROOT", &root_path)]),
+        );
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, version_id) =
+        template(&store, "py", "example", &[parameter("region", "eu", true)]);
+    let preset_id = store
+        .write_blocking(|tx| {
+            workspaced::store::templates::insert_preset(
+                tx,
+                &version_id,
+                &workspaced::store::templates::PresetSpec {
+                    name: "small".into(),
+                    parameters: params(&[("region", "eu")]),
+                    desired_instances: Some(1),
+                    ttl_s: None,
+                    scheduling_timezone: String::new(),
+                    schedules: Vec::new(),
+                },
+                crate::helpers::start_time(),
+            )
+        })
+        .unwrap();
+    // The prebuild, built by the prebuilds user with the preset's parameters.
+    let ws = workspace(&store, PREBUILDS_USER_ID, &template_id, "prebuild-1");
+    let mut create =
+        BuildRequest::new(&ws, Transition::Start, BuildReason::Prebuild, PREBUILDS_USER_ID);
+    create.parameters = params(&[("region", "eu")]);
+    create.preset_id = Some(preset_id.clone());
+    create.is_prebuild = true;
+    let created = enqueue(&store, create);
+    assert_eq!(finished(&store, &created.job_id).await.0, JobStatus::Succeeded);
+
+    // Alice claims it with another region: the provisioner replaces the directory.
+    let alice = user(&store, "alice");
+    let id = ws.clone();
+    let owner = alice.clone();
+    store
+        .write_blocking(move |tx| {
+            tx.execute(
+                "UPDATE workspaces SET owner_id = ?2, name = 'mine' WHERE id = ?1",
+                [&id, &owner],
+            )
+            .map_err(StoreError::from)
+        })
+        .unwrap();
+    let mut claim = BuildRequest::new(&ws, Transition::Start, BuildReason::Claim, &alice);
+    claim.parameters = params(&[("region", "us")]);
+    claim.preset_id = Some(preset_id);
+    claim.is_prebuild_claim = true;
+    let claimed = enqueue(&store, claim);
+    assert_eq!(finished(&store, &claimed.job_id).await.0, JobStatus::Succeeded);
+
+    let (replacements, notifications): (i64, i64) = store
+        .read(|conn| {
+            Ok((
+                conn.query_row("SELECT COUNT(*) FROM resource_replacements", [], |r| r.get(0))?,
+                conn.query_row(
+                    "SELECT COUNT(*) FROM notifications WHERE kind = 'prebuild.resource_replaced'",
+                    [],
+                    |r| r.get(0),
+                )?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((replacements, notifications), (1, 1));
+    assert!(
+        logs(&store, &claimed.job_id)
+            .iter()
+            .any(|l| l.contains("example_directory.home was replaced"))
+    );
+    let (_, scrape) = daemon.get("/metrics").await;
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "workspaced_prebuilt_workspaces_resource_replacements_total{organization_name=\"default\",preset_name=\"small\",template_name=\"py\"}"
+        ),
+        Some(1.0)
+    );
+    daemon.shutdown().await;
+}
+
+/// One misbehaving provisioner: the job fails with `expected` in its error, the daemon stays
+/// up, and a local build afterwards still succeeds.
+async fn check_bad_backend(body: &str, adjust: impl FnOnce(&mut Config), expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = script(dir.path(), "bad.sh", body);
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("bad".into(), exec_profile(&bad, &[]));
+        adjust(config);
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (bad_template, _) = template(&store, "bad", "bad", &[]);
+    let (good_template, _) = template(&store, "good", "local", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &bad_template, "broken");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    let (status, error) = finished(&store, &job.job_id).await;
+    assert_eq!(status, JobStatus::Failed);
+    let error = error.unwrap();
+    assert!(error.contains(expected), "{error:?} does not contain {expected:?}");
+    assert!(logs(&store, &job.job_id).iter().any(|line| line.contains("build failed")));
+    // The workspace was not started.
+    let id = ws.clone();
+    assert_eq!(
+        store.read(move |c| workspaces::get(c, &id)).await.unwrap().unwrap().agents_ready,
+        None
+    );
+    // The daemon is up and other jobs go on.
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let fine = workspace(&store, &alice, &good_template, "fine");
+    let ok = build(&store, &fine, Transition::Start, &alice);
+    assert_eq!(finished(&store, &ok.job_id).await.0, JobStatus::Succeeded);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_provisioner_fails_the_job_with_its_exit_status_and_last_stderr_line() {
+    check_bad_backend(
+        "cat >/dev/null; echo 'terraform: boom' >&2; exit 3",
+        |_| {},
+        "provisioner exited with status 3: terraform: boom",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioner_printing_garbage_fails_the_job_naming_the_line() {
+    check_bad_backend(
+        "cat >/dev/null; echo '{\"type\":\"log\",\"output\":\"ok\"}'; echo 'hello world'; sleep 30",
+        |_| {},
+        "malformed JSON on stdout line 2",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioner_writing_gigabytes_is_killed_at_the_output_cap() {
+    check_bad_backend(
+        "cat >/dev/null; yes '{\"type\":\"log\",\"output\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}'",
+        |_| {},
+        "exceeded the 65536-byte limit",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioner_exiting_zero_without_a_result_fails_the_job() {
+    check_bad_backend(
+        "cat >/dev/null; echo '{\"type\":\"log\",\"output\":\"did nothing\"}'",
+        |_| {},
+        "without a \"complete\" message",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_provisioner_executable_fails_the_job() {
+    let daemon = TestDaemon::spawn_with(|config| {
+        config
+            .provisioner
+            .exec
+            .insert("gone".into(), exec_profile(Path::new("/nonexistent/provisioner"), &[]));
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "gone", "gone", &[]);
+    let (unknown_template, _) = template(&store, "unknown", "no-such-profile", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "a");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    let (status, error) = finished(&store, &job.job_id).await;
+    assert_eq!(status, JobStatus::Failed);
+    assert!(error.unwrap().contains("cannot start provisioner /nonexistent/provisioner"));
+    let ws = workspace(&store, &alice, &unknown_template, "b");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    let (_, error) = finished(&store, &job.job_id).await;
+    assert!(error.unwrap().contains("unknown provisioner \"no-such-profile\""));
+    daemon.shutdown().await;
+}
+
+/// Whether a process is gone (or a zombie waiting for init).
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_provisioner_is_stopped_at_the_job_timeout_even_if_it_ignores_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let body = format!(
+        "trap '' TERM\ncat >/dev/null\nsleep 300 &\necho $$ $! > {}\nwait\nwait",
+        pids.display()
+    );
+    let hang = script(dir.path(), "hang.sh", &body);
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("hang".into(), exec_profile(&hang, &[]));
+        config.provisioner.job_timeout = HumanDuration::from_secs(1);
+        config.provisioner.kill_grace = HumanDuration::from_secs(1);
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "hang", "hang", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "a");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    let (status, error) = finished(&store, &job.job_id).await;
+    assert_eq!(status, JobStatus::Failed);
+    assert!(error.unwrap().contains("job timed out after 1s"));
+    // The script and the sleep it started are gone.
+    let recorded = std::fs::read_to_string(&pids).unwrap();
+    for pid in recorded.split_whitespace() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !process_gone(pid) {
+            assert!(std::time::Instant::now() < deadline, "process {pid} survived the job");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (_, scrape) = daemon.get("/metrics").await;
+    assert_eq!(metric_value(&scrape, "workspaced_provisioner_job_timeouts_total"), Some(1.0));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_logs_are_capped_with_one_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let chatty = script(
+        dir.path(),
+        "chatty.sh",
+        "cat >/dev/null\ni=0\nwhile [ $i -lt 200 ]; do echo '{\"type\":\"log\",\"output\":\"0123456789012345678901234567890123456789\"}'; i=$((i+1)); done\necho '{\"type\":\"complete\"}'",
+    );
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("chatty".into(), exec_profile(&chatty, &[]));
+        config.provisioner.max_log_bytes = 2048;
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "chatty", "chatty", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "a");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    assert_eq!(finished(&store, &job.job_id).await.0, JobStatus::Succeeded);
+    let lines = logs(&store, &job.job_id);
+    let notices = lines.iter().filter(|line| line.contains("log output truncated")).count();
+    assert_eq!(notices, 1, "{lines:?}");
+    assert!(lines.len() < 60, "{} lines kept", lines.len());
+    assert!(lines.last().unwrap().contains("build succeeded"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_go_first_and_prebuilds_never_hold_more_than_their_share_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = script(dir.path(), "hang.sh", "cat >/dev/null; sleep 60");
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("hang".into(), exec_profile(&hang, &[]));
+        config.provisioner.concurrency = 2;
+        config.provisioner.prebuild_share = 0.5;
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (slow_template, _) = template(&store, "slow", "hang", &[]);
+    let (fast_template, _) = template(&store, "fast", "local", &[]);
+    let mut prebuild_jobs = Vec::new();
+    for n in 0..3 {
+        let ws = workspace(&store, PREBUILDS_USER_ID, &slow_template, &format!("prebuild-{n}"));
+        let mut request =
+            BuildRequest::new(&ws, Transition::Start, BuildReason::Prebuild, PREBUILDS_USER_ID);
+        request.is_prebuild = true;
+        let at = crate::helpers::start_time() + chrono::Duration::seconds(n);
+        prebuild_jobs.push(fixtures::enqueue_at(&store, request, at).job_id);
+    }
+    // The oldest prebuild runs; the others wait although a worker is idle.
+    status_where(&store, &prebuild_jobs[0], |s| s == JobStatus::Running, Duration::from_secs(10))
+        .await;
+    // A third worker asking now gets nothing: the prebuild share (1 of 2) is used up.
+    let extra = daemon
+        .runner
+        .run_one("test-worker", &tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(extra.is_none());
+    assert_eq!(fixtures::status_now(&store, &prebuild_jobs[1]), JobStatus::Pending);
+    // A user's build gets the free worker at once.
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &fast_template, "mine");
+    let mine = build(&store, &ws, Transition::Start, &alice);
+    assert_eq!(finished(&store, &mine.job_id).await.0, JobStatus::Succeeded);
+    // Cancelling the running prebuild lets the next one (the oldest) start.
+    assert_eq!(daemon.runner.cancel(&prebuild_jobs[0]).await.unwrap(), CancelResult::Canceling);
+    assert_eq!(finished(&store, &prebuild_jobs[0]).await.0, JobStatus::Canceled);
+    status_where(&store, &prebuild_jobs[1], |s| s == JobStatus::Running, Duration::from_secs(10))
+        .await;
+    assert_eq!(fixtures::status_now(&store, &prebuild_jobs[2]), JobStatus::Pending);
+    // A pending job is canceled at once.
+    assert!(matches!(
+        daemon.runner.cancel(&prebuild_jobs[2]).await.unwrap(),
+        CancelResult::Canceled(_)
+    ));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_most_urgent_job_is_taken_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = workspaced::store::Store::open(workspaced::store::StoreOptions::at(
+        dir.path().join("w.db"),
+    ))
+    .unwrap();
+    let (template_id, _) = template(&store, "t", "local", &[]);
+    let alice = user(&store, "alice");
+    let mut expected = BTreeMap::new();
+    for (n, reason) in
+        [BuildReason::Prebuild, BuildReason::Autostop, BuildReason::Initiator, BuildReason::Gc]
+            .into_iter()
+            .enumerate()
+    {
+        let ws = workspace(&store, &alice, &template_id, &format!("w{n}"));
+        let at = crate::helpers::start_time() + chrono::Duration::seconds(n as i64);
+        let job = fixtures::enqueue_at(
+            &store,
+            BuildRequest::new(&ws, Transition::Start, reason, &alice),
+            at,
+        );
+        expected.insert(job.job_id, reason);
+    }
+    let take = |allow_prebuild: bool| {
+        store
+            .write_blocking(|tx| {
+                workspaced::store::jobs::acquire(
+                    tx,
+                    "w",
+                    allow_prebuild,
+                    crate::helpers::start_time(),
+                )
+            })
+            .unwrap()
+            .map(|job| expected[&job.job_id])
+    };
+    assert_eq!(take(true), Some(BuildReason::Initiator));
+    assert_eq!(take(true), Some(BuildReason::Autostop));
+    assert_eq!(take(false), Some(BuildReason::Gc));
+    assert_eq!(take(false), None, "prebuild jobs are skipped when the share is used up");
+    assert_eq!(take(true), Some(BuildReason::Prebuild));
+}
