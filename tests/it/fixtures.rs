@@ -146,3 +146,9 @@ pub fn status_now(store: &Store, job_id: &str) -> JobStatus {
     let id = job_id.to_owned();
     store.read_blocking(move |conn| jobs::status(conn, &id)).unwrap().unwrap().0
 }
+
+/// The job's status and error right now.
+pub fn status_now_with_error(store: &Store, job_id: &str) -> (JobStatus, Option<String>) {
+    let id = job_id.to_owned();
+    store.read_blocking(move |conn| jobs::status(conn, &id)).unwrap().unwrap()
+}

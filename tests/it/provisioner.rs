@@ -556,3 +556,23 @@ async fn the_oldest_most_urgent_job_is_taken_first() {
     assert_eq!(take(false), None, "prebuild jobs are skipped when the share is used up");
     assert_eq!(take(true), Some(BuildReason::Prebuild));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_running_jobs_and_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = script(dir.path(), "hang.sh", "cat >/dev/null; sleep 60");
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("hang".into(), exec_profile(&hang, &[]));
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "slow", "hang", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "dev");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    status_where(&store, &job.job_id, |s| s == JobStatus::Running, Duration::from_secs(10)).await;
+    daemon.shutdown().await;
+    let (status, error) = fixtures::status_now_with_error(&store, &job.job_id);
+    assert_eq!(status, JobStatus::Canceled);
+    assert_eq!(error.as_deref(), Some("the daemon shut down during the job"));
+}
