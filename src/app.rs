@@ -21,9 +21,12 @@ use crate::config::{self, Config, ConfigError, ConfigSource};
 use crate::events::{PublishedEvent, Publisher};
 use crate::http::{self, HttpState};
 use crate::loops::{self, LoopCtx, LoopKind};
+use crate::metrics::ConfigMetrics;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provisioner::runner::Runner;
 use crate::store::{OpenReport, Store, StoreError, StoreOptions, jobs};
+use crate::telemetry::LogControl;
+use crate::templates::{self, ApplyReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -61,6 +64,7 @@ pub struct App {
     source: ConfigSource,
     events: broadcast::Sender<Arc<PublishedEvent>>,
     runner: Runner,
+    log: Option<LogControl>,
 }
 
 impl App {
@@ -108,6 +112,7 @@ impl App {
             source,
             events,
             runner,
+            log: None,
         })
     }
 
@@ -150,7 +155,20 @@ impl App {
 
     /// A handle that re-reads the config source and applies it (SIGHUP).
     pub fn reloader(&self) -> Reloader {
-        Reloader { source: self.source.clone(), config: self.config.clone() }
+        Reloader {
+            source: self.source.clone(),
+            config: self.config.clone(),
+            store: self.store.clone(),
+            clock: Arc::clone(&self.clock),
+            metrics: self.metrics.config.clone(),
+            log: self.log.clone(),
+        }
+    }
+
+    /// Lets reloads change the log level.
+    pub fn with_log_control(mut self, log: LogControl) -> App {
+        self.log = Some(log);
+        self
     }
 
     /// Runs the HTTP server, the loops and the publisher until `shutdown` fires, then stops
@@ -161,6 +179,9 @@ impl App {
         let addr = self.local_addr;
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .map_err(|source| AppError::Bind { addr, source })?;
+
+        // The file's templates are the truth: apply them before anything acts on them.
+        apply_templates(&self.store, &self.clock, &self.metrics.config, &config).await?;
 
         let workers = TaskTracker::new();
         let workers_cancel = CancellationToken::new();
@@ -233,28 +254,90 @@ impl App {
     }
 }
 
-/// Re-reads the config and hands it to everything that watches it.
+/// Re-reads the config, applies its templates and hands it to everything that watches it.
 #[derive(Clone)]
 pub struct Reloader {
     source: ConfigSource,
     config: watch::Sender<Arc<Config>>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    metrics: ConfigMetrics,
+    log: Option<LogControl>,
+}
+
+/// Why a reload was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot apply [[templates]] to the database")]
+    Apply(#[source] StoreError),
 }
 
 impl Reloader {
-    /// Loads and validates the config; on success applies it, on failure keeps the old one.
-    pub fn reload(&self) -> Result<(), ConfigError> {
+    /// Loads and validates the config, applies its templates in one transaction, then
+    /// switches to it. On any failure nothing changes: the old config stays in force.
+    pub async fn reload(&self) -> Result<ApplyReport, ReloadError> {
+        let result = self.try_reload().await;
+        if result.is_err() {
+            self.metrics.reload_failures.inc();
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<ApplyReport, ReloadError> {
         let new = config::load(&self.source)?;
+        let report = apply_templates(&self.store, &self.clock, &self.metrics, &new)
+            .await
+            .map_err(ReloadError::Apply)?;
         let old = Arc::clone(&self.config.borrow());
         if new.server != old.server
             || new.storage != old.storage
-            || new.log != old.log
+            || new.log.format != old.log.format
+            || new.log.file != old.log.file
             || new.provisioner.concurrency != old.provisioner.concurrency
         {
             tracing::warn!(
-                "[server], [storage], [log] and provisioner.concurrency changes take effect only after a restart"
+                "[server], [storage], log.format, [log.file] and provisioner.concurrency changes take effect only after a restart"
             );
         }
+        if new.log.level != old.log.level
+            && let Some(log) = &self.log
+        {
+            match log.set_level(&new.log.level) {
+                Ok(true) => tracing::info!(level = %new.log.level, "log level changed"),
+                Ok(false) => tracing::info!("RUST_LOG is set: it keeps overriding log.level"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::loops::error_chain(&error), "cannot change the log level")
+                }
+            }
+        }
         self.config.send_replace(Arc::new(new));
-        Ok(())
+        Ok(report)
     }
+}
+
+/// Applies `config`'s templates and records the outcome in the config metrics.
+async fn apply_templates(
+    store: &Store,
+    clock: &Arc<dyn Clock>,
+    metrics: &ConfigMetrics,
+    config: &Config,
+) -> Result<ApplyReport, StoreError> {
+    let desired = templates::desired(config);
+    let count = desired.len();
+    let now = clock.now();
+    let report = store.write(move |tx| templates::apply(tx, &desired, now)).await?;
+    metrics.templates.set(i64::try_from(count).unwrap_or(i64::MAX));
+    metrics.last_reload_success.set(now.timestamp());
+    if !report.is_empty() {
+        tracing::info!(
+            created = ?report.created,
+            updated = ?report.updated,
+            new_versions = ?report.versions_created,
+            deleted = ?report.deleted,
+            "templates applied"
+        );
+    }
+    Ok(report)
 }

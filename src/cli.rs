@@ -83,7 +83,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn serve(source: ConfigSource) -> Result<(), CliError> {
     let config = config::load(&source)?;
-    let _telemetry = telemetry::init(&config.log)?;
+    let telemetry = telemetry::init(&config.log)?;
+    let log_control = telemetry.control();
     tracing::info!(config = %source.describe(), version = env!("CARGO_PKG_VERSION"), "starting workspaced");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,7 +94,7 @@ fn serve(source: ConfigSource) -> Result<(), CliError> {
     let result = runtime.block_on(async move {
         // Before anything else: an early SIGHUP or SIGTERM must be handled, not fatal.
         let signals = Signals::register().map_err(CliError::Signals)?;
-        let app = App::build(config, source, Arc::new(SystemClock))?;
+        let app = App::build(config, source, Arc::new(SystemClock))?.with_log_control(log_control);
         let report = app.open_report();
         tracing::info!(
             addr = %app.local_addr(),
@@ -112,6 +113,7 @@ fn serve(source: ConfigSource) -> Result<(), CliError> {
     });
     // A blocking database call still running after the grace period is abandoned here.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(telemetry);
     result
 }
 

@@ -4,7 +4,9 @@
 //! - `config`: TOML + environment into a typed, validated `Config`.
 //! - `clock`: the one source of wall time (`Clock`, `SystemClock`, `ManualClock`).
 //! - `domain`: plain data and fixed ids.
+//! - `planner`: pure decisions (cron dialect; reconciler, lifecycle and GC plans).
 //! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
+//! - `templates`: applies `[[templates]]` from the config to the database.
 //! - `events`: the `Event` type and the publisher that delivers committed events.
 //! - `loops`: reconciler, lifecycle and GC loops and their driver.
 //! - `provisioner`: backends (local, exec) and the job runner that feeds them.
@@ -26,7 +28,9 @@ pub mod events;
 pub mod http;
 pub mod loops;
 pub mod metrics;
+pub mod planner;
 pub mod provisioner;
 pub mod signals;
 pub mod store;
 pub mod telemetry;
+pub mod templates;

@@ -20,6 +20,15 @@ pub struct Metrics {
     pub loops: LoopMetrics,
     pub outbox: OutboxMetrics,
     pub provisioner: ProvisionerMetrics,
+    pub config: ConfigMetrics,
+}
+
+/// Figures of config loading and reloading.
+#[derive(Clone)]
+pub struct ConfigMetrics {
+    pub reload_failures: IntCounter,
+    pub last_reload_success: IntGauge,
+    pub templates: IntGauge,
 }
 
 /// Figures of the job runner.
@@ -193,10 +202,28 @@ impl Metrics {
         registry.register(Box::new(provisioner.orphans_recovered.clone()))?;
         registry.register(Box::new(provisioner.resource_replacements.clone()))?;
 
+        let config = ConfigMetrics {
+            reload_failures: IntCounter::new(
+                "workspaced_config_reload_failures_total",
+                "Config reloads (SIGHUP) rejected: the daemon kept running on the previous config.",
+            )?,
+            last_reload_success: IntGauge::new(
+                "workspaced_config_last_reload_success_timestamp_seconds",
+                "Unix time the config was last loaded and applied successfully (start or reload).",
+            )?,
+            templates: IntGauge::new(
+                "workspaced_config_templates",
+                "Live templates, as declared by [[templates]] in the config.",
+            )?,
+        };
+        registry.register(Box::new(config.reload_failures.clone()))?;
+        registry.register(Box::new(config.last_reload_success.clone()))?;
+        registry.register(Box::new(config.templates.clone()))?;
+
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Metrics { registry, loops, outbox, provisioner })
+        Ok(Metrics { registry, loops, outbox, provisioner, config })
     }
 
     /// The registry in the Prometheus text exposition format.

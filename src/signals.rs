@@ -40,8 +40,8 @@ impl Signals {
                     tracing::info!(signal = "SIGINT", "termination requested");
                     break;
                 }
-                _ = self.hangup.recv() => match reloader.reload() {
-                    Ok(()) => tracing::info!(signal = "SIGHUP", "config reloaded"),
+                _ = self.hangup.recv() => match reloader.reload().await {
+                    Ok(_) => tracing::info!(signal = "SIGHUP", "config reloaded"),
                     Err(error) => tracing::error!(
                         signal = "SIGHUP",
                         error = %error_chain(&error),

@@ -6,6 +6,7 @@
 //! database or start anything: a config is checked completely before it is used.
 
 pub mod duration;
+pub mod templates;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +38,9 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub gc: GcConfig,
     pub provisioner: ProvisionerConfig,
+    /// Templates and presets (`[[templates]]`), applied to the database on start and on
+    /// every reload.
+    pub templates: Vec<templates::TemplateConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,11 +187,13 @@ impl Default for OutboxConfig {
 pub struct ReconcilerConfig {
     /// Time between reconcile cycles; the first one runs one interval after start.
     pub interval: HumanDuration,
+    /// Upper bound for any preset's (or schedule's) prebuild instances.
+    pub max_instances_per_preset: u32,
 }
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
-        ReconcilerConfig { interval: HumanDuration::from_secs(60) }
+        ReconcilerConfig { interval: HumanDuration::from_secs(60), max_instances_per_preset: 100 }
     }
 }
 
@@ -340,15 +346,21 @@ impl ConfigSource {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub source_name: String,
+    /// The line of the key in the file, when the file has it.
+    pub line: Option<usize>,
     pub key: Option<String>,
     pub reason: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source_name)?;
+        if let Some(line) = self.line {
+            write!(f, ": line {line}")?;
+        }
         match &self.key {
-            Some(key) => write!(f, "{}: key `{key}`: {}", self.source_name, self.reason),
-            None => write!(f, "{}: {}", self.source_name, self.reason),
+            Some(key) => write!(f, ": key `{key}`: {}", self.reason),
+            None => write!(f, ": {}", self.reason),
         }
     }
 }
@@ -361,6 +373,7 @@ impl ConfigError {
     fn in_file(path: &Path, key: Option<&str>, reason: impl Into<String>) -> Self {
         ConfigError {
             source_name: path.display().to_string(),
+            line: None,
             key: key.map(str::to_owned),
             reason: reason.into(),
         }
@@ -370,16 +383,27 @@ impl ConfigError {
 /// Loads and validates the configuration from `source` and the process environment.
 pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
     let mut figment = Figment::new();
+    let mut text = None;
     if let Some(path) = &source.file {
         // figment silently skips a missing file; an operator who named a file wants it.
-        std::fs::read_to_string(path).map_err(|error| {
+        text = Some(std::fs::read_to_string(path).map_err(|error| {
             ConfigError::in_file(path, None, format!("cannot read config file: {error}"))
-        })?;
+        })?);
         figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(env_provider());
-    let config: Config = figment.extract().map_err(|error| from_figment(source, error))?;
-    config.validate(source)?;
+    let with_line = |mut error: ConfigError| {
+        if error.line.is_none()
+            && let (Some(text), Some(key), Some(path)) = (&text, &error.key, &source.file)
+            && error.source_name == path.display().to_string()
+        {
+            error.line = line_of(text, key);
+        }
+        error
+    };
+    let config: Config =
+        figment.extract().map_err(|error| with_line(from_figment(source, error)))?;
+    config.validate(source).map_err(with_line)?;
     Ok(config)
 }
 
@@ -393,7 +417,7 @@ fn from_figment(source: &ConfigSource, error: figment::Error) -> ConfigError {
     // figment chains several errors; the first is the one to fix first.
     let error = error.into_iter().next().unwrap_or_else(|| figment::Error::from("unknown error"));
     let path = error.path.clone();
-    let key = (!path.is_empty()).then(|| path.join("."));
+    let key = (!path.is_empty()).then(|| key_path(&path));
     let source_name = match &error.metadata {
         Some(metadata) => match &metadata.source {
             Some(figment::Source::File(file)) => file.display().to_string(),
@@ -412,7 +436,54 @@ fn from_figment(source: &ConfigSource, error: figment::Error) -> ConfigError {
         figment::error::Kind::UnknownField(field, _) => format!("unknown key `{field}`"),
         kind => one_line(&kind.to_string()),
     };
-    ConfigError { source_name, key, reason }
+    ConfigError { source_name, line: None, key, reason }
+}
+
+/// `["templates", "0", "name"]` → `templates[0].name`.
+fn key_path(parts: &[String]) -> String {
+    let mut key = String::new();
+    for part in parts {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+/// The line of `key` (`templates[0].presets[1].name`) in the TOML `text`, or of the
+/// deepest part of it that exists.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = document.as_item();
+    let mut span = None;
+    for segment in key.split('.') {
+        let (name, indexes) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        if !name.is_empty() {
+            let table = item.as_table_like()?;
+            let (key, value) = match table.get_key_value(name) {
+                Some(found) => found,
+                None => break,
+            };
+            span = key.span().or_else(|| value.span()).or(span);
+            item = value;
+        }
+        for index in indexes.split(['[', ']']).filter(|part| !part.is_empty()) {
+            let index: usize = index.parse().ok()?;
+            let Some(next) = item.get(index) else { break };
+            span = next.span().or(span);
+            item = next;
+        }
+    }
+    let offset = span?.start;
+    Some(text.get(..offset)?.matches('\n').count() + 1)
 }
 
 /// Folds a multi-line message (TOML parse errors draw the offending line with a caret)
@@ -431,6 +502,7 @@ impl Config {
     fn validate(&self, source: &ConfigSource) -> Result<(), ConfigError> {
         let fail = |key: &str, reason: String| ConfigError {
             source_name: source.describe(),
+            line: None,
             key: Some(key.to_owned()),
             reason,
         };
@@ -500,6 +572,16 @@ impl Config {
                 return Err(fail(&key("max_output_bytes"), "must be at least 1024".to_owned()));
             }
         }
+        let max_instances = self.reconciler.max_instances_per_preset;
+        if max_instances > 10_000 {
+            return Err(fail(
+                "reconciler.max_instances_per_preset",
+                format!("{max_instances} is out of range; use at most 10000"),
+            ));
+        }
+        let exec_profiles = self.provisioner.exec.keys().cloned().collect();
+        templates::validate(&self.templates, &exec_profiles, max_instances)
+            .map_err(|problem| fail(&problem.key, problem.reason))?;
         if self.log.file.max_files == 0 {
             return Err(fail("log.file.max_files", "must be at least 1".to_owned()));
         }
@@ -563,6 +645,101 @@ mod tests {
         let error = load_str("[storage]\nsynchronous = \"sometimes\"\n").unwrap_err();
         assert_eq!(error.key.as_deref(), Some("storage.synchronous"));
         assert!(error.reason.contains("sometimes") && error.reason.contains("full"), "{error}");
+    }
+
+    #[test]
+    fn template_problems_name_the_key_path_and_line() {
+        let toml = r#"
+[[templates]]
+name = "go"
+  [[templates.parameters]]
+  name = "cpu"
+  type = "number"
+  default = "2"
+  [[templates.presets]]
+  name = "small"
+  parameters = { cpu = "2" }
+  [[templates.presets]]
+  name = "big"
+  parameters = { cpu = "many" }
+"#;
+        let error = load_str(toml).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("templates[0].presets[1].parameters.cpu"));
+        assert_eq!(error.line, Some(13), "{error}");
+        assert!(error.reason.contains("is not a number"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_inside_templates_are_located() {
+        let toml = "[[templates]]\nname = \"go\"\n\n[[templates]]\nname = \"py\"\nprovisoner = \"local\"\n";
+        let error = load_str(toml).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("templates[1].provisoner"), "{error}");
+        assert_eq!(error.line, Some(6), "{error}");
+    }
+
+    #[test]
+    fn schedules_are_checked_for_zone_cron_overlap_and_caps() {
+        let base = |prebuilds: &str| {
+            format!(
+                "[[templates]]\nname = \"go\"\n[[templates.presets]]\nname = \"p\"\n[templates.presets.prebuilds]\n{prebuilds}"
+            )
+        };
+        let key = |prebuilds: &str| load_str(&base(prebuilds)).unwrap_err().key.unwrap();
+        assert_eq!(
+            key("instances = 1\ntimezone = \"Mars/Base\"\n"),
+            "templates[0].presets[0].prebuilds.timezone"
+        );
+        assert_eq!(
+            key(
+                "instances = 1\ntimezone = \"UTC\"\n[[templates.presets.prebuilds.schedule]]\ncron = \"0 8 * * *\"\ninstances = 2\n"
+            ),
+            "templates[0].presets[0].prebuilds.schedule[0].cron"
+        );
+        assert_eq!(
+            key(
+                "instances = 1\ntimezone = \"UTC\"\n[[templates.presets.prebuilds.schedule]]\ncron = \"* 8-12 * * *\"\ninstances = 2\n[[templates.presets.prebuilds.schedule]]\ncron = \"* 12-18 * * *\"\ninstances = 2\n"
+            ),
+            "templates[0].presets[0].prebuilds.schedule"
+        );
+        assert_eq!(key("instances = 101\n"), "templates[0].presets[0].prebuilds.instances");
+        assert_eq!(key("instances = -1\n"), "templates[0].presets[0].prebuilds.instances");
+        assert_eq!(
+            key(
+                "instances = 1\n[[templates.presets.prebuilds.schedule]]\ncron = \"* 8 * * *\"\ninstances = 2\n"
+            ),
+            "templates[0].presets[0].prebuilds.timezone"
+        );
+        let ok = base(
+            "instances = 1\ntimezone = \"Europe/Berlin\"\n[[templates.presets.prebuilds.schedule]]\ncron = \"* 8-18 * * 1-5\"\ninstances = 3\n",
+        );
+        assert_eq!(
+            load_str(&ok).unwrap().templates[0].presets[0].prebuilds.as_ref().unwrap().schedule[0]
+                .instances,
+            3
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_unknown_provisioners_are_rejected() {
+        let key = |toml: &str| load_str(toml).unwrap_err().key.unwrap();
+        assert_eq!(
+            key("[[templates]]\nname = \"a\"\n[[templates]]\nname = \"a\"\n"),
+            "templates[1].name"
+        );
+        assert_eq!(
+            key("[[templates]]\nname = \"a\"\nprovisioner = \"docker\"\n"),
+            "templates[0].provisioner"
+        );
+        assert_eq!(
+            key(
+                "[[templates]]\nname = \"a\"\n[[templates.presets]]\nname = \"p\"\nparameters = { ram = \"1\" }\n"
+            ),
+            "templates[0].presets[0].parameters.ram"
+        );
+        assert_eq!(
+            key("[[templates]]\nname = \"a\"\nautostart_days = [\"funday\"]\n"),
+            "templates[0].autostart_days"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! transaction go to the outbox and wake the publisher only after commit.
 //! Domain SQL lives in the submodules; this module knows no table but the outbox.
 
+pub mod audit;
 pub mod builds;
 pub mod fleet;
 pub mod jobs;

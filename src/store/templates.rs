@@ -28,6 +28,14 @@ pub struct TemplateOptions {
     pub time_til_dormant_s: i64,
     pub time_til_dormant_autodelete_s: i64,
     pub require_active_version: bool,
+    pub display_name: String,
+    pub deprecated: bool,
+    /// GC overrides; `None` = the global `[gc]` value.
+    pub gc_enabled: Option<bool>,
+    pub gc_ttl_s: Option<i64>,
+    pub gc_basis: Option<String>,
+    pub gc_warn_before_s: Option<i64>,
+    pub gc_active_grace_s: Option<i64>,
 }
 
 impl Default for TemplateOptions {
@@ -42,6 +50,13 @@ impl Default for TemplateOptions {
             time_til_dormant_s: 0,
             time_til_dormant_autodelete_s: 0,
             require_active_version: false,
+            display_name: String::new(),
+            deprecated: false,
+            gc_enabled: None,
+            gc_ttl_s: None,
+            gc_basis: None,
+            gc_warn_before_s: None,
+            gc_active_grace_s: None,
         }
     }
 }
@@ -86,7 +101,9 @@ pub fn update_options(
         "UPDATE templates SET default_ttl_s = ?2, max_ttl_s = ?3, autostart_enabled = ?4,
             autostop_enabled = ?5, autostart_days = ?6, failure_ttl_s = ?7,
             time_til_dormant_s = ?8, time_til_dormant_autodelete_s = ?9,
-            require_active_version = ?10, updated_at = ?11
+            require_active_version = ?10, updated_at = ?11, display_name = ?12, deprecated = ?13,
+            gc_enabled = ?14, gc_ttl_s = ?15, gc_basis = ?16, gc_warn_before_s = ?17,
+            gc_active_grace_s = ?18
          WHERE id = ?1",
         params![
             template_id,
@@ -100,9 +117,128 @@ pub fn update_options(
             options.time_til_dormant_autodelete_s,
             options.require_active_version,
             to_millis(now),
+            options.display_name,
+            options.deprecated,
+            options.gc_enabled,
+            options.gc_ttl_s,
+            options.gc_basis,
+            options.gc_warn_before_s,
+            options.gc_active_grace_s,
         ],
     )?;
     Ok(())
+}
+
+/// The schedule options stored for a template.
+pub fn options(
+    conn: &Connection,
+    template_id: &str,
+) -> Result<Option<TemplateOptions>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT default_ttl_s, max_ttl_s, autostart_enabled, autostop_enabled, autostart_days,
+                    failure_ttl_s, time_til_dormant_s, time_til_dormant_autodelete_s,
+                    require_active_version, display_name, deprecated, gc_enabled, gc_ttl_s,
+                    gc_basis, gc_warn_before_s, gc_active_grace_s
+               FROM templates WHERE id = ?1",
+            [template_id],
+            |row| {
+                Ok(TemplateOptions {
+                    default_ttl_s: row.get(0)?,
+                    max_ttl_s: row.get(1)?,
+                    autostart_enabled: row.get(2)?,
+                    autostop_enabled: row.get(3)?,
+                    autostart_days: row.get(4)?,
+                    failure_ttl_s: row.get(5)?,
+                    time_til_dormant_s: row.get(6)?,
+                    time_til_dormant_autodelete_s: row.get(7)?,
+                    require_active_version: row.get(8)?,
+                    display_name: row.get(9)?,
+                    deprecated: row.get(10)?,
+                    gc_enabled: row.get(11)?,
+                    gc_ttl_s: row.get(12)?,
+                    gc_basis: row.get(13)?,
+                    gc_warn_before_s: row.get(14)?,
+                    gc_active_grace_s: row.get(15)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// A live template's id, active version and that version's content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTemplate {
+    pub id: String,
+    pub organization_id: String,
+    pub organization_name: String,
+    pub name: String,
+    pub active_version_id: Option<String>,
+    pub content_hash: Option<String>,
+}
+
+/// Every live (not deleted) template.
+pub fn live(conn: &Connection) -> Result<Vec<LiveTemplate>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT t.id, t.organization_id, o.name, t.name, t.active_version_id, v.content_hash
+           FROM templates t
+           JOIN organizations o ON o.id = t.organization_id
+           LEFT JOIN template_versions v ON v.id = t.active_version_id
+          WHERE t.deleted = 0 ORDER BY o.name, t.name",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok(LiveTemplate {
+            id: row.get(0)?,
+            organization_id: row.get(1)?,
+            organization_name: row.get(2)?,
+            name: row.get(3)?,
+            active_version_id: row.get(4)?,
+            content_hash: row.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Soft-deletes a template: its row and versions stay for history, its name is freed.
+pub fn soft_delete(
+    conn: &Connection,
+    template_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE templates SET deleted = 1, updated_at = ?2 WHERE id = ?1",
+        params![template_id, to_millis(now)],
+    )?;
+    Ok(())
+}
+
+/// How many versions a template has (to name the next one `v<n+1>`).
+pub fn version_count(conn: &Connection, template_id: &str) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM template_versions WHERE template_id = ?1",
+        [template_id],
+        |row| row.get(0),
+    )?)
+}
+
+/// The id of the organization named `name`, created if missing.
+pub fn ensure_organization(
+    conn: &Connection,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    if let Some(id) = conn
+        .query_row("SELECT id FROM organizations WHERE name = ?1", [name], |row| row.get(0))
+        .optional()?
+    {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    conn.execute(
+        "INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)",
+        params![id, name, to_millis(now)],
+    )?;
+    Ok(id)
 }
 
 /// Inserts a version with its parameters and makes it the template's active version.

@@ -12,4 +12,5 @@ mod fixtures;
 mod helpers;
 mod outbox;
 mod provisioner;
+mod templates;
 mod tidy;
