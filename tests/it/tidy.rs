@@ -99,10 +99,15 @@ fn the_planner_is_pure() {
     for file in rust_files(&root().join("src/planner")) {
         let name = relative(&file);
         let text = std::fs::read_to_string(&file).unwrap();
-        for banned in
-            ["tokio", "rusqlite", "hyper", "kube", "crate::store", "Clock", "std::fs", "std::net"]
-        {
-            assert!(!text.contains(banned), "{name} mentions {banned}; the planner must stay pure");
+        let banned =
+            ["tokio", "rusqlite", "hyper", "kube", "crate::store", "Clock", "std::fs", "std::net"];
+        for line in text.lines().filter(|line| !line.trim_start().starts_with("//")) {
+            for word in banned {
+                assert!(
+                    !line.contains(word),
+                    "{name} uses {word}; the planner must stay pure: {line}"
+                );
+            }
         }
     }
 }
