@@ -14,7 +14,13 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppError};
-use crate::clock::SystemClock;
+use chrono::{DateTime, Utc};
+
+use crate::clock::{Clock, SystemClock};
+use crate::planner;
+use crate::planner::snapshot::{Snapshot, SnapshotError, rfc3339};
+use crate::prebuilds::{self, ResetError};
+use crate::store::snapshot as store_snapshot;
 use crate::config::{self, ConfigError, ConfigSource};
 use crate::signals::Signals;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -41,6 +47,37 @@ pub enum Command {
     CheckConfig,
     /// Print the version.
     Version,
+    /// Print what the next reconcile, lifecycle and GC runs would do, and why (JSON).
+    Plan {
+        /// Plan from this snapshot document instead of the live database.
+        #[arg(long, value_name = "FILE")]
+        snapshot: Option<PathBuf>,
+        /// Plan at this time (RFC 3339) instead of the snapshot's or the current one.
+        #[arg(long, value_name = "RFC3339")]
+        now: Option<String>,
+    },
+    /// Snapshot documents of the live database.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Prebuild presets.
+    #[command(subcommand)]
+    Preset(PresetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Print the live state as a snapshot document (edit it and feed it to `plan`).
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PresetCommand {
+    /// After fixing what made a preset's prebuilds fail: delete its failed prebuilds
+    /// (taking them out of the hard-limit window) and clear its hard-limited status.
+    Reset {
+        /// The preset id (see `workspaced plan`).
+        id: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +96,30 @@ pub enum CliError {
     Signals(#[source] std::io::Error),
     #[error("cannot write to stdout")]
     Stdout(#[source] std::io::Error),
+    #[error("cannot read snapshot {path}")]
+    ReadSnapshot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("--now: invalid RFC3339 time {0:?}")]
+    Now(String),
+    #[error(transparent)]
+    Reset(#[from] ResetError),
 }
 
 impl CliError {
     /// 2 for input the operator must fix (config), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config(_) | CliError::Telemetry(TelemetryError::Filter { .. }) => 2,
+            CliError::Config(_)
+            | CliError::Telemetry(TelemetryError::Filter { .. })
+            | CliError::ReadSnapshot { .. }
+            | CliError::Snapshot(_)
+            | CliError::Now(_)
+            | CliError::Reset(ResetError::UnknownPreset(_)) => 2,
             _ => 1,
         }
     }
@@ -78,7 +132,58 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migrate => migrate(source),
         Command::CheckConfig => check_config(source),
         Command::Version => print(&format!("workspaced {}", env!("CARGO_PKG_VERSION"))),
+        Command::Plan { snapshot, now } => plan(source, snapshot, now),
+        Command::Snapshot(SnapshotCommand::Export) => {
+            let snapshot = live_snapshot(&source, None)?;
+            print_json(&snapshot)
+        }
+        Command::Preset(PresetCommand::Reset { id }) => preset_reset(source, &id),
     }
+}
+
+fn parse_now(now: Option<String>) -> Result<Option<DateTime<Utc>>, CliError> {
+    now.map(|text| rfc3339::parse(&text).map_err(|_| CliError::Now(text))).transpose()
+}
+
+fn plan(source: ConfigSource, snapshot: Option<PathBuf>, now: Option<String>) -> Result<(), CliError> {
+    let now = parse_now(now)?;
+    let mut snapshot = match snapshot {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| CliError::ReadSnapshot { path, source })?;
+            Snapshot::parse(&text)?
+        }
+        None => live_snapshot(&source, now)?,
+    };
+    if let Some(now) = now {
+        snapshot.now = now;
+    }
+    print_json(&planner::plan(&snapshot))
+}
+
+/// The live database as a snapshot, opened read-only, at `now` or the current time.
+fn live_snapshot(source: &ConfigSource, now: Option<DateTime<Utc>>) -> Result<Snapshot, CliError> {
+    let config = config::load(source)?;
+    let store = Store::open_read_only(StoreOptions::from_config(&config.storage))?;
+    let now = now.unwrap_or_else(|| SystemClock.now());
+    let settings = config.planner_settings();
+    Ok(store.read_blocking(|conn| store_snapshot::read(conn, now, settings))?)
+}
+
+fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
+    let config = config::load(&source)?;
+    let (store, _) = Store::open(StoreOptions::from_config(&config.storage))?;
+    let now = SystemClock.now();
+    let report = store.write_blocking(|tx| prebuilds::reset_preset(tx, id, now))?;
+    print(&format!(
+        "preset {id}: {} failed prebuild(s) queued for deletion, status cleared (was {})",
+        report.deletes_queued, report.previous_status
+    ))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|error| CliError::Stdout(std::io::Error::other(error)))?;
+    print(&text)
 }
 
 fn serve(source: ConfigSource) -> Result<(), CliError> {

@@ -33,6 +33,13 @@ pub enum Event {
     },
     #[serde(rename = "workspace.deleted")]
     WorkspaceDeleted { workspace_id: String, organization_id: String, owner_id: String },
+    /// A user claimed a ready prebuild.
+    #[serde(rename = "workspace.claimed")]
+    WorkspaceClaimed { workspace_id: String, organization_id: String, owner_id: String, preset_id: String },
+    /// A preset's newest prebuild builds all failed: no more are created until
+    /// `workspaced preset reset` (template admins are notified).
+    #[serde(rename = "preset.hard_limited")]
+    PresetHardLimited { preset_id: String, organization_id: String, template_id: String },
     #[serde(rename = "build.queued")]
     BuildQueued { build: BuildRef },
     #[serde(rename = "build.started")]
@@ -76,6 +83,8 @@ impl Event {
         match self {
             Event::WorkspaceCreated { .. } => "workspace.created",
             Event::WorkspaceDeleted { .. } => "workspace.deleted",
+            Event::WorkspaceClaimed { .. } => "workspace.claimed",
+            Event::PresetHardLimited { .. } => "preset.hard_limited",
             Event::BuildQueued { .. } => "build.queued",
             Event::BuildStarted { .. } => "build.started",
             Event::BuildSucceeded { .. } => "build.succeeded",
@@ -102,7 +111,9 @@ impl Event {
     pub fn organization_id(&self) -> Option<&str> {
         match self {
             Event::WorkspaceCreated { organization_id, .. }
-            | Event::WorkspaceDeleted { organization_id, .. } => Some(organization_id),
+            | Event::WorkspaceDeleted { organization_id, .. }
+            | Event::WorkspaceClaimed { organization_id, .. }
+            | Event::PresetHardLimited { organization_id, .. } => Some(organization_id),
             _ => self.build().map(|build| build.organization_id.as_str()),
         }
     }
@@ -110,9 +121,9 @@ impl Event {
     /// The user the event is about, for permission filtering; `None` = not user-specific.
     pub fn owner_id(&self) -> Option<&str> {
         match self {
-            Event::WorkspaceCreated { owner_id, .. } | Event::WorkspaceDeleted { owner_id, .. } => {
-                Some(owner_id)
-            }
+            Event::WorkspaceCreated { owner_id, .. }
+            | Event::WorkspaceDeleted { owner_id, .. }
+            | Event::WorkspaceClaimed { owner_id, .. } => Some(owner_id),
             _ => self.build().map(|build| build.owner_id.as_str()),
         }
     }

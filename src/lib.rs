@@ -5,6 +5,7 @@
 //! - `clock`: the one source of wall time (`Clock`, `SystemClock`, `ManualClock`).
 //! - `domain`: plain data and fixed ids.
 //! - `planner`: pure decisions (cron dialect; reconciler, lifecycle and GC plans).
+//! - `prebuilds`: creating, deleting and claiming prebuilt workspaces (write side).
 //! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
 //! - `templates`: applies `[[templates]]` from the config to the database.
 //! - `events`: the `Event` type and the publisher that delivers committed events.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod loops;
 pub mod metrics;
 pub mod planner;
+pub mod prebuilds;
 pub mod provisioner;
 pub mod signals;
 pub mod store;

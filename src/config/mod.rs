@@ -18,6 +18,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Transition;
+use crate::planner::snapshot::{Fraction, GcBasis};
 use duration::HumanDuration;
 
 /// The config file used when `--config` is not given and this file exists.
@@ -189,11 +190,26 @@ pub struct ReconcilerConfig {
     pub interval: HumanDuration,
     /// Upper bound for any preset's (or schedule's) prebuild instances.
     pub max_instances_per_preset: u32,
+    /// Backoff after failed prebuild builds: this long per failure in the lookback window.
+    pub backoff_interval: HumanDuration,
+    /// How far back failed prebuild builds count for the backoff.
+    pub backoff_lookback: HumanDuration,
+    /// A preset whose newest N prebuild builds all failed gets no more; 0 disables.
+    pub failure_hard_limit: u32,
+    /// Stop reconcile cycles (claims go on).
+    pub paused: bool,
 }
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
-        ReconcilerConfig { interval: HumanDuration::from_secs(60), max_instances_per_preset: 100 }
+        ReconcilerConfig {
+            interval: HumanDuration::from_secs(60),
+            max_instances_per_preset: 100,
+            backoff_interval: HumanDuration::from_secs(60),
+            backoff_lookback: HumanDuration::from_secs(3600),
+            failure_hard_limit: 3,
+            paused: false,
+        }
     }
 }
 
@@ -213,15 +229,39 @@ impl Default for LifecycleConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GcConfig {
-    /// Whether the garbage collector deletes anything at all.
+    /// Whether the garbage collector runs at all.
     pub enabled: bool,
     /// Time between GC runs.
     pub interval: HumanDuration,
+    /// Age after which a workspace is deleted.
+    pub ttl: HumanDuration,
+    /// What the age is measured from: `last_activity` or `creation`.
+    pub basis: GcBasis,
+    /// A workspace is warned this long before it is deleted.
+    pub warn_before: HumanDuration,
+    /// Activity this recent protects a workspace.
+    pub active_grace: HumanDuration,
+    /// A run that would delete more than this fraction of all workspaces deletes none.
+    pub max_delete_fraction: Fraction,
+    /// A run that would delete more than this many workspaces deletes none.
+    pub max_deletions_per_run: u64,
+    /// Judge and report, but warn and delete nothing.
+    pub dry_run: bool,
 }
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { enabled: false, interval: HumanDuration::from_secs(30 * 60) }
+        GcConfig {
+            enabled: false,
+            interval: HumanDuration::from_secs(30 * 60),
+            ttl: HumanDuration::from_secs(336 * 3600),
+            basis: GcBasis::LastActivity,
+            warn_before: HumanDuration::from_secs(24 * 3600),
+            active_grace: HumanDuration::from_secs(15 * 60),
+            max_delete_fraction: Fraction::from_decimal(25, 2),
+            max_deletions_per_run: 100,
+            dry_run: false,
+        }
     }
 }
 
@@ -498,6 +538,30 @@ fn one_line(message: &str) -> String {
 }
 
 impl Config {
+    /// The planner settings this config stands for (planner.md §1 `settings`).
+    pub fn planner_settings(&self) -> crate::planner::snapshot::Settings {
+        use crate::planner::snapshot::{GcSettings, ReconcilerSettings, Settings};
+        let reconciler = &self.reconciler;
+        let gc = &self.gc;
+        Settings {
+            reconciler: ReconcilerSettings {
+                backoff_interval_s: reconciler.backoff_interval.as_secs(),
+                backoff_lookback_s: reconciler.backoff_lookback.as_secs(),
+                failure_hard_limit: u64::from(reconciler.failure_hard_limit),
+                paused: reconciler.paused,
+            },
+            gc: gc.enabled.then(|| GcSettings {
+                enabled: true,
+                ttl_s: gc.ttl.as_secs(),
+                basis: gc.basis,
+                warn_before_s: gc.warn_before.as_secs(),
+                active_grace_s: gc.active_grace.as_secs(),
+                max_delete_fraction: gc.max_delete_fraction,
+                max_deletions_per_run: gc.max_deletions_per_run,
+            }),
+        }
+    }
+
     /// Checks what types cannot: ranges and relations between keys.
     fn validate(&self, source: &ConfigSource) -> Result<(), ConfigError> {
         let fail = |key: &str, reason: String| ConfigError {

@@ -13,6 +13,7 @@ use crate::config::duration::HumanDuration;
 use crate::domain::ParameterType;
 use crate::domain::parameters::{ParameterSpec, check_value};
 use crate::planner::schedule::{CronSchedule, check_no_overlap, parse_zone};
+use crate::planner::snapshot::GcBasis;
 
 /// Weekday names for `autostart_days`, Sunday first (bit 0).
 pub const WEEKDAYS: [&str; 7] =
@@ -77,23 +78,6 @@ pub struct TemplateGcConfig {
     pub basis: Option<GcBasis>,
     pub warn_before: Option<HumanDuration>,
     pub active_grace: Option<HumanDuration>,
-}
-
-/// What a workspace's GC age is measured from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GcBasis {
-    LastActivity,
-    Creation,
-}
-
-impl GcBasis {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GcBasis::LastActivity => "last_activity",
-            GcBasis::Creation => "creation",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod migrations;
 pub mod outbox;
+pub mod snapshot;
 pub mod templates;
 pub mod time;
 pub mod users;
@@ -46,6 +47,12 @@ pub enum StoreError {
         "database {path} has schema version {database_version}, newer than this binary knows ({binary_version}); upgrade workspaced or restore a backup"
     )]
     TooNew { path: PathBuf, database_version: i64, binary_version: i64 },
+    #[error("database {path} does not exist (start the daemon or run `workspaced migrate` first)")]
+    Missing { path: PathBuf },
+    #[error(
+        "database {path} has schema version {database_version}, older than this binary's ({binary_version}); run `workspaced migrate`"
+    )]
+    TooOld { path: PathBuf, database_version: i64, binary_version: i64 },
     #[error("cannot create data directory {path}")]
     CreateDir {
         path: PathBuf,
@@ -86,6 +93,8 @@ impl StoreError {
         match self {
             StoreError::NotSqlite { .. } => "not_sqlite",
             StoreError::TooNew { .. } => "too_new",
+            StoreError::TooOld { .. } => "too_old",
+            StoreError::Missing { .. } => "missing",
             StoreError::CreateDir { .. } | StoreError::ReadFile { .. } => "io",
             StoreError::Open { .. } => "open",
             StoreError::Migrate { .. } => "migrate",
@@ -230,6 +239,37 @@ impl Store {
             }),
         };
         Ok((store, OpenReport { created: !existed, applied_migrations, schema_version }))
+    }
+
+    /// Opens an existing database for reading only (`workspaced plan`, `snapshot export`):
+    /// nothing is created, migrated or written. The schema must be exactly this binary's.
+    pub fn open_read_only(options: StoreOptions) -> Result<Store, StoreError> {
+        let path = options.path.clone();
+        if !check_existing_file(&path)? {
+            return Err(StoreError::Missing { path });
+        }
+        let open_error = |source| StoreError::Open { path: path.clone(), source };
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(open_error)?;
+        conn.busy_timeout(options.busy_timeout).map_err(open_error)?;
+        let database_version = migrations::applied_version(&conn).map_err(open_error)?;
+        let binary_version = migrations::latest_known_version();
+        if database_version > binary_version {
+            return Err(StoreError::TooNew { path, database_version, binary_version });
+        }
+        if database_version < binary_version {
+            return Err(StoreError::TooOld { path, database_version, binary_version });
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                options,
+                // Writes through this store fail: the connection is read-only.
+                writer: Mutex::new(conn),
+                idle_readers: Mutex::new(Vec::new()),
+                outbox_notify: Notify::new(),
+                jobs_notify: Notify::new(),
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {

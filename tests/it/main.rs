@@ -11,6 +11,7 @@ mod daemon;
 mod fixtures;
 mod helpers;
 mod outbox;
+mod plan;
 mod provisioner;
 mod templates;
 mod tidy;

@@ -1,0 +1,235 @@
+//! Builds planner snapshots from the database: the read side of every loop, of
+//! `workspaced plan` and of `workspaced snapshot export`.
+//!
+//! Owns the queries, run in one read transaction so the snapshot is consistent. Exports
+//! live workspaces with only the builds the planners read (each workspace's latest build
+//! and, for prebuilds, its latest start build with a preset), the presets those builds
+//! name plus every prebuild preset of an active version, and all templates.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+
+use crate::domain::PREBUILDS_USER_ID;
+use crate::planner::schedule::CronSchedule;
+use crate::planner::snapshot::{
+    AutomaticUpdates, Build, Initiator, Owner, OwnerStatus, Preset, PresetSchedule, Settings, Snapshot,
+    Template, TemplateGc, TemplateSchedule, Weekday, Workspace,
+};
+use crate::store::time::from_millis;
+use crate::store::{StoreError, parse_text};
+
+fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let millis: i64 = row.get(index)?;
+    from_millis(millis).ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis))
+}
+
+fn optional_time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    match row.get::<_, Option<i64>>(index)? {
+        Some(millis) => from_millis(millis).map(Some).ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis)),
+        None => Ok(None),
+    }
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Reads a consistent snapshot at `now` with `settings`.
+pub fn read(conn: &Connection, now: DateTime<Utc>, settings: Settings) -> Result<Snapshot, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let templates = read_templates(&tx)?;
+    let workspaces = read_workspaces(&tx)?;
+    let builds = read_builds(&tx)?;
+    let referenced: HashSet<&str> = builds.iter().filter_map(|build| build.preset_id.as_deref()).collect();
+    let active_versions: HashSet<&str> = templates.iter().map(|template| template.active_version_id.as_str()).collect();
+    let presets = read_presets(&tx)?
+        .into_iter()
+        .filter(|preset| {
+            referenced.contains(preset.id.as_str())
+                || (preset.desired_instances.is_some() && active_versions.contains(preset.template_version_id.as_str()))
+        })
+        .collect();
+    tx.finish()?;
+    Ok(Snapshot { now, settings, templates, presets, workspaces, builds })
+}
+
+fn read_templates(conn: &Connection) -> Result<Vec<Template>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT t.id, t.name, t.organization_id, o.name, COALESCE(t.active_version_id, ''), t.deleted,
+                t.deprecated, t.autostart_enabled, t.autostop_enabled, t.autostart_days, t.default_ttl_s,
+                t.failure_ttl_s, t.time_til_dormant_s, t.time_til_dormant_autodelete_s,
+                t.require_active_version, t.gc_enabled, t.gc_ttl_s, t.gc_basis, t.gc_warn_before_s,
+                t.gc_active_grace_s
+           FROM templates t JOIN organizations o ON o.id = t.organization_id ORDER BY t.created_at, t.id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let days: u8 = row.get(9)?;
+        let gc_basis: Option<String> = row.get(17)?;
+        Ok(Template {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            organization_id: row.get(2)?,
+            organization_name: row.get(3)?,
+            active_version_id: row.get(4)?,
+            deleted: row.get(5)?,
+            deprecated: row.get(6)?,
+            schedule: TemplateSchedule {
+                autostart_enabled: row.get(7)?,
+                autostop_enabled: row.get(8)?,
+                autostart_days: Weekday::ALL
+                    .iter()
+                    .enumerate()
+                    .filter(|(bit, _)| days & (1 << bit) != 0)
+                    .map(|(_, day)| *day)
+                    .collect(),
+                default_ttl_s: unsigned(row.get(10)?),
+                failure_ttl_s: unsigned(row.get(11)?),
+                time_til_dormant_s: unsigned(row.get(12)?),
+                time_til_dormant_autodelete_s: unsigned(row.get(13)?),
+                require_active_version: row.get(14)?,
+            },
+            gc: TemplateGc {
+                enabled: row.get(15)?,
+                ttl_s: row.get::<_, Option<i64>>(16)?.map(unsigned),
+                basis: gc_basis.and_then(|basis| serde_json::from_value(serde_json::Value::String(basis)).ok()),
+                warn_before_s: row.get::<_, Option<i64>>(18)?.map(unsigned),
+                active_grace_s: row.get::<_, Option<i64>>(19)?.map(unsigned),
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn read_presets(conn: &Connection) -> Result<Vec<Preset>, StoreError> {
+    let mut schedules: HashMap<String, Vec<PresetSchedule>> = HashMap::new();
+    {
+        let mut statement = conn.prepare_cached(
+            "SELECT preset_id, cron_expression, desired_instances FROM preset_prebuild_schedules ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+        })?;
+        for row in rows {
+            let (preset, cron, instances) = row?;
+            schedules.entry(preset).or_default().push(PresetSchedule { cron, instances: unsigned(instances) });
+        }
+    }
+    let mut statement = conn.prepare_cached(
+        "SELECT p.id, p.name, v.template_id, p.template_version_id, p.desired_instances, p.ttl_s,
+                p.scheduling_timezone
+           FROM presets p JOIN template_versions v ON v.id = p.template_version_id ORDER BY p.created_at, p.id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok(Preset {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            template_id: row.get(2)?,
+            template_version_id: row.get(3)?,
+            desired_instances: row.get::<_, Option<i64>>(4)?.map(unsigned),
+            ttl_s: row.get::<_, Option<i64>>(5)?.map(unsigned),
+            scheduling_timezone: row.get(6)?,
+            schedules: Vec::new(),
+        })
+    })?;
+    let mut presets = Vec::new();
+    for row in rows {
+        let mut preset = row?;
+        preset.schedules = schedules.remove(&preset.id).unwrap_or_default();
+        presets.push(preset);
+    }
+    Ok(presets)
+}
+
+fn read_workspaces(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT w.id, w.template_id, w.owner_id, u.status, w.created_at, w.last_used_at, w.agents_ready,
+                w.dormant_at, w.deleting_at, w.autostart_schedule, w.automatic_updates, w.protected,
+                w.gc_warned_at
+           FROM workspaces w JOIN users u ON u.id = w.owner_id
+          WHERE w.deleted = 0 ORDER BY w.created_at, w.id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let owner_id: String = row.get(2)?;
+        let status: String = row.get(3)?;
+        let schedule: Option<String> = row.get(9)?;
+        Ok(Workspace {
+            id: row.get(0)?,
+            template_id: row.get(1)?,
+            owner: if owner_id == PREBUILDS_USER_ID { Owner::Prebuilds } else { Owner::User(owner_id) },
+            owner_status: match status.as_str() {
+                "suspended" => OwnerStatus::Suspended,
+                "dormant" => OwnerStatus::Dormant,
+                _ => OwnerStatus::Active,
+            },
+            created_at: time(row, 4)?,
+            last_used_at: Some(time(row, 5)?),
+            deleted: false,
+            agents_ready: row.get(6)?,
+            dormant_at: optional_time(row, 7)?,
+            deleting_at: optional_time(row, 8)?,
+            // A schedule that is not a valid weekly cron cannot fire; the planner sees none.
+            autostart_schedule: schedule.filter(|schedule| CronSchedule::parse_weekly(schedule).is_ok()),
+            automatic_updates: if row.get::<_, String>(10)? == "always" {
+                AutomaticUpdates::Always
+            } else {
+                AutomaticUpdates::Never
+            },
+            protected: row.get(11)?,
+            gc_warned_at: optional_time(row, 12)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn read_builds(conn: &Connection) -> Result<Vec<Build>, StoreError> {
+    const COLUMNS: &str = "b.workspace_id, b.build_number, b.transition, j.status, b.template_version_id,
+        b.preset_id, b.initiator_id, b.created_at, j.completed_at, b.deadline";
+    let map = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Build> {
+        let initiator: String = row.get(6)?;
+        Ok(Build {
+            workspace_id: row.get(0)?,
+            build_number: unsigned(row.get(1)?),
+            transition: parse_text(row, 2)?,
+            job_status: parse_text(row, 3)?,
+            template_version_id: row.get(4)?,
+            preset_id: row.get(5)?,
+            initiator: if initiator == PREBUILDS_USER_ID { Initiator::Prebuilds } else { Initiator::User },
+            created_at: time(row, 7)?,
+            job_completed_at: optional_time(row, 8)?,
+            deadline: optional_time(row, 9)?,
+        })
+    };
+    let mut builds = Vec::new();
+    let mut seen = HashSet::new();
+    let latest = format!(
+        "SELECT {COLUMNS} FROM workspaces w
+           JOIN workspace_builds b ON b.workspace_id = w.id
+            AND b.build_number = (SELECT MAX(build_number) FROM workspace_builds WHERE workspace_id = w.id)
+           JOIN provisioner_jobs j ON j.id = b.job_id
+          WHERE w.deleted = 0"
+    );
+    let preset_start = format!(
+        "SELECT {COLUMNS} FROM workspaces w
+           JOIN workspace_builds b ON b.workspace_id = w.id
+            AND b.build_number = (SELECT MAX(build_number) FROM workspace_builds
+                                   WHERE workspace_id = w.id AND transition = 'start' AND preset_id IS NOT NULL)
+           JOIN provisioner_jobs j ON j.id = b.job_id
+          WHERE w.deleted = 0 AND w.owner_id = ?1"
+    );
+    for (sql, owner) in [(latest.as_str(), None), (preset_start.as_str(), Some(PREBUILDS_USER_ID))] {
+        let mut statement = conn.prepare_cached(sql)?;
+        let rows = match owner {
+            Some(owner) => statement.query_map([owner], map)?.collect::<Vec<_>>(),
+            None => statement.query_map([], map)?.collect::<Vec<_>>(),
+        };
+        for row in rows {
+            let build = row?;
+            if seen.insert((build.workspace_id.clone(), build.build_number)) {
+                builds.push(build);
+            }
+        }
+    }
+    Ok(builds)
+}
