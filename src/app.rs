@@ -287,6 +287,11 @@ impl Reloader {
 
     async fn try_reload(&self) -> Result<ApplyReport, ReloadError> {
         let new = config::load(&self.source)?;
+        self.apply(new).await
+    }
+
+    /// Applies an already validated config (its templates, then everything else).
+    pub async fn apply(&self, new: Config) -> Result<ApplyReport, ReloadError> {
         let report = apply_templates(&self.store, &self.clock, &self.metrics, &new)
             .await
             .map_err(ReloadError::Apply)?;

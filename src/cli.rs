@@ -17,12 +17,12 @@ use crate::app::{App, AppError};
 use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::{self, ConfigError, ConfigSource};
 use crate::planner;
 use crate::planner::snapshot::{Snapshot, SnapshotError, rfc3339};
 use crate::prebuilds::{self, ResetError};
-use crate::store::snapshot as store_snapshot;
-use crate::config::{self, ConfigError, ConfigSource};
 use crate::signals::Signals;
+use crate::store::snapshot as store_snapshot;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::{self, TelemetryError};
 
@@ -145,11 +145,16 @@ fn parse_now(now: Option<String>) -> Result<Option<DateTime<Utc>>, CliError> {
     now.map(|text| rfc3339::parse(&text).map_err(|_| CliError::Now(text))).transpose()
 }
 
-fn plan(source: ConfigSource, snapshot: Option<PathBuf>, now: Option<String>) -> Result<(), CliError> {
+fn plan(
+    source: ConfigSource,
+    snapshot: Option<PathBuf>,
+    now: Option<String>,
+) -> Result<(), CliError> {
     let now = parse_now(now)?;
     let mut snapshot = match snapshot {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| CliError::ReadSnapshot { path, source })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| CliError::ReadSnapshot { path, source })?;
             Snapshot::parse(&text)?
         }
         None => live_snapshot(&source, now)?,

@@ -35,7 +35,12 @@ pub enum Event {
     WorkspaceDeleted { workspace_id: String, organization_id: String, owner_id: String },
     /// A user claimed a ready prebuild.
     #[serde(rename = "workspace.claimed")]
-    WorkspaceClaimed { workspace_id: String, organization_id: String, owner_id: String, preset_id: String },
+    WorkspaceClaimed {
+        workspace_id: String,
+        organization_id: String,
+        owner_id: String,
+        preset_id: String,
+    },
     /// A preset's newest prebuild builds all failed: no more are created until
     /// `workspaced preset reset` (template admins are notified).
     #[serde(rename = "preset.hard_limited")]

@@ -57,7 +57,11 @@ fn preset_row(tx: &WriteTx<'_>, preset_id: &str) -> Result<Option<PresetRow>, St
 /// Creates one prebuild of `preset_id` (owned by the prebuilds user, a `start` build on
 /// the active version with the preset's parameters). `None` when the preset is no longer
 /// active.
-pub fn create_prebuild(tx: &mut WriteTx<'_>, preset_id: &str, now: DateTime<Utc>) -> Result<Option<QueuedBuild>, BuildError> {
+pub fn create_prebuild(
+    tx: &mut WriteTx<'_>,
+    preset_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<QueuedBuild>, BuildError> {
     let Some(preset) = preset_row(tx, preset_id)? else { return Ok(None) };
     if !preset.active {
         return Ok(None);
@@ -98,7 +102,12 @@ pub fn create_prebuild(tx: &mut WriteTx<'_>, preset_id: &str, now: DateTime<Utc>
         },
         now,
     )?;
-    let mut request = BuildRequest::new(&workspace_id, Transition::Start, BuildReason::Prebuild, PREBUILDS_USER_ID);
+    let mut request = BuildRequest::new(
+        &workspace_id,
+        Transition::Start,
+        BuildReason::Prebuild,
+        PREBUILDS_USER_ID,
+    );
     request.template_version_id = Some(preset.version_id);
     request.parameters = parameters;
     request.preset_id = Some(preset_id.to_owned());
@@ -107,7 +116,11 @@ pub fn create_prebuild(tx: &mut WriteTx<'_>, preset_id: &str, now: DateTime<Utc>
 }
 
 /// Deletes one prebuild, unless it was claimed, deleted or is being built meanwhile.
-pub fn delete_prebuild(tx: &mut WriteTx<'_>, workspace_id: &str, now: DateTime<Utc>) -> Result<Option<QueuedBuild>, BuildError> {
+pub fn delete_prebuild(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<QueuedBuild>, BuildError> {
     let Some(workspace) = workspaces::get(tx, workspace_id)? else { return Ok(None) };
     if workspace.deleted || workspace.owner_id != PREBUILDS_USER_ID {
         return Ok(None);
@@ -117,7 +130,12 @@ pub fn delete_prebuild(tx: &mut WriteTx<'_>, workspace_id: &str, now: DateTime<U
     {
         return Ok(None);
     }
-    let mut request = BuildRequest::new(workspace_id, Transition::Delete, BuildReason::Prebuild, PREBUILDS_USER_ID);
+    let mut request = BuildRequest::new(
+        workspace_id,
+        Transition::Delete,
+        BuildReason::Prebuild,
+        PREBUILDS_USER_ID,
+    );
     request.preset_id = workspace.preset_id.clone();
     request.is_prebuild = true;
     builds::enqueue(tx, &request, now).map(Some)
@@ -126,26 +144,44 @@ pub fn delete_prebuild(tx: &mut WriteTx<'_>, workspace_id: &str, now: DateTime<U
 /// Persists whether a preset is hard-limited. The first time it becomes limited (since the
 /// last reset) one `preset.hard_limited` notification is queued for template admins; the
 /// return value says whether that happened.
-pub fn sync_hard_limit(tx: &mut WriteTx<'_>, preset_id: &str, hard_limited: bool, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub fn sync_hard_limit(
+    tx: &mut WriteTx<'_>,
+    preset_id: &str,
+    hard_limited: bool,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let current: Option<(String, Option<i64>)> = tx
-        .query_row("SELECT prebuild_status, hard_limit_notified_at FROM presets WHERE id = ?1", [preset_id], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
+        .query_row(
+            "SELECT prebuild_status, hard_limit_notified_at FROM presets WHERE id = ?1",
+            [preset_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
         .optional()?;
     let Some((status, notified_at)) = current else { return Ok(false) };
     let wanted = if hard_limited { "hard_limited" } else { "healthy" };
     if status != wanted {
-        tx.execute("UPDATE presets SET prebuild_status = ?2 WHERE id = ?1", params![preset_id, wanted])?;
+        tx.execute(
+            "UPDATE presets SET prebuild_status = ?2 WHERE id = ?1",
+            params![preset_id, wanted],
+        )?;
     }
     if !hard_limited || notified_at.is_some() {
         return Ok(false);
     }
     let Some(preset) = preset_row(tx, preset_id)? else { return Ok(false) };
-    tx.execute("UPDATE presets SET hard_limit_notified_at = ?2 WHERE id = ?1", params![preset_id, to_millis(now)])?;
+    tx.execute(
+        "UPDATE presets SET hard_limit_notified_at = ?2 WHERE id = ?1",
+        params![preset_id, to_millis(now)],
+    )?;
     tx.execute(
         "INSERT INTO notifications (kind, organization_id, template_id, payload, created_at)
          VALUES ('preset.hard_limited', ?1, ?2, ?3, ?4)",
-        params![preset.organization_id, preset.template_id, json!({ "preset_id": preset_id }).to_string(), to_millis(now)],
+        params![
+            preset.organization_id,
+            preset.template_id,
+            json!({ "preset_id": preset_id }).to_string(),
+            to_millis(now)
+        ],
     )?;
     tx.emit(
         &Event::PresetHardLimited {
@@ -177,9 +213,15 @@ pub struct ResetReport {
 
 /// Deletes the preset's failed prebuilds (taking them out of the hard-limit window) and
 /// clears its stored status, in one transaction.
-pub fn reset_preset(tx: &mut WriteTx<'_>, preset_id: &str, now: DateTime<Utc>) -> Result<ResetReport, ResetError> {
+pub fn reset_preset(
+    tx: &mut WriteTx<'_>,
+    preset_id: &str,
+    now: DateTime<Utc>,
+) -> Result<ResetReport, ResetError> {
     let previous_status: String = tx
-        .query_row("SELECT prebuild_status FROM presets WHERE id = ?1", [preset_id], |row| row.get(0))
+        .query_row("SELECT prebuild_status FROM presets WHERE id = ?1", [preset_id], |row| {
+            row.get(0)
+        })
         .optional()
         .map_err(StoreError::from)?
         .ok_or_else(|| ResetError::UnknownPreset(preset_id.to_owned()))?;
@@ -194,7 +236,9 @@ pub fn reset_preset(tx: &mut WriteTx<'_>, preset_id: &str, now: DateTime<Utc>) -
                   ORDER BY w.created_at, w.id",
             )
             .map_err(StoreError::from)?;
-        let rows = statement.query_map(params![PREBUILDS_USER_ID, preset_id], |row| row.get(0)).map_err(StoreError::from)?;
+        let rows = statement
+            .query_map(params![PREBUILDS_USER_ID, preset_id], |row| row.get(0))
+            .map_err(StoreError::from)?;
         rows.collect::<Result<_, _>>().map_err(StoreError::from)?
     };
     let mut deletes_queued = 0;
@@ -249,7 +293,8 @@ pub enum ClaimOutcome {
 impl ClaimOutcome {
     pub fn workspace_id(&self) -> &str {
         match self {
-            ClaimOutcome::Claimed { workspace_id, .. } | ClaimOutcome::Built { workspace_id, .. } => workspace_id,
+            ClaimOutcome::Claimed { workspace_id, .. }
+            | ClaimOutcome::Built { workspace_id, .. } => workspace_id,
         }
     }
 }
@@ -272,9 +317,14 @@ pub enum ClaimError {
 
 /// Claims a ready, unexpired prebuild of the preset on the active version for the user
 /// (ownership, name, activity, dormancy, schedule), or builds a new workspace.
-pub fn claim(tx: &mut WriteTx<'_>, request: &ClaimRequest, now: DateTime<Utc>) -> Result<ClaimOutcome, ClaimError> {
+pub fn claim(
+    tx: &mut WriteTx<'_>,
+    request: &ClaimRequest,
+    now: DateTime<Utc>,
+) -> Result<ClaimOutcome, ClaimError> {
     if let Some(schedule) = &request.autostart_schedule {
-        CronSchedule::parse_weekly(schedule).map_err(|error| ClaimError::Schedule(error.to_string()))?;
+        CronSchedule::parse_weekly(schedule)
+            .map_err(|error| ClaimError::Schedule(error.to_string()))?;
     }
     let (organization_id, version_id): (String, String) = tx
         .query_row(
@@ -335,8 +385,12 @@ pub fn claim(tx: &mut WriteTx<'_>, request: &ClaimRequest, now: DateTime<Utc>) -
                 other => ClaimError::Store(other.into()),
             })?;
         if changed == 1 {
-            let mut build_request =
-                BuildRequest::new(&workspace_id, Transition::Start, BuildReason::Claim, &request.user_id);
+            let mut build_request = BuildRequest::new(
+                &workspace_id,
+                Transition::Start,
+                BuildReason::Claim,
+                &request.user_id,
+            );
             build_request.template_version_id = Some(version_id);
             build_request.parameters = parameters;
             build_request.preset_id = Some(preset_id.clone());
@@ -376,7 +430,12 @@ pub fn claim(tx: &mut WriteTx<'_>, request: &ClaimRequest, now: DateTime<Utc>) -
         },
         now,
     )?;
-    let mut build_request = BuildRequest::new(&workspace_id, Transition::Start, BuildReason::Initiator, &request.user_id);
+    let mut build_request = BuildRequest::new(
+        &workspace_id,
+        Transition::Start,
+        BuildReason::Initiator,
+        &request.user_id,
+    );
     build_request.template_version_id = Some(version_id);
     build_request.parameters = parameters;
     build_request.preset_id = preset_id;
@@ -392,8 +451,9 @@ fn matching_preset(
     requested: &BTreeMap<String, String>,
 ) -> Result<Option<String>, StoreError> {
     let ids: Vec<String> = {
-        let mut statement =
-            tx.prepare_cached("SELECT id FROM presets WHERE template_version_id = ?1 ORDER BY created_at, rowid")?;
+        let mut statement = tx.prepare_cached(
+            "SELECT id FROM presets WHERE template_version_id = ?1 ORDER BY created_at, rowid",
+        )?;
         let rows = statement.query_map([version_id], |row| row.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
@@ -409,7 +469,12 @@ fn matching_preset(
 }
 
 /// The oldest ready, unexpired, running prebuild of the preset on `version_id`.
-fn ready_prebuild(tx: &WriteTx<'_>, preset_id: &str, version_id: &str, now: DateTime<Utc>) -> Result<Option<String>, StoreError> {
+fn ready_prebuild(
+    tx: &WriteTx<'_>,
+    preset_id: &str,
+    version_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
     let ttl_s = preset_row(tx, preset_id)?.and_then(|preset| preset.ttl_s).filter(|ttl| *ttl > 0);
     let oldest_allowed = ttl_s.map_or(i64::MIN, |ttl| to_millis(now) - ttl * 1000);
     Ok(tx
@@ -430,7 +495,9 @@ fn ready_prebuild(tx: &WriteTx<'_>, preset_id: &str, version_id: &str, now: Date
 
 /// Lifetime prebuild figures per preset name, from the database (so they survive
 /// restarts): (organization, template, preset) → (created, failed, claimed).
-pub fn lifetime_counts(conn: &rusqlite::Connection) -> Result<Vec<((String, String, String), [u64; 3])>, StoreError> {
+pub fn lifetime_counts(
+    conn: &rusqlite::Connection,
+) -> Result<Vec<crate::metrics::PresetTotals>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT o.name, t.name, p.name,
                 SUM(b.is_prebuild AND b.transition = 'start' AND b.build_number = 1),
@@ -450,4 +517,20 @@ pub fn lifetime_counts(conn: &rusqlite::Connection) -> Result<Vec<((String, Stri
         Ok(((row.get(0)?, row.get(1)?, row.get(2)?), [count(3)?, count(4)?, count(5)?]))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Claims (or builds) a workspace in one write transaction and records the claim latency.
+pub async fn claim_workspace(
+    store: &crate::store::Store,
+    clock: &std::sync::Arc<dyn crate::clock::Clock>,
+    metrics: &crate::metrics::PrebuildMetrics,
+    request: ClaimRequest,
+) -> Result<ClaimOutcome, ClaimError> {
+    let started = tokio::time::Instant::now();
+    let now = clock.now();
+    let outcome = store.write(move |tx| claim(tx, &request, now)).await;
+    if let Ok(ClaimOutcome::Claimed { .. }) = &outcome {
+        metrics.claim_duration.observe(started.elapsed().as_secs_f64());
+    }
+    outcome
 }

@@ -1,23 +1,148 @@
-//! The prebuild reconciler loop: each cycle reads the pools and brings every preset to its
-//! desired size.
-//!
-//! Until the reconciler issue lands, a cycle reads the fleet counts the planner will work
-//! from and reports them; it makes no changes.
+//! The prebuild reconciler loop: each cycle reads one snapshot, plans every preset
+//! (`planner::reconcile`) and executes the actions in order: each delete and each create in
+//! its own write transaction that re-checks what it acts on (`prebuilds`). One preset's
+//! failure never stops the others. Then it refreshes the prebuild metrics.
 
-use crate::loops::{LoopCtx, LoopError, Now, TickReport};
-use crate::store::fleet;
+use std::collections::HashMap;
+
+use crate::loops::{LoopCtx, LoopError, Now, TickReport, error_chain};
+use crate::planner::plan::{PoolAction, PresetPlan};
+use crate::planner::reconcile;
+use crate::planner::snapshot::{Index, Preset, Snapshot};
+use crate::prebuilds;
+use crate::store::builds::BuildError;
+use crate::store::snapshot;
 
 pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
-    let counts = ctx
+    let started = tokio::time::Instant::now();
+    let settings = ctx.config.borrow().planner_settings();
+    let store_error = |source| LoopError::Store { loop_name: "reconciler", source };
+    let snapshot = ctx
         .store
-        .read(fleet::counts)
+        .read(move |conn| snapshot::read(conn, now, settings))
         .await
-        .map_err(|source| LoopError::Store { loop_name: "reconciler", source })?;
-    tracing::debug!(
-        %now,
-        presets = counts.prebuild_presets,
-        prebuilds = counts.prebuilds,
-        "reconcile cycle read the pools"
-    );
-    Ok(TickReport { examined: counts.prebuild_presets, actions: 0 })
+        .map_err(store_error)?;
+    let index = Index::new(&snapshot);
+    let plan = reconcile::plan(&index);
+    let metrics = &ctx.metrics.prebuilds;
+    metrics.paused.set(i64::from(plan.paused));
+    if plan.paused {
+        tracing::debug!("reconciliation is paused (reconciler.paused)");
+        return Ok(TickReport::default());
+    }
+    let presets: HashMap<&str, &Preset> =
+        snapshot.presets.iter().map(|preset| (preset.id.as_str(), preset)).collect();
+    let mut actions = 0;
+    for preset_plan in &plan.presets {
+        let Some(preset) = presets.get(preset_plan.preset_id.as_str()) else { continue };
+        if let Some(problem) = reconcile::schedule_problem(preset) {
+            tracing::warn!(preset_id = %preset.id, preset = %preset.name, problem = %problem, "preset schedules ignored; using the base instances");
+        }
+        match execute(ctx, preset_plan, now).await {
+            Ok(done) => actions += done,
+            Err(error) => {
+                metrics.preset_errors.inc();
+                tracing::error!(preset_id = %preset.id, error = %error_chain(&error), "reconciling preset failed; other presets go on");
+            }
+        }
+    }
+    update_gauges(ctx, &snapshot, &plan.presets);
+    match ctx.store.read(prebuilds::lifetime_counts).await {
+        Ok(totals) => metrics.sync_counters(&totals),
+        Err(error) => tracing::warn!(error = %error_chain(&error), "cannot read prebuild totals"),
+    }
+    metrics.last_updated.set(now.timestamp());
+    metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    Ok(TickReport { examined: plan.presets.len() as u64, actions })
+}
+
+/// Executes one preset's actions in order; returns how many builds were enqueued.
+async fn execute(ctx: &LoopCtx, plan: &PresetPlan, now: Now) -> Result<u64, BuildError> {
+    let preset_id = plan.preset_id.clone();
+    let limited = plan.hard_limited;
+    let id = preset_id.clone();
+    let newly_limited =
+        ctx.store.write(move |tx| prebuilds::sync_hard_limit(tx, &id, limited, now)).await?;
+    if plan.hard_limited {
+        tracing::warn!(
+            preset_id = %preset_id,
+            notified = newly_limited,
+            "preset is hard-limited: its newest prebuild builds all failed; no new prebuilds until `workspaced preset reset`"
+        );
+    }
+    let mut enqueued = 0;
+    for action in &plan.actions {
+        match action {
+            PoolAction::Backoff { until } => {
+                tracing::info!(preset_id = %preset_id, until = %until, "prebuild creation backs off after failures");
+            }
+            PoolAction::Delete { reason, workspace_ids } => {
+                for workspace_id in workspace_ids {
+                    let id = workspace_id.clone();
+                    let queued =
+                        ctx.store.write(move |tx| prebuilds::delete_prebuild(tx, &id, now)).await?;
+                    match queued {
+                        Some(_) => {
+                            enqueued += 1;
+                            tracing::info!(preset_id = %preset_id, workspace_id = %workspace_id, reason = ?reason, "prebuild delete queued");
+                        }
+                        None => tracing::info!(
+                            preset_id = %preset_id,
+                            workspace_id = %workspace_id,
+                            "prebuild not deleted: it was claimed, deleted or is being built meanwhile"
+                        ),
+                    }
+                }
+            }
+            PoolAction::Create { count } => {
+                // Never more than the pool wants, whatever the arithmetic said.
+                let count = (*count).min(plan.state.desired);
+                for _ in 0..count {
+                    let id = preset_id.clone();
+                    match ctx
+                        .store
+                        .write(move |tx| prebuilds::create_prebuild(tx, &id, now))
+                        .await?
+                    {
+                        Some(queued) => {
+                            enqueued += 1;
+                            tracing::info!(preset_id = %preset_id, workspace_id = %queued.build.workspace_id, "prebuild created");
+                        }
+                        None => {
+                            tracing::info!(preset_id = %preset_id, "preset no longer active; creation stopped");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(enqueued)
+}
+
+/// Gauges for presets on the active version of a live template; series of other presets
+/// (outdated, deleted) disappear.
+fn update_gauges(ctx: &LoopCtx, snapshot: &Snapshot, plans: &[PresetPlan]) {
+    let metrics = &ctx.metrics.prebuilds;
+    for gauge in [&metrics.desired, &metrics.running, &metrics.eligible, &metrics.hard_limited] {
+        gauge.reset();
+    }
+    let templates: HashMap<&str, _> =
+        snapshot.templates.iter().map(|template| (template.id.as_str(), template)).collect();
+    let presets: HashMap<&str, &Preset> =
+        snapshot.presets.iter().map(|preset| (preset.id.as_str(), preset)).collect();
+    for plan in plans {
+        let Some(preset) = presets.get(plan.preset_id.as_str()) else { continue };
+        let Some(template) = templates.get(preset.template_id.as_str()) else { continue };
+        if template.deleted || template.active_version_id != preset.template_version_id {
+            continue;
+        }
+        let labels =
+            [template.organization_name.as_str(), template.name.as_str(), preset.name.as_str()];
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        metrics.desired.with_label_values(&labels).set(gauge(plan.state.desired));
+        metrics.running.with_label_values(&labels).set(gauge(plan.state.actual));
+        metrics.eligible.with_label_values(&labels).set(gauge(plan.state.eligible));
+        metrics.hard_limited.with_label_values(&labels).set(i64::from(plan.hard_limited));
+    }
 }

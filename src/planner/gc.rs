@@ -29,8 +29,12 @@ impl Policy {
             enabled: settings.enabled && overrides.and_then(|gc| gc.enabled).unwrap_or(true),
             ttl_s: overrides.and_then(|gc| gc.ttl_s).unwrap_or(settings.ttl_s),
             basis: overrides.and_then(|gc| gc.basis).unwrap_or(settings.basis),
-            warn_before_s: overrides.and_then(|gc| gc.warn_before_s).unwrap_or(settings.warn_before_s),
-            active_grace_s: overrides.and_then(|gc| gc.active_grace_s).unwrap_or(settings.active_grace_s),
+            warn_before_s: overrides
+                .and_then(|gc| gc.warn_before_s)
+                .unwrap_or(settings.warn_before_s),
+            active_grace_s: overrides
+                .and_then(|gc| gc.active_grace_s)
+                .unwrap_or(settings.active_grace_s),
         }
     }
 }
@@ -53,16 +57,21 @@ pub fn plan(index: &Index<'_>) -> GcPlan {
             continue;
         }
         population += 1;
-        let policy = Policy::for_template(settings, index.templates.get(workspace.template_id.as_str()).copied());
-        let in_progress = index
-            .latest(position)
-            .is_some_and(|build| matches!(build.job_status, JobStatus::Pending | JobStatus::Running));
+        let policy = Policy::for_template(
+            settings,
+            index.templates.get(workspace.template_id.as_str()).copied(),
+        );
+        let in_progress = index.latest(position).is_some_and(|build| {
+            matches!(build.job_status, JobStatus::Pending | JobStatus::Running)
+        });
         if let Some(action) = judge(workspace, &policy, in_progress, now) {
             actions.push(action);
         }
     }
-    let deletes = actions.iter().filter(|action| action.action == GcActionKind::Delete).count() as u64;
-    let tripped = settings.max_delete_fraction.is_exceeded_by(deletes, population) || deletes > settings.max_deletions_per_run;
+    let deletes =
+        actions.iter().filter(|action| action.action == GcActionKind::Delete).count() as u64;
+    let tripped = settings.max_delete_fraction.is_exceeded_by(deletes, population)
+        || deletes > settings.max_deletions_per_run;
     if tripped {
         for action in actions.iter_mut().filter(|action| action.action == GcActionKind::Delete) {
             action.action = GcActionKind::Skip;
@@ -81,7 +90,12 @@ pub fn basis_time(workspace: &Workspace, basis: GcBasis) -> DateTime<Utc> {
 }
 
 /// The action for one workspace, or `None` when it is not due (or exempt).
-pub fn judge(workspace: &Workspace, policy: &Policy, in_progress: bool, now: DateTime<Utc>) -> Option<GcAction> {
+pub fn judge(
+    workspace: &Workspace,
+    policy: &Policy,
+    in_progress: bool,
+    now: DateTime<Utc>,
+) -> Option<GcAction> {
     if !policy.enabled {
         return None;
     }

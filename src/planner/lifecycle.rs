@@ -9,7 +9,9 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use crate::domain::{JobStatus, Transition};
 use crate::planner::plan::{LifecycleDecision, LifecycleReason};
 use crate::planner::schedule::{CronSchedule, weekday_in};
-use crate::planner::snapshot::{AutomaticUpdates, Build, Index, OwnerStatus, Template, Weekday, Workspace};
+use crate::planner::snapshot::{
+    AutomaticUpdates, Build, Index, OwnerStatus, Template, Weekday, Workspace,
+};
 
 /// A failed delete is retried by auto-delete only this long after it completed.
 const FAILED_DELETE_RETRY: i64 = 24 * 3600;
@@ -36,7 +38,12 @@ pub fn plan(index: &Index<'_>) -> Vec<LifecycleDecision> {
 }
 
 /// The first rule that applies to one workspace, or `None`.
-pub fn decide(workspace: &Workspace, latest: &Build, template: &Template, tick: DateTime<Utc>) -> Option<LifecycleDecision> {
+pub fn decide(
+    workspace: &Workspace,
+    latest: &Build,
+    template: &Template,
+    tick: DateTime<Utc>,
+) -> Option<LifecycleDecision> {
     if workspace.deleted
         || workspace.owner.is_prebuilds()
         || matches!(latest.job_status, JobStatus::Pending | JobStatus::Running)
@@ -54,12 +61,19 @@ pub fn decide(workspace: &Workspace, latest: &Build, template: &Template, tick: 
         return Some(decision(Some(Transition::Stop), LifecycleReason::Autostop, false, None));
     }
     if autostart_due(workspace, latest, template, tick) {
-        let version = if template.schedule.require_active_version || workspace.automatic_updates == AutomaticUpdates::Always {
+        let version = if template.schedule.require_active_version
+            || workspace.automatic_updates == AutomaticUpdates::Always
+        {
             template.active_version_id.clone()
         } else {
             latest.template_version_id.clone()
         };
-        return Some(decision(Some(Transition::Start), LifecycleReason::Autostart, false, Some(version)));
+        return Some(decision(
+            Some(Transition::Start),
+            LifecycleReason::Autostart,
+            false,
+            Some(version),
+        ));
     }
     if failed_stop_due(latest, template, tick) {
         return Some(decision(Some(Transition::Stop), LifecycleReason::Failedstop, false, None));
@@ -83,11 +97,17 @@ pub fn autostop_due(workspace: &Workspace, latest: &Build, tick: DateTime<Utc>) 
     latest.job_status != JobStatus::Failed
         && workspace.dormant_at.is_none()
         && latest.transition == Transition::Start
-        && (workspace.owner_status == OwnerStatus::Suspended || latest.deadline.is_some_and(|deadline| tick >= deadline))
+        && (workspace.owner_status == OwnerStatus::Suspended
+            || latest.deadline.is_some_and(|deadline| tick >= deadline))
 }
 
 /// Rule 2: a stopped workspace whose autostart schedule fired since its last build.
-pub fn autostart_due(workspace: &Workspace, latest: &Build, template: &Template, tick: DateTime<Utc>) -> bool {
+pub fn autostart_due(
+    workspace: &Workspace,
+    latest: &Build,
+    template: &Template,
+    tick: DateTime<Utc>,
+) -> bool {
     if workspace.owner_status != OwnerStatus::Active
         || latest.job_status == JobStatus::Failed
         || workspace.dormant_at.is_some()
@@ -103,7 +123,11 @@ pub fn autostart_due(workspace: &Workspace, latest: &Build, template: &Template,
 }
 
 /// The first firing after `since` on an allowed day, looking at most a week ahead.
-pub fn next_allowed_autostart(schedule: &CronSchedule, since: DateTime<Utc>, days: &[Weekday]) -> Option<DateTime<Utc>> {
+pub fn next_allowed_autostart(
+    schedule: &CronSchedule,
+    since: DateTime<Utc>,
+    days: &[Weekday],
+) -> Option<DateTime<Utc>> {
     let week_later = since + Duration::days(7);
     let mut next = schedule.next(since).ok()?;
     loop {
@@ -134,7 +158,12 @@ pub fn dormancy_due(workspace: &Workspace, template: &Template, tick: DateTime<U
 }
 
 /// Rule 5: dormant and past `deleting_at` (a failed delete is retried after 24 h).
-pub fn autodelete_due(workspace: &Workspace, latest: &Build, template: &Template, tick: DateTime<Utc>) -> bool {
+pub fn autodelete_due(
+    workspace: &Workspace,
+    latest: &Build,
+    template: &Template,
+    tick: DateTime<Utc>,
+) -> bool {
     if workspace.dormant_at.is_none() || template.schedule.time_til_dormant_autodelete_s == 0 {
         return false;
     }

@@ -58,13 +58,15 @@ pub fn plan(index: &Index<'_>) -> ReconcilerPlan {
             }
             if let Some(preset) = latest.preset_id.as_deref()
                 && latest.transition == Transition::Start
-                && template.is_some_and(|template| template.active_version_id == latest.template_version_id)
+                && template.is_some_and(|template| {
+                    template.active_version_id == latest.template_version_id
+                })
             {
                 latest_prebuild_builds.entry(preset).or_default().push((latest, &workspace.id));
             }
         }
-        let on_active_version =
-            template.is_some_and(|template| template.active_version_id == latest.template_version_id);
+        let on_active_version = template
+            .is_some_and(|template| template.active_version_id == latest.template_version_id);
         if latest.initiator == Initiator::Prebuilds
             && on_active_version
             && matches!(latest.job_status, JobStatus::Pending | JobStatus::Running)
@@ -105,18 +107,33 @@ fn plan_preset(
     now: DateTime<Utc>,
     settings: &crate::planner::snapshot::ReconcilerSettings,
 ) -> PresetPlan {
-    let active = preset.template_version_id == template.active_version_id && !template.deleted && !template.deprecated;
+    let active = preset.template_version_id == template.active_version_id
+        && !template.deleted
+        && !template.deprecated;
     let base = preset.desired_instances.unwrap_or(0);
     let ttl = preset.ttl_s.filter(|ttl| *ttl > 0).map(seconds);
-    let is_expired = |prebuild: &Running<'_>| ttl.is_some_and(|ttl| now - prebuild.created_at > ttl);
+    let is_expired =
+        |prebuild: &Running<'_>| ttl.is_some_and(|ttl| now - prebuild.created_at > ttl);
 
     let actual = pool.len() as u64;
     let expired = pool.iter().filter(|prebuild| is_expired(prebuild)).count() as u64;
     let desired = if active { desired_instances(preset, now) } else { 0 };
-    let eligible =
-        if active { pool.iter().filter(|prebuild| !is_expired(prebuild) && prebuild.ready).count() as u64 } else { 0 };
+    let eligible = if active {
+        pool.iter().filter(|prebuild| !is_expired(prebuild) && prebuild.ready).count() as u64
+    } else {
+        0
+    };
     let extraneous = if active { (actual - expired).saturating_sub(desired) } else { 0 };
-    let state = PresetState { actual, expired, desired, eligible, extraneous, starting, stopping, deleting };
+    let state = PresetState {
+        actual,
+        expired,
+        desired,
+        eligible,
+        extraneous,
+        starting,
+        stopping,
+        deleting,
+    };
 
     // Backoff and hard limit look at the latest builds of this preset's prebuilds, newest
     // first (ties: workspace id ascending).
@@ -128,7 +145,14 @@ fn plan_preset(
     let mut actions = Vec::new();
     if let Some(until) = backoff_until {
         actions.push(PoolAction::Backoff { until });
-        return PresetPlan { preset_id: preset.id.clone(), active, state, backoff_until, hard_limited, actions };
+        return PresetPlan {
+            preset_id: preset.id.clone(),
+            active,
+            state,
+            backoff_until,
+            hard_limited,
+            actions,
+        };
     }
     let mut oldest_first: Vec<&Running<'_>> = pool.iter().collect();
     oldest_first.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(b.id)));
@@ -139,10 +163,16 @@ fn plan_preset(
             actions.push(PoolAction::Delete { reason: DeleteReason::Inactive, workspace_ids: ids });
         }
     } else {
-        let expired_ids: Vec<String> =
-            oldest_first.iter().filter(|prebuild| is_expired(prebuild)).map(|prebuild| prebuild.id.to_owned()).collect();
+        let expired_ids: Vec<String> = oldest_first
+            .iter()
+            .filter(|prebuild| is_expired(prebuild))
+            .map(|prebuild| prebuild.id.to_owned())
+            .collect();
         if !expired_ids.is_empty() {
-            actions.push(PoolAction::Delete { reason: DeleteReason::Expired, workspace_ids: expired_ids });
+            actions.push(PoolAction::Delete {
+                reason: DeleteReason::Expired,
+                workspace_ids: expired_ids,
+            });
         }
         let extraneous_ids: Vec<String> = oldest_first
             .iter()
@@ -151,7 +181,10 @@ fn plan_preset(
             .map(|prebuild| prebuild.id.to_owned())
             .collect();
         if !extraneous_ids.is_empty() {
-            actions.push(PoolAction::Delete { reason: DeleteReason::Extraneous, workspace_ids: extraneous_ids });
+            actions.push(PoolAction::Delete {
+                reason: DeleteReason::Extraneous,
+                workspace_ids: extraneous_ids,
+            });
         }
         // In-progress stops and deletes lower nothing; in-progress starts count as coming.
         let create = desired.saturating_sub(actual - expired).saturating_sub(starting);
@@ -177,7 +210,8 @@ pub fn desired_instances(preset: &Preset, now: DateTime<Utc>) -> u64 {
     }
     let Ok(zone) = parse_zone(&preset.scheduling_timezone) else { return base };
     if preset.schedules.len() >= 2 {
-        let crons: Vec<&str> = preset.schedules.iter().map(|schedule| schedule.cron.as_str()).collect();
+        let crons: Vec<&str> =
+            preset.schedules.iter().map(|schedule| schedule.cron.as_str()).collect();
         if check_no_overlap(&crons).is_err() {
             return base;
         }
@@ -205,9 +239,14 @@ fn backoff_until(
         return None;
     }
     let window_start = now - seconds(settings.backoff_lookback_s);
-    let in_window_failure = |build: &Build| build.job_status == JobStatus::Failed && build.created_at >= window_start;
+    let in_window_failure =
+        |build: &Build| build.job_status == JobStatus::Failed && build.created_at >= window_start;
     let top = usize::try_from(base).unwrap_or(usize::MAX);
-    let last_failed = candidates.iter().take(top).map(|(build, _)| *build).find(|build| in_window_failure(build))?;
+    let last_failed = candidates
+        .iter()
+        .take(top)
+        .map(|(build, _)| *build)
+        .find(|build| in_window_failure(build))?;
     let failures = candidates.iter().filter(|(build, _)| in_window_failure(build)).count() as i64;
     let interval = seconds(settings.backoff_interval_s);
     let until = last_failed.created_at + interval * i32::try_from(failures).unwrap_or(i32::MAX);
@@ -220,4 +259,26 @@ fn hard_limited(candidates: &[&(&Build, &str)], limit: u64) -> bool {
     limit > 0
         && candidates.len() >= limit
         && candidates.iter().take(limit).all(|(build, _)| build.job_status == JobStatus::Failed)
+}
+
+/// Why a preset's schedules are being ignored (base instances used), if they are: the
+/// operator should hear about it once per cycle.
+pub fn schedule_problem(preset: &Preset) -> Option<String> {
+    if preset.schedules.is_empty() {
+        return None;
+    }
+    if preset.scheduling_timezone.is_empty() {
+        return Some("schedules are set but scheduling_timezone is empty".to_owned());
+    }
+    if let Err(error) = parse_zone(&preset.scheduling_timezone) {
+        return Some(error.to_string());
+    }
+    if preset.schedules.len() >= 2 {
+        let crons: Vec<&str> =
+            preset.schedules.iter().map(|schedule| schedule.cron.as_str()).collect();
+        if let Err(reason) = check_no_overlap(&crons) {
+            return Some(reason);
+        }
+    }
+    None
 }

@@ -36,11 +36,16 @@ pub mod rfc3339 {
             .map_err(|_| format!("invalid RFC3339 time {text:?}"))
     }
 
-    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        time: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(deserializer)?;
         parse(&text).map_err(serde::de::Error::custom)
     }
@@ -49,14 +54,19 @@ pub mod rfc3339 {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            time: &Option<DateTime<Utc>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
             match time {
                 Some(time) => serializer.serialize_str(&format(time)),
                 None => serializer.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             match Option::<String>::deserialize(deserializer)? {
                 Some(text) => parse(&text).map(Some).map_err(serde::de::Error::custom),
                 None => Ok(None),
@@ -68,11 +78,16 @@ pub mod rfc3339 {
     pub mod present {
         use super::*;
 
-        pub fn serialize<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            time: &Option<DateTime<Utc>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
             option::serialize(time, serializer)
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             let text = String::deserialize(deserializer)?;
             parse(&text).map(Some).map_err(serde::de::Error::custom)
         }
@@ -80,7 +95,9 @@ pub mod rfc3339 {
 }
 
 /// Deserializes an optional value that may be absent but not `null`.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
 }
 
@@ -119,7 +136,12 @@ pub struct ReconcilerSettings {
 
 impl Default for ReconcilerSettings {
     fn default() -> Self {
-        ReconcilerSettings { backoff_interval_s: 60, backoff_lookback_s: 3600, failure_hard_limit: 3, paused: false }
+        ReconcilerSettings {
+            backoff_interval_s: 60,
+            backoff_lookback_s: 3600,
+            failure_hard_limit: 3,
+            paused: false,
+        }
     }
 }
 
@@ -187,11 +209,14 @@ impl Fraction {
         }
         let text = format!("{value}");
         let (whole, fractional) = text.split_once('.').unwrap_or((&text, ""));
-        let scale = u32::try_from(fractional.len()).map_err(|_| format!("{value} has too many digits"))?;
+        let scale =
+            u32::try_from(fractional.len()).map_err(|_| format!("{value} has too many digits"))?;
         if scale > 30 {
             return Err(format!("{value} has too many digits"));
         }
-        let digits: u128 = format!("{whole}{fractional}").parse().map_err(|_| format!("{value} is out of range"))?;
+        let digits: u128 = format!("{whole}{fractional}")
+            .parse()
+            .map_err(|_| format!("{value} is out of range"))?;
         Ok(Fraction::from_decimal(digits, scale))
     }
 
@@ -463,17 +488,21 @@ impl Snapshot {
     /// Parses and checks a snapshot document.
     pub fn parse(text: &str) -> Result<Snapshot, SnapshotError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let snapshot: Snapshot = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            let message = error.inner().to_string();
-            // serde_json appends the position; the path already says where.
-            let reason = match message.rfind(" at line ") {
-                Some(at) => message[..at].to_owned(),
-                None => message,
-            };
-            SnapshotError { path: if path == "." { "$".to_owned() } else { path }, reason }
-        })?;
-        deserializer.end().map_err(|error| SnapshotError { path: "$".to_owned(), reason: error.to_string() })?;
+        let snapshot: Snapshot =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                let message = error.inner().to_string();
+                // serde_json appends the position; the path already says where.
+                let reason = match message.rfind(" at line ") {
+                    Some(at) => message[..at].to_owned(),
+                    None => message,
+                };
+                let path = if path == "." || path == "?" { "$".to_owned() } else { path };
+                SnapshotError { path, reason }
+            })?;
+        deserializer
+            .end()
+            .map_err(|error| SnapshotError { path: "$".to_owned(), reason: error.to_string() })?;
         snapshot.check()?;
         Ok(snapshot)
     }
@@ -484,22 +513,34 @@ impl Snapshot {
         let mut templates = HashSet::new();
         for (index, template) in self.templates.iter().enumerate() {
             if !templates.insert(template.id.as_str()) {
-                return fail(format!("templates[{index}].id"), format!("duplicate id {:?}", template.id));
+                return fail(
+                    format!("templates[{index}].id"),
+                    format!("duplicate id {:?}", template.id),
+                );
             }
         }
         let mut presets = HashSet::new();
         for (index, preset) in self.presets.iter().enumerate() {
             if !presets.insert(preset.id.as_str()) {
-                return fail(format!("presets[{index}].id"), format!("duplicate id {:?}", preset.id));
+                return fail(
+                    format!("presets[{index}].id"),
+                    format!("duplicate id {:?}", preset.id),
+                );
             }
             if !templates.contains(preset.template_id.as_str()) {
-                return fail(format!("presets[{index}].template_id"), format!("unknown template {:?}", preset.template_id));
+                return fail(
+                    format!("presets[{index}].template_id"),
+                    format!("unknown template {:?}", preset.template_id),
+                );
             }
         }
         let mut workspaces = HashSet::new();
         for (index, workspace) in self.workspaces.iter().enumerate() {
             if !workspaces.insert(workspace.id.as_str()) {
-                return fail(format!("workspaces[{index}].id"), format!("duplicate id {:?}", workspace.id));
+                return fail(
+                    format!("workspaces[{index}].id"),
+                    format!("duplicate id {:?}", workspace.id),
+                );
             }
             if !templates.contains(workspace.template_id.as_str()) {
                 return fail(
@@ -524,13 +565,19 @@ impl Snapshot {
             if !builds.insert((build.workspace_id.as_str(), build.build_number)) {
                 return fail(
                     format!("builds[{index}].build_number"),
-                    format!("duplicate build {} of workspace {:?}", build.build_number, build.workspace_id),
+                    format!(
+                        "duplicate build {} of workspace {:?}",
+                        build.build_number, build.workspace_id
+                    ),
                 );
             }
             if let Some(preset) = &build.preset_id
                 && !presets.contains(preset.as_str())
             {
-                return fail(format!("builds[{index}].preset_id"), format!("unknown preset {preset:?}"));
+                return fail(
+                    format!("builds[{index}].preset_id"),
+                    format!("unknown preset {preset:?}"),
+                );
             }
         }
         Ok(())
@@ -547,9 +594,14 @@ pub struct Index<'a> {
 
 impl<'a> Index<'a> {
     pub fn new(snapshot: &'a Snapshot) -> Index<'a> {
-        let templates = snapshot.templates.iter().map(|template| (template.id.as_str(), template)).collect();
-        let positions: HashMap<&str, usize> =
-            snapshot.workspaces.iter().enumerate().map(|(index, workspace)| (workspace.id.as_str(), index)).collect();
+        let templates =
+            snapshot.templates.iter().map(|template| (template.id.as_str(), template)).collect();
+        let positions: HashMap<&str, usize> = snapshot
+            .workspaces
+            .iter()
+            .enumerate()
+            .map(|(index, workspace)| (workspace.id.as_str(), index))
+            .collect();
         let mut builds: Vec<Vec<&Build>> = vec![Vec::new(); snapshot.workspaces.len()];
         for build in &snapshot.builds {
             if let Some(&position) = positions.get(build.workspace_id.as_str()) {
@@ -592,14 +644,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_json_path() {
-        let bad_time = minimal(r#"{"id":"w","template_id":"t","owner":"prebuilds","created_at":"yesterday"}"#, "");
+        let bad_time = minimal(
+            r#"{"id":"w","template_id":"t","owner":"prebuilds","created_at":"yesterday"}"#,
+            "",
+        );
         assert_eq!(
             Snapshot::parse(&bad_time).unwrap_err().to_string(),
             "workspaces[0].created_at: invalid RFC3339 time \"yesterday\""
         );
-        let unknown = minimal(r#"{"id":"w","template_id":"t","owner":"prebuilds","created_at":"2025-06-02T12:00:00Z","colour":1}"#, "");
+        let unknown = minimal(
+            r#"{"id":"w","template_id":"t","owner":"prebuilds","created_at":"2025-06-02T12:00:00Z","colour":1}"#,
+            "",
+        );
         assert_eq!(Snapshot::parse(&unknown).unwrap_err().path, "workspaces[0].colour");
-        let owner = minimal(r#"{"id":"w","template_id":"t","owner":"bob","created_at":"2025-06-02T12:00:00Z"}"#, "");
+        let owner = minimal(
+            r#"{"id":"w","template_id":"t","owner":"bob","created_at":"2025-06-02T12:00:00Z"}"#,
+            "",
+        );
         assert_eq!(Snapshot::parse(&owner).unwrap_err().path, "workspaces[0].owner");
         let negative = minimal(
             r#"{"id":"w","template_id":"t","owner":"prebuilds","created_at":"2025-06-02T12:00:00Z"}"#,
@@ -610,7 +671,10 @@ mod tests {
             r#"{"id":"w","template_id":"t","owner":"prebuilds","created_at":"2025-06-02T12:00:00Z"}"#,
             r#"{"workspace_id":"x","build_number":1,"transition":"start","job_status":"succeeded","template_version_id":"v","initiator":"user","created_at":"2025-06-02T12:00:00Z"}"#,
         );
-        assert_eq!(Snapshot::parse(&dangling).unwrap_err().to_string(), "builds[0].workspace_id: unknown workspace \"x\"");
+        assert_eq!(
+            Snapshot::parse(&dangling).unwrap_err().to_string(),
+            "builds[0].workspace_id: unknown workspace \"x\""
+        );
         let cron = minimal(
             r#"{"id":"w","template_id":"t","owner":"user:u","created_at":"2025-06-02T12:00:00Z","autostart_schedule":"0 9 1 * *"}"#,
             "",
@@ -620,12 +684,18 @@ mod tests {
             r#"{"id":"w","template_id":"t","owner":"user:u","created_at":"2025-06-02T12:00:00Z","last_used_at":null}"#,
             "",
         );
-        assert_eq!(Snapshot::parse(&null_last_used).unwrap_err().path, "workspaces[0].last_used_at");
+        assert_eq!(
+            Snapshot::parse(&null_last_used).unwrap_err().path,
+            "workspaces[0].last_used_at"
+        );
         let duplicate = minimal(
             r#"{"id":"w","template_id":"t","owner":"user:u","created_at":"2025-06-02T12:00:00Z"},{"id":"w","template_id":"t","owner":"user:u","created_at":"2025-06-02T12:00:00Z"}"#,
             "",
         );
-        assert_eq!(Snapshot::parse(&duplicate).unwrap_err().to_string(), "workspaces[1].id: duplicate id \"w\"");
+        assert_eq!(
+            Snapshot::parse(&duplicate).unwrap_err().to_string(),
+            "workspaces[1].id: duplicate id \"w\""
+        );
         assert_eq!(Snapshot::parse("{").unwrap_err().path, "$");
     }
 
@@ -635,7 +705,10 @@ mod tests {
         let error = Snapshot::parse(text).unwrap_err();
         assert_eq!(error.path, "presets[0]");
         assert!(error.reason.contains("desired_instances"), "{error}");
-        let ok = text.replace(r#""template_version_id":"v"}"#, r#""template_version_id":"v","desired_instances":null}"#);
+        let ok = text.replace(
+            r#""template_version_id":"v"}"#,
+            r#""template_version_id":"v","desired_instances":null}"#,
+        );
         assert_eq!(Snapshot::parse(&ok).unwrap().presets[0].desired_instances, None);
     }
 }

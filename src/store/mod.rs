@@ -249,8 +249,11 @@ impl Store {
             return Err(StoreError::Missing { path });
         }
         let open_error = |source| StoreError::Open { path: path.clone(), source };
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(open_error)?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
         conn.busy_timeout(options.busy_timeout).map_err(open_error)?;
         let database_version = migrations::applied_version(&conn).map_err(open_error)?;
         let binary_version = migrations::latest_known_version();

@@ -14,8 +14,8 @@ use rusqlite::Connection;
 use crate::domain::PREBUILDS_USER_ID;
 use crate::planner::schedule::CronSchedule;
 use crate::planner::snapshot::{
-    AutomaticUpdates, Build, Initiator, Owner, OwnerStatus, Preset, PresetSchedule, Settings, Snapshot,
-    Template, TemplateGc, TemplateSchedule, Weekday, Workspace,
+    AutomaticUpdates, Build, Initiator, Owner, OwnerStatus, Preset, PresetSchedule, Settings,
+    Snapshot, Template, TemplateGc, TemplateSchedule, Weekday, Workspace,
 };
 use crate::store::time::from_millis;
 use crate::store::{StoreError, parse_text};
@@ -27,7 +27,9 @@ fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>
 
 fn optional_time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
     match row.get::<_, Option<i64>>(index)? {
-        Some(millis) => from_millis(millis).map(Some).ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis)),
+        Some(millis) => from_millis(millis)
+            .map(Some)
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis)),
         None => Ok(None),
     }
 }
@@ -37,18 +39,25 @@ fn unsigned(value: i64) -> u64 {
 }
 
 /// Reads a consistent snapshot at `now` with `settings`.
-pub fn read(conn: &Connection, now: DateTime<Utc>, settings: Settings) -> Result<Snapshot, StoreError> {
+pub fn read(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    settings: Settings,
+) -> Result<Snapshot, StoreError> {
     let tx = conn.unchecked_transaction()?;
     let templates = read_templates(&tx)?;
     let workspaces = read_workspaces(&tx)?;
     let builds = read_builds(&tx)?;
-    let referenced: HashSet<&str> = builds.iter().filter_map(|build| build.preset_id.as_deref()).collect();
-    let active_versions: HashSet<&str> = templates.iter().map(|template| template.active_version_id.as_str()).collect();
+    let referenced: HashSet<&str> =
+        builds.iter().filter_map(|build| build.preset_id.as_deref()).collect();
+    let active_versions: HashSet<&str> =
+        templates.iter().map(|template| template.active_version_id.as_str()).collect();
     let presets = read_presets(&tx)?
         .into_iter()
         .filter(|preset| {
             referenced.contains(preset.id.as_str())
-                || (preset.desired_instances.is_some() && active_versions.contains(preset.template_version_id.as_str()))
+                || (preset.desired_instances.is_some()
+                    && active_versions.contains(preset.template_version_id.as_str()))
         })
         .collect();
     tx.finish()?;
@@ -93,7 +102,9 @@ fn read_templates(conn: &Connection) -> Result<Vec<Template>, StoreError> {
             gc: TemplateGc {
                 enabled: row.get(15)?,
                 ttl_s: row.get::<_, Option<i64>>(16)?.map(unsigned),
-                basis: gc_basis.and_then(|basis| serde_json::from_value(serde_json::Value::String(basis)).ok()),
+                basis: gc_basis.and_then(|basis| {
+                    serde_json::from_value(serde_json::Value::String(basis)).ok()
+                }),
                 warn_before_s: row.get::<_, Option<i64>>(18)?.map(unsigned),
                 active_grace_s: row.get::<_, Option<i64>>(19)?.map(unsigned),
             },
@@ -113,7 +124,10 @@ fn read_presets(conn: &Connection) -> Result<Vec<Preset>, StoreError> {
         })?;
         for row in rows {
             let (preset, cron, instances) = row?;
-            schedules.entry(preset).or_default().push(PresetSchedule { cron, instances: unsigned(instances) });
+            schedules
+                .entry(preset)
+                .or_default()
+                .push(PresetSchedule { cron, instances: unsigned(instances) });
         }
     }
     let mut statement = conn.prepare_cached(
@@ -157,7 +171,11 @@ fn read_workspaces(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
         Ok(Workspace {
             id: row.get(0)?,
             template_id: row.get(1)?,
-            owner: if owner_id == PREBUILDS_USER_ID { Owner::Prebuilds } else { Owner::User(owner_id) },
+            owner: if owner_id == PREBUILDS_USER_ID {
+                Owner::Prebuilds
+            } else {
+                Owner::User(owner_id)
+            },
             owner_status: match status.as_str() {
                 "suspended" => OwnerStatus::Suspended,
                 "dormant" => OwnerStatus::Dormant,
@@ -170,7 +188,8 @@ fn read_workspaces(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
             dormant_at: optional_time(row, 7)?,
             deleting_at: optional_time(row, 8)?,
             // A schedule that is not a valid weekly cron cannot fire; the planner sees none.
-            autostart_schedule: schedule.filter(|schedule| CronSchedule::parse_weekly(schedule).is_ok()),
+            autostart_schedule: schedule
+                .filter(|schedule| CronSchedule::parse_weekly(schedule).is_ok()),
             automatic_updates: if row.get::<_, String>(10)? == "always" {
                 AutomaticUpdates::Always
             } else {
@@ -184,7 +203,8 @@ fn read_workspaces(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
 }
 
 fn read_builds(conn: &Connection) -> Result<Vec<Build>, StoreError> {
-    const COLUMNS: &str = "b.workspace_id, b.build_number, b.transition, j.status, b.template_version_id,
+    const COLUMNS: &str =
+        "b.workspace_id, b.build_number, b.transition, j.status, b.template_version_id,
         b.preset_id, b.initiator_id, b.created_at, j.completed_at, b.deadline";
     let map = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Build> {
         let initiator: String = row.get(6)?;
@@ -195,7 +215,11 @@ fn read_builds(conn: &Connection) -> Result<Vec<Build>, StoreError> {
             job_status: parse_text(row, 3)?,
             template_version_id: row.get(4)?,
             preset_id: row.get(5)?,
-            initiator: if initiator == PREBUILDS_USER_ID { Initiator::Prebuilds } else { Initiator::User },
+            initiator: if initiator == PREBUILDS_USER_ID {
+                Initiator::Prebuilds
+            } else {
+                Initiator::User
+            },
             created_at: time(row, 7)?,
             job_completed_at: optional_time(row, 8)?,
             deadline: optional_time(row, 9)?,
@@ -218,7 +242,8 @@ fn read_builds(conn: &Connection) -> Result<Vec<Build>, StoreError> {
            JOIN provisioner_jobs j ON j.id = b.job_id
           WHERE w.deleted = 0 AND w.owner_id = ?1"
     );
-    for (sql, owner) in [(latest.as_str(), None), (preset_start.as_str(), Some(PREBUILDS_USER_ID))] {
+    for (sql, owner) in [(latest.as_str(), None), (preset_start.as_str(), Some(PREBUILDS_USER_ID))]
+    {
         let mut statement = conn.prepare_cached(sql)?;
         let rows = match owner {
             Some(owner) => statement.query_map([owner], map)?.collect::<Vec<_>>(),

@@ -70,6 +70,8 @@ pub struct TestDaemon {
     pub clock: Arc<ManualClock>,
     pub ctx: LoopCtx,
     pub runner: workspaced::provisioner::runner::Runner,
+    pub reloader: workspaced::app::Reloader,
+    pub metrics: workspaced::metrics::Metrics,
     pub app_events: tokio::sync::broadcast::Receiver<Arc<workspaced::events::PublishedEvent>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -94,14 +96,27 @@ impl TestDaemon {
         let store = app.store().clone();
         let ctx = app.loop_ctx();
         let runner = app.runner().clone();
+        let reloader = app.reloader();
+        let metrics = app.metrics().clone();
         let app_events = app.subscribe();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move { app.run(shutdown).await.unwrap() }
         });
-        let daemon =
-            TestDaemon { dir, addr, store, clock, ctx, runner, app_events, shutdown, task };
+        let daemon = TestDaemon {
+            dir,
+            addr,
+            store,
+            clock,
+            ctx,
+            runner,
+            reloader,
+            metrics,
+            app_events,
+            shutdown,
+            task,
+        };
         daemon.wait_ready().await;
         daemon
     }
@@ -260,5 +275,42 @@ impl TestDaemon {
     pub fn clock_now(&self) -> DateTime<Utc> {
         use workspaced::clock::Clock;
         self.clock.now()
+    }
+}
+
+impl TestDaemon {
+    /// Waits until no provisioner job is pending or running.
+    pub async fn wait_idle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let busy: i64 = self
+                .store
+                .read(|conn| {
+                    Ok(conn.query_row(
+                        "SELECT COUNT(*) FROM provisioner_jobs WHERE status IN ('pending', 'running', 'canceling')",
+                        [],
+                        |row| row.get(0),
+                    )?)
+                })
+                .await
+                .unwrap();
+            if busy == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{busy} jobs still busy after 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of a series in a scrape of /metrics.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await;
+        metric_value(&body, series)
+    }
+
+    /// Counts rows with a one-value SQL query.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let sql = sql.to_owned();
+        self.store.read(move |conn| Ok(conn.query_row(&sql, [], |row| row.get(0))?)).await.unwrap()
     }
 }

@@ -12,6 +12,7 @@ mod fixtures;
 mod helpers;
 mod outbox;
 mod plan;
+mod prebuilds;
 mod provisioner;
 mod templates;
 mod tidy;

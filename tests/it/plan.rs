@@ -26,13 +26,19 @@ fn plan(snapshot: &Path, extra: &[&str]) -> Result<Value, (i32, String)> {
     args.extend_from_slice(extra);
     let output = run_binary(&args, &[], Duration::from_secs(30));
     if !output.status.success() {
-        return Err((output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned()));
+        return Err((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
     }
     Ok(serde_json::from_slice(&output.stdout).unwrap())
 }
 
 fn as_instant(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    value.as_str().and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok()).map(|time| time.to_utc())
+    value
+        .as_str()
+        .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+        .map(|time| time.to_utc())
 }
 
 /// Compares `actual` against `expected` where every key of `expected` must match.
@@ -48,7 +54,11 @@ fn compare(path: &str, expected: &Value, actual: &Value, failures: &mut Vec<Stri
         }
         (Value::Array(expected), Value::Array(actual)) => {
             if expected.len() != actual.len() {
-                failures.push(format!("{path}: expected {} items, found {}: {actual:?}", expected.len(), actual.len()));
+                failures.push(format!(
+                    "{path}: expected {} items, found {}: {actual:?}",
+                    expected.len(),
+                    actual.len()
+                ));
                 return;
             }
             for (index, (expected, actual)) in expected.iter().zip(actual).enumerate() {
@@ -73,7 +83,11 @@ fn compare_actions(path: &str, expected: &Value, actual: &Value, failures: &mut 
         return;
     };
     if expected.len() != actual.len() {
-        failures.push(format!("{path}: expected {} actions, found {}: {actual:?}", expected.len(), actual.len()));
+        failures.push(format!(
+            "{path}: expected {} actions, found {}: {actual:?}",
+            expected.len(),
+            actual.len()
+        ));
         return;
     }
     for (index, (expected, actual)) in expected.iter().zip(actual).enumerate() {
@@ -104,7 +118,9 @@ fn check(expect: &Value, plan: &Value) -> Vec<String> {
             let found = find(&plan["reconciler"]["presets"], "preset_id", id);
             match (expected, found) {
                 (Value::Null, None) => {}
-                (Value::Null, Some(found)) => failures.push(format!("preset {id}: must not be listed, found {found}")),
+                (Value::Null, Some(found)) => {
+                    failures.push(format!("preset {id}: must not be listed, found {found}"))
+                }
                 (_, None) => failures.push(format!("preset {id}: not listed")),
                 (expected, Some(found)) => {
                     for (key, value) in expected.as_object().unwrap() {
@@ -123,22 +139,35 @@ fn check(expect: &Value, plan: &Value) -> Vec<String> {
         for (id, expected) in lifecycle.as_object().into_iter().flatten() {
             match (expected, find(&plan["lifecycle"], "workspace_id", id)) {
                 (Value::Null, None) => {}
-                (Value::Null, Some(found)) => failures.push(format!("lifecycle {id}: must not be listed, found {found}")),
+                (Value::Null, Some(found)) => {
+                    failures.push(format!("lifecycle {id}: must not be listed, found {found}"))
+                }
                 (_, None) => failures.push(format!("lifecycle {id}: not listed")),
-                (expected, Some(found)) => compare(&format!("lifecycle {id}"), expected, found, &mut failures),
+                (expected, Some(found)) => {
+                    compare(&format!("lifecycle {id}"), expected, found, &mut failures)
+                }
             }
         }
     }
     if let Some(gc) = expect.get("gc") {
         if let Some(tripped) = gc.get("safety_valve_tripped") {
-            compare("gc.safety_valve_tripped", tripped, &plan["gc"]["safety_valve_tripped"], &mut failures);
+            compare(
+                "gc.safety_valve_tripped",
+                tripped,
+                &plan["gc"]["safety_valve_tripped"],
+                &mut failures,
+            );
         }
         for (id, expected) in gc["actions"].as_object().into_iter().flatten() {
             match (expected, find(&plan["gc"]["actions"], "workspace_id", id)) {
                 (Value::Null, None) => {}
-                (Value::Null, Some(found)) => failures.push(format!("gc {id}: must not be listed, found {found}")),
+                (Value::Null, Some(found)) => {
+                    failures.push(format!("gc {id}: must not be listed, found {found}"))
+                }
                 (_, None) => failures.push(format!("gc {id}: not listed")),
-                (expected, Some(found)) => compare(&format!("gc {id}"), expected, found, &mut failures),
+                (expected, Some(found)) => {
+                    compare(&format!("gc {id}"), expected, found, &mut failures)
+                }
             }
         }
     }
@@ -171,7 +200,8 @@ fn every_example_case_of_the_planner_contract_passes() {
 #[test]
 fn a_bad_snapshot_exits_2_with_one_line_naming_the_json_path() {
     let dir = tempfile::tempdir().unwrap();
-    let case: Value = serde_json::from_str(&std::fs::read_to_string(&fixtures()[0]).unwrap()).unwrap();
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixtures()[0]).unwrap()).unwrap();
     let mut snapshot = case["snapshot"].clone();
     snapshot["workspaces"][1]["created_at"] = Value::String("yesterday".into());
     let path = dir.path().join("bad.json");
@@ -179,7 +209,10 @@ fn a_bad_snapshot_exits_2_with_one_line_naming_the_json_path() {
     let (code, stderr) = plan(&path, &[]).unwrap_err();
     assert_eq!(code, 2);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("workspaces[1].created_at: invalid RFC3339 time \"yesterday\""), "{stderr}");
+    assert!(
+        stderr.contains("workspaces[1].created_at: invalid RFC3339 time \"yesterday\""),
+        "{stderr}"
+    );
 
     let (code, stderr) = plan(&dir.path().join("missing.json"), &[]).unwrap_err();
     assert_eq!(code, 2);
