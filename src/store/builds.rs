@@ -242,7 +242,29 @@ pub fn enqueue(
         organization_id: workspace.organization_id,
         owner_id: workspace.owner_id,
     };
+    refresh_latest(tx, &build.workspace_id)?;
     tx.emit(&Event::BuildQueued { build: build.clone() }, now)?;
     tx.wake_job_runner();
     Ok(QueuedBuild { build, template_version_id: version_id, parameters: values })
+}
+
+/// Recomputes the workspace's latest-build summary (schema V2) from its builds and jobs.
+/// Called in the same transaction as every change of a build or its job.
+pub fn refresh_latest(conn: &Connection, workspace_id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE workspaces SET (
+            latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
+            latest_preset_id, latest_initiator_id, latest_build_created_at, latest_job_completed_at,
+            latest_deadline
+         ) = (
+            SELECT b.build_number, b.transition, j.status, b.template_version_id, b.preset_id,
+                   b.initiator_id, b.created_at, j.completed_at, b.deadline
+              FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+             WHERE b.workspace_id = ?1
+             ORDER BY b.build_number DESC LIMIT 1
+         )
+         WHERE id = ?1",
+        [workspace_id],
+    )?;
+    Ok(())
 }

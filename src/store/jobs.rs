@@ -111,6 +111,7 @@ pub fn acquire(
         params![job_id, worker_id, to_millis(now)],
     )?;
     let job = load(tx, &job_id)?;
+    builds::refresh_latest(tx, &job.build.workspace_id)?;
     tx.emit(&Event::BuildStarted { build: job.build.clone() }, now)?;
     Ok(Some(job))
 }
@@ -280,6 +281,7 @@ pub fn complete(
             tx.emit(&Event::BuildCanceled { build: job.build.clone() }, now)?;
         }
     }
+    builds::refresh_latest(tx, &job.build.workspace_id)?;
     Ok(Some(completed))
 }
 
@@ -607,6 +609,12 @@ pub fn request_cancel(
                         updated_at = ?2 WHERE id = ?1",
                 params![job_id, to_millis(now)],
             )?;
+            let workspace_id: String = tx.query_row(
+                "SELECT workspace_id FROM workspace_builds WHERE job_id = ?1",
+                [job_id],
+                |row| row.get(0),
+            )?;
+            builds::refresh_latest(tx, &workspace_id)?;
             Ok(CancelResult::Canceling)
         }
         finished => Ok(CancelResult::AlreadyFinished(finished)),

@@ -2,9 +2,12 @@
 //! `workspaced plan` and of `workspaced snapshot export`.
 //!
 //! Owns the queries, run in one read transaction so the snapshot is consistent. Exports
-//! live workspaces with only the builds the planners read (each workspace's latest build
-//! and, for prebuilds, its latest start build with a preset), the presets those builds
-//! name plus every prebuild preset of an active version, and all templates.
+//! live workspaces (in storage order) with only the build the planners read: each
+//! workspace's latest build, taken from the summary on the workspace row (schema V2). (The planner attributes a running prebuild to the preset of
+//! its highest-numbered start build that names one; every build workspaced enqueues for a
+//! prebuild names its preset, so for a running prebuild that is its latest build.) Also the
+//! presets those builds name plus every prebuild preset of an active version, and all
+//! templates. This is the reconciler's hot path: see benches/planner.rs.
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,8 +20,8 @@ use crate::planner::snapshot::{
     AutomaticUpdates, Build, Initiator, Owner, OwnerStatus, Preset, PresetSchedule, Settings,
     Snapshot, Template, TemplateGc, TemplateSchedule, Weekday, Workspace,
 };
+use crate::store::StoreError;
 use crate::store::time::from_millis;
-use crate::store::{StoreError, parse_text};
 
 fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
     let millis: i64 = row.get(index)?;
@@ -46,8 +49,7 @@ pub fn read(
 ) -> Result<Snapshot, StoreError> {
     let tx = conn.unchecked_transaction()?;
     let templates = read_templates(&tx)?;
-    let workspaces = read_workspaces(&tx)?;
-    let builds = read_builds(&tx)?;
+    let (workspaces, builds) = read_workspaces_and_builds(&tx)?;
     let referenced: HashSet<&str> =
         builds.iter().filter_map(|build| build.preset_id.as_deref()).collect();
     let active_versions: HashSet<&str> =
@@ -156,31 +158,63 @@ fn read_presets(conn: &Connection) -> Result<Vec<Preset>, StoreError> {
     Ok(presets)
 }
 
-fn read_workspaces(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT w.id, w.template_id, w.owner_id, u.status, w.created_at, w.last_used_at, w.agents_ready,
-                w.dormant_at, w.deleting_at, w.autostart_schedule, w.automatic_updates, w.protected,
-                w.gc_warned_at
-           FROM workspaces w JOIN users u ON u.id = w.owner_id
-          WHERE w.deleted = 0 ORDER BY w.created_at, w.id",
-    )?;
-    let rows = statement.query_map([], |row| {
-        let owner_id: String = row.get(2)?;
-        let status: String = row.get(3)?;
-        let schedule: Option<String> = row.get(9)?;
-        Ok(Workspace {
-            id: row.get(0)?,
-            template_id: row.get(1)?,
-            owner: if owner_id == PREBUILDS_USER_ID {
-                Owner::Prebuilds
-            } else {
-                Owner::User(owner_id)
-            },
-            owner_status: match status.as_str() {
+/// Live workspaces and, from their latest-build summary (schema V2), their latest builds,
+/// in one scan.
+fn read_workspaces_and_builds(
+    conn: &Connection,
+) -> Result<(Vec<Workspace>, Vec<Build>), StoreError> {
+    let statuses: HashMap<String, OwnerStatus> = {
+        let mut statement =
+            conn.prepare_cached("SELECT id, status FROM users WHERE status <> 'active'")?;
+        let rows = statement.query_map([], |row| {
+            let status = match row.get_ref(1)?.as_str()? {
                 "suspended" => OwnerStatus::Suspended,
                 "dormant" => OwnerStatus::Dormant,
                 _ => OwnerStatus::Active,
-            },
+            };
+            Ok((row.get::<_, String>(0)?, status))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
+                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
+                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
+                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
+                latest_job_completed_at, latest_deadline
+           FROM workspaces WHERE deleted = 0",
+    )?;
+    let mut workspaces = Vec::new();
+    let mut builds = Vec::new();
+    let mut rows = statement.query([PREBUILDS_USER_ID])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let prebuilds: bool = row.get(2)?;
+        let owner = if prebuilds { Owner::Prebuilds } else { Owner::User(row.get(3)?) };
+        let owner_status = match &owner {
+            Owner::User(user) => statuses.get(user).copied().unwrap_or_default(),
+            Owner::Prebuilds => OwnerStatus::Active,
+        };
+        let schedule: Option<String> = row.get(9)?;
+        if let Some(build_number) = row.get::<_, Option<i64>>(13)? {
+            builds.push(Build {
+                workspace_id: id.clone(),
+                build_number: unsigned(build_number),
+                transition: enum_column(row, 14)?,
+                job_status: enum_column(row, 15)?,
+                template_version_id: row.get(16)?,
+                preset_id: row.get(17)?,
+                initiator: if row.get(18)? { Initiator::Prebuilds } else { Initiator::User },
+                created_at: time(row, 19)?,
+                job_completed_at: optional_time(row, 20)?,
+                deadline: optional_time(row, 21)?,
+            });
+        }
+        workspaces.push(Workspace {
+            id,
+            template_id: row.get(1)?,
+            owner,
+            owner_status,
             created_at: time(row, 4)?,
             last_used_at: Some(time(row, 5)?),
             deleted: false,
@@ -190,71 +224,32 @@ fn read_workspaces(conn: &Connection) -> Result<Vec<Workspace>, StoreError> {
             // A schedule that is not a valid weekly cron cannot fire; the planner sees none.
             autostart_schedule: schedule
                 .filter(|schedule| CronSchedule::parse_weekly(schedule).is_ok()),
-            automatic_updates: if row.get::<_, String>(10)? == "always" {
+            automatic_updates: if row.get_ref(10)?.as_str().map_err(rusqlite::Error::from)?
+                == "always"
+            {
                 AutomaticUpdates::Always
             } else {
                 AutomaticUpdates::Never
             },
             protected: row.get(11)?,
             gc_warned_at: optional_time(row, 12)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        });
+    }
+    Ok((workspaces, builds))
 }
 
-fn read_builds(conn: &Connection) -> Result<Vec<Build>, StoreError> {
-    const COLUMNS: &str =
-        "b.workspace_id, b.build_number, b.transition, j.status, b.template_version_id,
-        b.preset_id, b.initiator_id, b.created_at, j.completed_at, b.deadline";
-    let map = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Build> {
-        let initiator: String = row.get(6)?;
-        Ok(Build {
-            workspace_id: row.get(0)?,
-            build_number: unsigned(row.get(1)?),
-            transition: parse_text(row, 2)?,
-            job_status: parse_text(row, 3)?,
-            template_version_id: row.get(4)?,
-            preset_id: row.get(5)?,
-            initiator: if initiator == PREBUILDS_USER_ID {
-                Initiator::Prebuilds
-            } else {
-                Initiator::User
-            },
-            created_at: time(row, 7)?,
-            job_completed_at: optional_time(row, 8)?,
-            deadline: optional_time(row, 9)?,
-        })
-    };
-    let mut builds = Vec::new();
-    let mut seen = HashSet::new();
-    let latest = format!(
-        "SELECT {COLUMNS} FROM workspaces w
-           JOIN workspace_builds b ON b.workspace_id = w.id
-            AND b.build_number = (SELECT MAX(build_number) FROM workspace_builds WHERE workspace_id = w.id)
-           JOIN provisioner_jobs j ON j.id = b.job_id
-          WHERE w.deleted = 0"
-    );
-    let preset_start = format!(
-        "SELECT {COLUMNS} FROM workspaces w
-           JOIN workspace_builds b ON b.workspace_id = w.id
-            AND b.build_number = (SELECT MAX(build_number) FROM workspace_builds
-                                   WHERE workspace_id = w.id AND transition = 'start' AND preset_id IS NOT NULL)
-           JOIN provisioner_jobs j ON j.id = b.job_id
-          WHERE w.deleted = 0 AND w.owner_id = ?1"
-    );
-    for (sql, owner) in [(latest.as_str(), None), (preset_start.as_str(), Some(PREBUILDS_USER_ID))]
-    {
-        let mut statement = conn.prepare_cached(sql)?;
-        let rows = match owner {
-            Some(owner) => statement.query_map([owner], map)?.collect::<Vec<_>>(),
-            None => statement.query_map([], map)?.collect::<Vec<_>>(),
-        };
-        for row in rows {
-            let build = row?;
-            if seen.insert((build.workspace_id.clone(), build.build_number)) {
-                builds.push(build);
-            }
-        }
-    }
-    Ok(builds)
+/// Parses a TEXT enum column without allocating.
+fn enum_column<T>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text = row.get_ref(index)?.as_str()?;
+    text.parse().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
+    })
 }

@@ -235,3 +235,65 @@ fn now_overrides_the_snapshot_time() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--now"), "{stderr}");
 }
+
+#[test]
+fn plan_and_export_read_the_live_database_without_writing_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}[[templates]]\nname = \"go\"\n[[templates.presets]]\nname = \"small\"\n[templates.presets.prebuilds]\ninstances = 2\n",
+        crate::helpers::binary_config(dir.path())
+    );
+    let config = crate::helpers::write_config(dir.path(), &body);
+    let config = config.to_str().unwrap();
+    // Without a database there is nothing to read, and nothing is created.
+    let output = run_binary(&["plan", "--config", config], &[], Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    assert!(!dir.path().join("data/workspaced.db").exists());
+
+    // A daemon applies the template, then stops.
+    let daemon = crate::helpers::DaemonProcess::start(std::path::Path::new(config));
+    daemon.wait_for_log("workspaced is ready", Duration::from_secs(15));
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let database = dir.path().join("data/workspaced.db");
+    let before = std::fs::read(&database).unwrap();
+
+    let output = run_binary(
+        &["plan", "--config", config, "--now", "2025-06-02T12:00:00Z"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let live: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(live["reconciler"]["presets"][0]["state"]["desired"], 2);
+    assert_eq!(
+        live["reconciler"]["presets"][0]["actions"],
+        serde_json::json!([{ "type": "create", "count": 2 }])
+    );
+
+    let output =
+        run_binary(&["snapshot", "export", "--config", config], &[], Duration::from_secs(30));
+    assert!(output.status.success(), "{output:?}");
+    let exported = dir.path().join("exported.json");
+    std::fs::write(&exported, &output.stdout).unwrap();
+    // The exported document plans the same way, and an edit changes the plan.
+    let replayed = plan(&exported, &["--now", "2025-06-02T12:00:00Z"]).unwrap();
+    assert_eq!(replayed["reconciler"], live["reconciler"]);
+    let mut edited: Value = serde_json::from_slice(&output.stdout).unwrap();
+    edited["presets"][0]["desired_instances"] = serde_json::json!(5);
+    std::fs::write(&exported, edited.to_string()).unwrap();
+    let what_if = plan(&exported, &["--now", "2025-06-02T12:00:00Z"]).unwrap();
+    assert_eq!(what_if["reconciler"]["presets"][0]["actions"][0]["count"], 5);
+
+    assert_eq!(std::fs::read(&database).unwrap(), before, "plan and export must not write");
+    let output = run_binary(
+        &["preset", "reset", "no-such-preset", "--config", config],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no preset with id \"no-such-preset\"")
+    );
+}

@@ -127,6 +127,7 @@ async fn a_pool_fills_scales_with_its_schedule_replaces_expired_and_outdated_pre
         .await;
     assert_eq!(on_active, 3);
     assert_eq!(running_prebuilds(&daemon).await, 3);
+    crate::fixtures::assert_latest_summaries_consistent(&daemon.store);
     daemon.shutdown().await;
 }
 
@@ -323,5 +324,6 @@ async fn a_failing_preset_backs_off_then_hard_limits_until_reset() {
     assert_eq!(running_prebuilds(&daemon).await, 2);
     daemon.tick(LoopKind::Reconciler).await;
     assert_eq!(gauge(&daemon, "preset_hard_limited").await, Some(0.0));
+    crate::fixtures::assert_latest_summaries_consistent(&daemon.store);
     daemon.shutdown().await;
 }

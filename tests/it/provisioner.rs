@@ -575,4 +575,5 @@ async fn shutdown_cancels_running_jobs_and_records_them() {
     let (status, error) = fixtures::status_now_with_error(&store, &job.job_id);
     assert_eq!(status, JobStatus::Canceled);
     assert_eq!(error.as_deref(), Some("the daemon shut down during the job"));
+    fixtures::assert_latest_summaries_consistent(&store);
 }
