@@ -182,6 +182,9 @@ impl App {
 
         // The file's templates are the truth: apply them before anything acts on them.
         apply_templates(&self.store, &self.clock, &self.metrics.config, &config).await?;
+        // Autostart times depend on cron evaluation done in Rust: recompute them all once
+        // (rows from before schema V3, a time-zone database update), then keep them current.
+        self.store.write(|tx| crate::store::lifecycle::refresh_next_start_all(tx, None)).await?;
 
         let workers = TaskTracker::new();
         let workers_cancel = CancellationToken::new();

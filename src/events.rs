@@ -64,6 +64,16 @@ pub enum Event {
         resource: String,
         paths: Vec<String>,
     },
+    /// The lifecycle executor decided a transition (or dormancy) for a workspace.
+    #[serde(rename = "lifecycle.transition")]
+    LifecycleTransition {
+        workspace_id: String,
+        organization_id: String,
+        owner_id: String,
+        transition: Option<Transition>,
+        reason: String,
+        becomes_dormant: bool,
+    },
     #[serde(rename = "config.applied")]
     ConfigApplied { templates_changed: u32, versions_created: u32 },
 }
@@ -96,6 +106,7 @@ impl Event {
             Event::BuildFailed { .. } => "build.failed",
             Event::BuildCanceled { .. } => "build.canceled",
             Event::ResourceReplaced { .. } => "prebuild.resource_replaced",
+            Event::LifecycleTransition { .. } => "lifecycle.transition",
             Event::ConfigApplied { .. } => "config.applied",
         }
     }
@@ -118,7 +129,8 @@ impl Event {
             Event::WorkspaceCreated { organization_id, .. }
             | Event::WorkspaceDeleted { organization_id, .. }
             | Event::WorkspaceClaimed { organization_id, .. }
-            | Event::PresetHardLimited { organization_id, .. } => Some(organization_id),
+            | Event::PresetHardLimited { organization_id, .. }
+            | Event::LifecycleTransition { organization_id, .. } => Some(organization_id),
             _ => self.build().map(|build| build.organization_id.as_str()),
         }
     }
@@ -128,7 +140,8 @@ impl Event {
         match self {
             Event::WorkspaceCreated { owner_id, .. }
             | Event::WorkspaceDeleted { owner_id, .. }
-            | Event::WorkspaceClaimed { owner_id, .. } => Some(owner_id),
+            | Event::WorkspaceClaimed { owner_id, .. }
+            | Event::LifecycleTransition { owner_id, .. } => Some(owner_id),
             _ => self.build().map(|build| build.owner_id.as_str()),
         }
     }

@@ -5,6 +5,7 @@
 //! - `clock`: the one source of wall time (`Clock`, `SystemClock`, `ManualClock`).
 //! - `domain`: plain data and fixed ids.
 //! - `planner`: pure decisions (cron dialect; reconciler, lifecycle and GC plans).
+//! - `lifecycle`: the lifecycle executor's write side (re-decide, enqueue), activity.
 //! - `prebuilds`: creating, deleting and claiming prebuilt workspaces (write side).
 //! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
 //! - `templates`: applies `[[templates]]` from the config to the database.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod lifecycle;
 pub mod loops;
 pub mod metrics;
 pub mod planner;

@@ -22,6 +22,17 @@ pub struct Metrics {
     pub provisioner: ProvisionerMetrics,
     pub config: ConfigMetrics,
     pub prebuilds: PrebuildMetrics,
+    pub lifecycle: LifecycleMetrics,
+}
+
+/// Figures of the lifecycle executor.
+#[derive(Clone)]
+pub struct LifecycleMetrics {
+    /// By `transition` (start, stop, delete, none) and `reason` (planner.md names).
+    pub transitions: IntCounterVec,
+    pub last_candidates: IntGauge,
+    pub last_transitions: IntGauge,
+    pub errors: IntCounter,
 }
 
 /// (organization name, template name, preset name): the labels of a preset's series.
@@ -363,10 +374,36 @@ impl Metrics {
             registry.register(collector)?;
         }
 
+        let lifecycle = LifecycleMetrics {
+            transitions: IntCounterVec::new(
+                Opts::new(
+                    "workspaced_lifecycle_transitions_total",
+                    "Lifecycle decisions carried out, by transition (none = dormancy without a stop) and reason.",
+                ),
+                &["transition", "reason"],
+            )?,
+            last_candidates: IntGauge::new(
+                "workspaced_lifecycle_last_tick_candidates",
+                "Workspaces the latest lifecycle tick examined.",
+            )?,
+            last_transitions: IntGauge::new(
+                "workspaced_lifecycle_last_tick_transitions",
+                "Decisions the latest lifecycle tick carried out.",
+            )?,
+            errors: IntCounter::new(
+                "workspaced_lifecycle_errors_total",
+                "Workspaces the lifecycle failed to act on (retried next tick; the tick went on).",
+            )?,
+        };
+        registry.register(Box::new(lifecycle.transitions.clone()))?;
+        registry.register(Box::new(lifecycle.last_candidates.clone()))?;
+        registry.register(Box::new(lifecycle.last_transitions.clone()))?;
+        registry.register(Box::new(lifecycle.errors.clone()))?;
+
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Metrics { registry, loops, outbox, provisioner, config, prebuilds })
+        Ok(Metrics { registry, loops, outbox, provisioner, config, prebuilds, lifecycle })
     }
 
     /// The registry in the Prometheus text exposition format.

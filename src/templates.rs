@@ -184,6 +184,8 @@ pub fn apply(
             Some(existing) => {
                 if templates::options(tx, &existing.id)?.as_ref() != Some(&wanted.options) {
                     templates::update_options(tx, &existing.id, &wanted.options, now)?;
+                    // Autostart options decide when scheduled workspaces next start.
+                    crate::store::lifecycle::refresh_next_start_all(tx, Some(&existing.id))?;
                     audit::record(
                         tx,
                         &actor,

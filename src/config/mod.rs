@@ -218,11 +218,13 @@ impl Default for ReconcilerConfig {
 pub struct LifecycleConfig {
     /// Time between lifecycle ticks.
     pub interval: HumanDuration,
+    /// Workspaces processed at once in a tick.
+    pub concurrency: usize,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        LifecycleConfig { interval: HumanDuration::from_secs(60) }
+        LifecycleConfig { interval: HumanDuration::from_secs(60), concurrency: 10 }
     }
 }
 
@@ -600,6 +602,12 @@ impl Config {
             return Err(fail(
                 "outbox.batch_size",
                 format!("{} is out of range; use 1 to 10000", self.outbox.batch_size),
+            ));
+        }
+        if !(1..=256).contains(&self.lifecycle.concurrency) {
+            return Err(fail(
+                "lifecycle.concurrency",
+                format!("{} is out of range; use 1 to 256", self.lifecycle.concurrency),
             ));
         }
         let provisioner = &self.provisioner;

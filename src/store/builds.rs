@@ -248,8 +248,9 @@ pub fn enqueue(
     Ok(QueuedBuild { build, template_version_id: version_id, parameters: values })
 }
 
-/// Recomputes the workspace's latest-build summary (schema V2) from its builds and jobs.
-/// Called in the same transaction as every change of a build or its job.
+/// Recomputes the workspace's latest-build summary (schema V2) from its builds and jobs,
+/// and with it when its autostart next fires (schema V3). Called in the same transaction
+/// as every change of a build or its job.
 pub fn refresh_latest(conn: &Connection, workspace_id: &str) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE workspaces SET (
@@ -266,5 +267,5 @@ pub fn refresh_latest(conn: &Connection, workspace_id: &str) -> Result<(), Store
          WHERE id = ?1",
         [workspace_id],
     )?;
-    Ok(())
+    crate::store::lifecycle::refresh_next_start(conn, workspace_id)
 }

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod builds;
 pub mod fleet;
 pub mod jobs;
+pub mod lifecycle;
 pub mod migrations;
 pub mod outbox;
 pub mod snapshot;

@@ -67,15 +67,23 @@ pub fn read(
 }
 
 fn read_templates(conn: &Connection) -> Result<Vec<Template>, StoreError> {
+    read_templates_where(conn, None)
+}
+
+fn read_templates_where(
+    conn: &Connection,
+    only: Option<&str>,
+) -> Result<Vec<Template>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT t.id, t.name, t.organization_id, o.name, COALESCE(t.active_version_id, ''), t.deleted,
                 t.deprecated, t.autostart_enabled, t.autostop_enabled, t.autostart_days, t.default_ttl_s,
                 t.failure_ttl_s, t.time_til_dormant_s, t.time_til_dormant_autodelete_s,
                 t.require_active_version, t.gc_enabled, t.gc_ttl_s, t.gc_basis, t.gc_warn_before_s,
                 t.gc_active_grace_s
-           FROM templates t JOIN organizations o ON o.id = t.organization_id ORDER BY t.created_at, t.id",
+           FROM templates t JOIN organizations o ON o.id = t.organization_id
+          WHERE ?1 IS NULL OR t.id = ?1 ORDER BY t.created_at, t.id",
     )?;
-    let rows = statement.query_map([], |row| {
+    let rows = statement.query_map([only], |row| {
         let days: u8 = row.get(9)?;
         let gc_basis: Option<String> = row.get(17)?;
         Ok(Template {
@@ -163,6 +171,25 @@ fn read_presets(conn: &Connection) -> Result<Vec<Preset>, StoreError> {
 fn read_workspaces_and_builds(
     conn: &Connection,
 ) -> Result<(Vec<Workspace>, Vec<Build>), StoreError> {
+    workspace_rows(conn, None)
+}
+
+/// One live workspace with its latest build and its template, as the planner sees them:
+/// what the lifecycle executor re-reads inside its write transaction.
+pub fn one(
+    conn: &Connection,
+    workspace_id: &str,
+) -> Result<Option<(Workspace, Option<Build>, Template)>, StoreError> {
+    let (mut workspaces, mut builds) = workspace_rows(conn, Some(workspace_id))?;
+    let Some(workspace) = workspaces.pop() else { return Ok(None) };
+    let template = read_templates_where(conn, Some(&workspace.template_id))?.pop();
+    Ok(template.map(|template| (workspace, builds.pop(), template)))
+}
+
+fn workspace_rows(
+    conn: &Connection,
+    only: Option<&str>,
+) -> Result<(Vec<Workspace>, Vec<Build>), StoreError> {
     let statuses: HashMap<String, OwnerStatus> = {
         let mut statement =
             conn.prepare_cached("SELECT id, status FROM users WHERE status <> 'active'")?;
@@ -182,11 +209,11 @@ fn read_workspaces_and_builds(
                 latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
                 latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
                 latest_job_completed_at, latest_deadline
-           FROM workspaces WHERE deleted = 0",
+           FROM workspaces WHERE deleted = 0 AND (?2 IS NULL OR id = ?2)",
     )?;
     let mut workspaces = Vec::new();
     let mut builds = Vec::new();
-    let mut rows = statement.query([PREBUILDS_USER_ID])?;
+    let mut rows = statement.query(rusqlite::params![PREBUILDS_USER_ID, only])?;
     while let Some(row) = rows.next()? {
         let id: String = row.get(0)?;
         let prebuilds: bool = row.get(2)?;

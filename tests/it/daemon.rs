@@ -47,8 +47,9 @@ async fn a_tick_reads_the_fleet_at_the_manual_clock_time() {
         })
         .await
         .unwrap();
+    // One preset with a pool; no user workspace is due for a lifecycle transition.
     assert_eq!(daemon.tick(LoopKind::Reconciler).await.examined, 1);
-    assert_eq!(daemon.tick(LoopKind::Lifecycle).await.examined, 1);
+    assert_eq!(daemon.tick(LoopKind::Lifecycle).await.examined, 0);
     // GC is disabled by default and judges nothing.
     assert_eq!(daemon.tick(LoopKind::Gc).await.examined, 0);
 

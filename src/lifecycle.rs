@@ -1,0 +1,192 @@
+//! The lifecycle executor's write side: for one candidate workspace, inside one write
+//! transaction, re-read it (with its latest build and template), re-decide with the
+//! planner's own rule, and act: enqueue the build, mark it dormant. Also activity reports
+//! and autostart schedule changes, which move the lifecycle's inputs.
+//!
+//! The decision lives in `planner::lifecycle::decide`; this module only makes it so.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use crate::domain::{BuildReason, Transition};
+use crate::events::Event;
+use crate::planner::lifecycle;
+use crate::planner::plan::{LifecycleDecision, LifecycleReason};
+use crate::planner::schedule::CronSchedule;
+use crate::store::builds::{self, BuildError, BuildRequest};
+use crate::store::time::{from_millis, to_millis};
+use crate::store::{StoreError, WriteTx, snapshot};
+
+/// Activity reports closer together than this are coalesced into one write.
+pub const ACTIVITY_COALESCE_S: i64 = 60;
+
+/// Re-judges one workspace at `tick` and carries out the decision; `None` when nothing is
+/// due any more (the candidate query is a superset; state may have changed since).
+pub fn apply(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    now: DateTime<Utc>,
+    tick: DateTime<Utc>,
+) -> Result<Option<LifecycleDecision>, BuildError> {
+    let Some((workspace, Some(latest), template)) = snapshot::one(tx, workspace_id)? else {
+        return Ok(None);
+    };
+    let Some(decision) = lifecycle::decide(&workspace, &latest, &template, tick) else {
+        return Ok(None);
+    };
+    if decision.becomes_dormant {
+        crate::store::lifecycle::mark_dormant(
+            tx,
+            workspace_id,
+            now,
+            template.schedule.time_til_dormant_autodelete_s,
+        )?;
+    }
+    if let Some(transition) = decision.transition {
+        let reason = match decision.reason {
+            LifecycleReason::Autostart => BuildReason::Autostart,
+            // Coder records a failed-start stop as an autostop; so do we.
+            LifecycleReason::Autostop | LifecycleReason::Failedstop => BuildReason::Autostop,
+            LifecycleReason::Dormancy => BuildReason::Autolock,
+            LifecycleReason::Autodelete => BuildReason::Autodelete,
+        };
+        let initiator = match &workspace.owner {
+            crate::planner::snapshot::Owner::User(id) => id.clone(),
+            crate::planner::snapshot::Owner::Prebuilds => {
+                crate::domain::PREBUILDS_USER_ID.to_owned()
+            }
+        };
+        let mut request = BuildRequest::new(workspace_id, transition, reason, &initiator);
+        if transition == Transition::Start {
+            request.template_version_id = decision.template_version_id.clone();
+        }
+        builds::enqueue(tx, &request, now)?;
+    }
+    tx.emit(
+        &Event::LifecycleTransition {
+            workspace_id: workspace_id.to_owned(),
+            organization_id: template.organization_id.clone(),
+            owner_id: match &workspace.owner {
+                crate::planner::snapshot::Owner::User(id) => id.clone(),
+                crate::planner::snapshot::Owner::Prebuilds => {
+                    crate::domain::PREBUILDS_USER_ID.to_owned()
+                }
+            },
+            transition: decision.transition,
+            reason: reason_name(decision.reason).to_owned(),
+            becomes_dormant: decision.becomes_dormant,
+        },
+        now,
+    )?;
+    Ok(Some(decision))
+}
+
+/// The reason as planner.md names it.
+pub fn reason_name(reason: LifecycleReason) -> &'static str {
+    match reason {
+        LifecycleReason::Autostart => "autostart",
+        LifecycleReason::Autostop => "autostop",
+        LifecycleReason::Failedstop => "failedstop",
+        LifecycleReason::Dormancy => "dormancy",
+        LifecycleReason::Autodelete => "autodelete",
+    }
+}
+
+/// What an activity report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Recorded; `deadline_extended` when the autostop deadline moved.
+    Recorded {
+        deadline_extended: bool,
+    },
+    /// Within a minute of the last recorded activity: nothing written.
+    Coalesced,
+    NotFound,
+}
+
+/// Records activity on a workspace: `last_used_at = now` (at most one write per minute),
+/// and a started workspace whose deadline is closer than its TTL gets the deadline moved
+/// to now + TTL, never past the build's max deadline.
+pub fn report_activity(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Activity, StoreError> {
+    let row: Option<(i64, Option<i64>, i64)> = tx
+        .query_row(
+            "SELECT w.last_used_at, w.ttl_s, t.default_ttl_s FROM workspaces w JOIN templates t ON t.id = w.template_id
+              WHERE w.id = ?1 AND w.deleted = 0",
+            [workspace_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let Some((last_used_at, ttl_s, default_ttl_s)) = row else { return Ok(Activity::NotFound) };
+    if to_millis(now) - last_used_at < ACTIVITY_COALESCE_S * 1000 {
+        return Ok(Activity::Coalesced);
+    }
+    tx.execute(
+        "UPDATE workspaces SET last_used_at = ?2 WHERE id = ?1",
+        params![workspace_id, to_millis(now)],
+    )?;
+    let mut deadline_extended = false;
+    let ttl = ttl_s.unwrap_or(default_ttl_s);
+    let latest = builds::latest(tx, workspace_id)?;
+    if ttl > 0
+        && let Some(latest) = latest
+        && latest.transition == Transition::Start
+        && latest.job_status == crate::domain::JobStatus::Succeeded
+        && let Some(deadline) = latest.deadline
+    {
+        let max_deadline: Option<i64> = tx.query_row(
+            "SELECT max_deadline FROM workspace_builds WHERE id = ?1",
+            [&latest.build_id],
+            |row| row.get(0),
+        )?;
+        let mut bumped = now + Duration::seconds(ttl);
+        if let Some(max) = max_deadline.and_then(from_millis) {
+            bumped = bumped.min(max);
+        }
+        if deadline - now < Duration::seconds(ttl) && bumped > deadline {
+            tx.execute(
+                "UPDATE workspace_builds SET deadline = ?2, updated_at = ?3 WHERE id = ?1",
+                params![latest.build_id, to_millis(bumped), to_millis(now)],
+            )?;
+            builds::refresh_latest(tx, workspace_id)?;
+            deadline_extended = true;
+        }
+    }
+    Ok(Activity::Recorded { deadline_extended })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("autostart_schedule: {0}")]
+    Invalid(String),
+    #[error("workspace {0} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Sets (or clears) a workspace's autostart schedule; it must be a valid weekly cron.
+pub fn set_autostart_schedule(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    schedule: Option<&str>,
+) -> Result<(), ScheduleError> {
+    if let Some(schedule) = schedule {
+        CronSchedule::parse_weekly(schedule)
+            .map_err(|error| ScheduleError::Invalid(error.to_string()))?;
+    }
+    let changed = tx
+        .execute(
+            "UPDATE workspaces SET autostart_schedule = ?2 WHERE id = ?1 AND deleted = 0",
+            params![workspace_id, schedule],
+        )
+        .map_err(StoreError::from)?;
+    if changed == 0 {
+        return Err(ScheduleError::NotFound(workspace_id.to_owned()));
+    }
+    crate::store::lifecycle::refresh_next_start(tx, workspace_id)?;
+    Ok(())
+}
