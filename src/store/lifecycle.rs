@@ -49,15 +49,17 @@ pub fn candidates(conn: &Connection, tick: DateTime<Utc>) -> Result<Vec<String>,
 /// Recomputes when the workspace's autostart next fires: only for a stopped (not failed)
 /// user workspace with a valid schedule on a template that allows autostart.
 pub fn refresh_next_start(conn: &Connection, workspace_id: &str) -> Result<(), StoreError> {
-    let row: Option<(
-        Option<String>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-        bool,
-        u8,
-    )> = conn
+    /// What the next autostart depends on.
+    struct Inputs {
+        schedule: Option<String>,
+        owner: String,
+        transition: Option<String>,
+        status: Option<String>,
+        since: Option<i64>,
+        enabled: bool,
+        days: u8,
+    }
+    let inputs = conn
         .query_row(
             "SELECT w.autostart_schedule, w.owner_id, w.latest_transition, w.latest_job_status,
                     w.latest_build_created_at, t.autostart_enabled, t.autostart_days
@@ -65,31 +67,32 @@ pub fn refresh_next_start(conn: &Connection, workspace_id: &str) -> Result<(), S
               WHERE w.id = ?1 AND w.deleted = 0",
             [workspace_id],
             |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                ))
+                Ok(Inputs {
+                    schedule: row.get(0)?,
+                    owner: row.get(1)?,
+                    transition: row.get(2)?,
+                    status: row.get(3)?,
+                    since: row.get(4)?,
+                    enabled: row.get(5)?,
+                    days: row.get(6)?,
+                })
             },
         )
         .optional()?;
-    let next = row.and_then(|(schedule, owner, transition, status, created_at, enabled, days)| {
-        if owner == PREBUILDS_USER_ID || !enabled || transition.as_deref() != Some("stop") {
+    let next = inputs.and_then(|inputs| {
+        if inputs.owner == PREBUILDS_USER_ID
+            || !inputs.enabled
+            || inputs.transition.as_deref() != Some("stop")
+            || inputs.status.as_deref() == Some("failed")
+        {
             return None;
         }
-        if status.as_deref() == Some("failed") {
-            return None;
-        }
-        let schedule = CronSchedule::parse_weekly(&schedule?).ok()?;
-        let since = from_millis(created_at?)?;
+        let schedule = CronSchedule::parse_weekly(&inputs.schedule?).ok()?;
+        let since = from_millis(inputs.since?)?;
         let days: Vec<Weekday> = Weekday::ALL
             .iter()
             .enumerate()
-            .filter(|(bit, _)| days & (1 << bit) != 0)
+            .filter(|(bit, _)| inputs.days & (1 << bit) != 0)
             .map(|(_, day)| *day)
             .collect();
         next_allowed_autostart(&schedule, since, &days)
