@@ -81,7 +81,7 @@ fn read_templates_where(
                 t.require_active_version, t.gc_enabled, t.gc_ttl_s, t.gc_basis, t.gc_warn_before_s,
                 t.gc_active_grace_s
            FROM templates t JOIN organizations o ON o.id = t.organization_id
-          WHERE ?1 IS NULL OR t.id = ?1 ORDER BY t.created_at, t.id",
+          WHERE t.id = COALESCE(?1, t.id) ORDER BY t.created_at, t.id",
     )?;
     let rows = statement.query_map([only], |row| {
         let days: u8 = row.get(9)?;
@@ -190,10 +190,17 @@ fn workspace_rows(
     conn: &Connection,
     only: Option<&str>,
 ) -> Result<(Vec<Workspace>, Vec<Build>), StoreError> {
+    // Owners who are not active; for one workspace, just its owner, by key.
     let statuses: HashMap<String, OwnerStatus> = {
-        let mut statement =
-            conn.prepare_cached("SELECT id, status FROM users WHERE status <> 'active'")?;
-        let rows = statement.query_map([], |row| {
+        let sql = match only {
+            Some(_) => {
+                "SELECT u.id, u.status FROM users u JOIN workspaces w ON w.owner_id = u.id
+                  WHERE w.id = ?1 AND u.status <> 'active'"
+            }
+            None => "SELECT id, status FROM users WHERE status <> 'active' AND ?1 IS NULL",
+        };
+        let mut statement = conn.prepare_cached(sql)?;
+        let rows = statement.query_map([only], |row| {
             let status = match row.get_ref(1)?.as_str()? {
                 "suspended" => OwnerStatus::Suspended,
                 "dormant" => OwnerStatus::Dormant,
@@ -203,14 +210,18 @@ fn workspace_rows(
         })?;
         rows.collect::<Result<_, _>>()?
     };
-    let mut statement = conn.prepare_cached(
-        "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
+    // Two statements rather than `?2 IS NULL OR id = ?2`, so one workspace is found by key.
+    let columns = "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
                 dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
                 latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
                 latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
                 latest_job_completed_at, latest_deadline
-           FROM workspaces WHERE deleted = 0 AND (?2 IS NULL OR id = ?2)",
-    )?;
+           FROM workspaces WHERE deleted = 0";
+    let sql = match only {
+        Some(_) => format!("{columns} AND id = ?2"),
+        None => format!("{columns} AND ?2 IS NULL"),
+    };
+    let mut statement = conn.prepare_cached(&sql)?;
     let mut workspaces = Vec::new();
     let mut builds = Vec::new();
     let mut rows = statement.query(rusqlite::params![PREBUILDS_USER_ID, only])?;

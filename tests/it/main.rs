@@ -10,6 +10,7 @@ mod binary;
 mod daemon;
 mod fixtures;
 mod helpers;
+mod lifecycle;
 mod outbox;
 mod plan;
 mod prebuilds;
