@@ -65,6 +65,7 @@ pub struct App {
     events: broadcast::Sender<Arc<PublishedEvent>>,
     runner: Runner,
     log: Option<LogControl>,
+    gc_trigger: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -113,6 +114,7 @@ impl App {
             events,
             runner,
             log: None,
+            gc_trigger: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -162,6 +164,7 @@ impl App {
             clock: Arc::clone(&self.clock),
             metrics: self.metrics.config.clone(),
             log: self.log.clone(),
+            gc_trigger: Arc::clone(&self.gc_trigger),
         }
     }
 
@@ -207,8 +210,15 @@ impl App {
             config: self.config.subscribe(),
         };
         for kind in LoopKind::ALL {
-            workers.spawn(loops::run_every(kind, ctx.clone(), workers_cancel.clone()));
+            let wake = (kind == LoopKind::Gc).then(|| Arc::clone(&self.gc_trigger));
+            workers.spawn(loops::run_every_or_when_woken(
+                kind,
+                ctx.clone(),
+                workers_cancel.clone(),
+                wake,
+            ));
         }
+        log_gc_configuration(&config);
         // Jobs a previous process left running can never finish: fail them before any
         // worker starts, so nothing hangs forever.
         self.runner.recover_orphans(true).await?;
@@ -266,6 +276,7 @@ pub struct Reloader {
     clock: Arc<dyn Clock>,
     metrics: ConfigMetrics,
     log: Option<LogControl>,
+    gc_trigger: Arc<tokio::sync::Notify>,
 }
 
 /// Why a reload was rejected.
@@ -278,6 +289,11 @@ pub enum ReloadError {
 }
 
 impl Reloader {
+    /// Asks the GC loop for an immediate run (SIGUSR1).
+    pub fn trigger_gc(&self) {
+        self.gc_trigger.notify_one();
+    }
+
     /// Loads and validates the config, applies its templates in one transaction, then
     /// switches to it. On any failure nothing changes: the old config stays in force.
     pub async fn reload(&self) -> Result<ApplyReport, ReloadError> {
@@ -348,4 +364,20 @@ async fn apply_templates(
         );
     }
     Ok(report)
+}
+
+/// The GC's effective configuration, one line each, so an operator sees at start what it
+/// will do.
+fn log_gc_configuration(config: &Config) {
+    let gc = &config.gc;
+    tracing::info!(enabled = gc.enabled, dry_run = gc.dry_run, "gc: switches");
+    tracing::info!(data_dir = %config.storage.data_dir.display(), "gc: workspace directories swept for orphans");
+    tracing::info!(interval = %gc.interval, "gc: run interval (SIGUSR1 runs it now)");
+    tracing::info!(ttl = %gc.ttl, basis = gc.basis.as_str(), "gc: deletes workspaces older than the ttl");
+    tracing::info!(warn_before = %gc.warn_before, active_grace = %gc.active_grace, "gc: warning window and activity grace");
+    tracing::info!(
+        max_delete_fraction = %gc.max_delete_fraction,
+        max_deletions_per_run = gc.max_deletions_per_run,
+        "gc: safety valve"
+    );
 }

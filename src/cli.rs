@@ -62,6 +62,12 @@ pub enum Command {
     /// Prebuild presets.
     #[command(subcommand)]
     Preset(PresetCommand),
+    /// Garbage collector: `--dry-run` previews what a run would do (nothing is written).
+    /// To run it now, send SIGUSR1 to the daemon (`systemctl kill -s USR1 workspaced`).
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +114,10 @@ pub enum CliError {
     Now(String),
     #[error(transparent)]
     Reset(#[from] ResetError),
+    #[error(
+        "`workspaced gc` only previews: add --dry-run; to run the GC now send SIGUSR1 to the daemon"
+    )]
+    GcNeedsDryRun,
 }
 
 impl CliError {
@@ -119,7 +129,8 @@ impl CliError {
             | CliError::ReadSnapshot { .. }
             | CliError::Snapshot(_)
             | CliError::Now(_)
-            | CliError::Reset(ResetError::UnknownPreset(_)) => 2,
+            | CliError::Reset(ResetError::UnknownPreset(_))
+            | CliError::GcNeedsDryRun => 2,
             _ => 1,
         }
     }
@@ -138,7 +149,58 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             print_json(&snapshot)
         }
         Command::Preset(PresetCommand::Reset { id }) => preset_reset(source, &id),
+        Command::Gc { dry_run: true } => gc_preview(source),
+        Command::Gc { dry_run: false } => Err(CliError::GcNeedsDryRun),
     }
+}
+
+/// Prints what the next GC run would do, as a table.
+fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
+    let config = config::load(&source)?;
+    let store = Store::open_read_only(StoreOptions::from_config(&config.storage))?;
+    let now = SystemClock.now();
+    let Some(settings) = config.planner_settings().gc else {
+        return print("gc is disabled ([gc] enabled = false): it would do nothing");
+    };
+    let data_dir = config.storage.data_dir.clone();
+    let plan = store.read_blocking(|conn| crate::gc::plan_run(conn, &settings, &data_dir, now))?;
+    let mut lines = vec![format!(
+        "{:<38} {:<38} {:>10} {:<14} {:<7} {}",
+        "WORKSPACE", "OWNER", "AGE", "BASIS", "ACTION", "REASON"
+    )];
+    for judged in &plan.judged {
+        let owner = match &judged.workspace.owner {
+            crate::planner::snapshot::Owner::User(id) => id.clone(),
+            crate::planner::snapshot::Owner::Prebuilds => "prebuilds".to_owned(),
+        };
+        let action = serde_json::to_value(judged.action.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let reason = judged.action.reason.map(|reason| reason.as_str()).unwrap_or("");
+        let age = crate::config::duration::format_duration(std::time::Duration::from_secs(
+            judged.action.age_s,
+        ));
+        lines.push(format!(
+            "{:<38} {:<38} {:>10} {:<14} {:<7} {}",
+            judged.workspace.id,
+            owner,
+            age,
+            judged.basis.as_str(),
+            action,
+            reason
+        ));
+    }
+    for orphan in &plan.orphans {
+        lines.push(format!("orphaned directory (would be removed): {}", orphan.display()));
+    }
+    lines.push(format!(
+        "{} due of {} workspaces; safety valve {}",
+        plan.judged.len(),
+        plan.population,
+        if plan.safety_valve_tripped { "TRIPPED: this run would delete nothing" } else { "ok" }
+    ));
+    print(&lines.join("\n"))
 }
 
 fn parse_now(now: Option<String>) -> Result<Option<DateTime<Utc>>, CliError> {

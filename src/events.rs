@@ -74,6 +74,17 @@ pub enum Event {
         reason: String,
         becomes_dormant: bool,
     },
+    /// The GC will delete this workspace at `deletes_at` unless it is used.
+    #[serde(rename = "gc.warning")]
+    GcWarning {
+        workspace_id: String,
+        organization_id: String,
+        owner_id: String,
+        deletes_at: String,
+    },
+    /// The GC queued the deletion of a workspace past its TTL.
+    #[serde(rename = "gc.deleted")]
+    GcDeleted { workspace_id: String, organization_id: String, owner_id: String, age_s: u64 },
     #[serde(rename = "config.applied")]
     ConfigApplied { templates_changed: u32, versions_created: u32 },
 }
@@ -107,6 +118,8 @@ impl Event {
             Event::BuildCanceled { .. } => "build.canceled",
             Event::ResourceReplaced { .. } => "prebuild.resource_replaced",
             Event::LifecycleTransition { .. } => "lifecycle.transition",
+            Event::GcWarning { .. } => "gc.warning",
+            Event::GcDeleted { .. } => "gc.deleted",
             Event::ConfigApplied { .. } => "config.applied",
         }
     }
@@ -130,7 +143,9 @@ impl Event {
             | Event::WorkspaceDeleted { organization_id, .. }
             | Event::WorkspaceClaimed { organization_id, .. }
             | Event::PresetHardLimited { organization_id, .. }
-            | Event::LifecycleTransition { organization_id, .. } => Some(organization_id),
+            | Event::LifecycleTransition { organization_id, .. }
+            | Event::GcWarning { organization_id, .. }
+            | Event::GcDeleted { organization_id, .. } => Some(organization_id),
             _ => self.build().map(|build| build.organization_id.as_str()),
         }
     }
@@ -141,7 +156,9 @@ impl Event {
             Event::WorkspaceCreated { owner_id, .. }
             | Event::WorkspaceDeleted { owner_id, .. }
             | Event::WorkspaceClaimed { owner_id, .. }
-            | Event::LifecycleTransition { owner_id, .. } => Some(owner_id),
+            | Event::LifecycleTransition { owner_id, .. }
+            | Event::GcWarning { owner_id, .. }
+            | Event::GcDeleted { owner_id, .. } => Some(owner_id),
             _ => self.build().map(|build| build.owner_id.as_str()),
         }
     }

@@ -5,6 +5,7 @@
 //! - `clock`: the one source of wall time (`Clock`, `SystemClock`, `ManualClock`).
 //! - `domain`: plain data and fixed ids.
 //! - `planner`: pure decisions (cron dialect; reconciler, lifecycle and GC plans).
+//! - `gc`: the garbage collector's run (judge, warn, delete, orphan sweep).
 //! - `lifecycle`: the lifecycle executor's write side (re-decide, enqueue), activity.
 //! - `prebuilds`: creating, deleting and claiming prebuilt workspaces (write side).
 //! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod gc;
 pub mod http;
 pub mod lifecycle;
 pub mod loops;

@@ -1,4 +1,5 @@
-//! Unix signals: SIGTERM and SIGINT start a graceful shutdown; SIGHUP reloads the config.
+//! Unix signals: SIGTERM and SIGINT start a graceful shutdown; SIGHUP reloads the config;
+//! SIGUSR1 runs the garbage collector now.
 //!
 //! Owns signal registration only. Handlers are registered before the daemon reports
 //! ready, so an early SIGHUP cannot kill it (SIGHUP's default action terminates).
@@ -14,6 +15,7 @@ pub struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    user1: Signal,
 }
 
 impl Signals {
@@ -23,6 +25,7 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -39,6 +42,10 @@ impl Signals {
                 _ = self.interrupt.recv() => {
                     tracing::info!(signal = "SIGINT", "termination requested");
                     break;
+                }
+                _ = self.user1.recv() => {
+                    tracing::info!(signal = "SIGUSR1", "gc run requested");
+                    reloader.trigger_gc();
                 }
                 _ = self.hangup.recv() => match reloader.reload().await {
                     Ok(_) => tracing::info!(signal = "SIGHUP", "config reloaded"),

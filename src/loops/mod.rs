@@ -129,6 +129,16 @@ pub async fn run_once(kind: LoopKind, ctx: &LoopCtx) -> Result<TickReport, LoopE
 /// Runs `kind` every interval until `cancel` fires. The first iteration runs one interval
 /// after start. A config reload that changes the interval restarts the timer.
 pub async fn run_every(kind: LoopKind, ctx: LoopCtx, cancel: CancellationToken) {
+    run_every_or_when_woken(kind, ctx, cancel, None).await;
+}
+
+/// `run_every`, plus an immediate iteration whenever `wake` is notified (SIGUSR1 for GC).
+pub async fn run_every_or_when_woken(
+    kind: LoopKind,
+    ctx: LoopCtx,
+    cancel: CancellationToken,
+    wake: Option<Arc<tokio::sync::Notify>>,
+) {
     let mut config = ctx.config.clone();
     let mut period = kind.interval(&config.borrow_and_update());
     let mut ticker = ticker(period);
@@ -139,6 +149,15 @@ pub async fn run_every(kind: LoopKind, ctx: LoopCtx, cancel: CancellationToken) 
             () = cancel.cancelled() => break,
             _ = ticker.tick() => {
                 // The iteration runs to completion even if shutdown starts meanwhile.
+                let _ = run_once(kind, &ctx).await;
+            }
+            () = async {
+                match &wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!(r#loop = kind.name(), "iteration requested");
                 let _ = run_once(kind, &ctx).await;
             }
             changed = config.changed(), if watching_config => {

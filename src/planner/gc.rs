@@ -68,6 +68,18 @@ pub fn plan(index: &Index<'_>) -> GcPlan {
             actions.push(action);
         }
     }
+    let tripped = apply_safety_valve(&mut actions, population, settings);
+    GcPlan { safety_valve_tripped: tripped, actions }
+}
+
+/// The safety valve: with D deletes among P live user workspaces, if D > fraction × P
+/// (exactly) or D > max_deletions_per_run, every delete becomes a `safety_valve` skip.
+/// Returns whether it tripped.
+pub fn apply_safety_valve(
+    actions: &mut [GcAction],
+    population: u64,
+    settings: &GcSettings,
+) -> bool {
     let deletes =
         actions.iter().filter(|action| action.action == GcActionKind::Delete).count() as u64;
     let tripped = settings.max_delete_fraction.is_exceeded_by(deletes, population)
@@ -78,7 +90,24 @@ pub fn plan(index: &Index<'_>) -> GcPlan {
             action.reason = Some(GcSkipReason::SafetyValve);
         }
     }
-    GcPlan { safety_valve_tripped: tripped, actions }
+    tripped
+}
+
+/// The widest due bound over the global policy and every template override: a workspace
+/// whose basis time is not before `now - min(ttl - warn_before)` cannot be due.
+pub fn due_bound(
+    settings: &GcSettings,
+    templates: &[Template],
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let offset = |policy: Policy| policy.ttl_s as i64 - policy.warn_before_s as i64;
+    let smallest = templates
+        .iter()
+        .map(|template| offset(Policy::for_template(settings, Some(template))))
+        .chain(std::iter::once(offset(Policy::for_template(settings, None))))
+        .min()
+        .unwrap_or(0);
+    now - Duration::seconds(smallest)
 }
 
 /// The basis time the workspace's age is measured from.

@@ -266,19 +266,41 @@ impl Runner {
         let (logs, log_lines) = mpsc::channel(256);
         let pump = self.pump_logs(job.job_id.clone(), log_lines, config.provisioner.max_log_bytes);
         let timeout = config.provisioner.job_timeout.as_duration();
+        let finished = CancellationToken::new();
         let run = async {
             let run = backend.run(&request, JobIo { logs, cancel: token.clone() });
             tokio::pin!(run);
-            tokio::select! {
+            let outcome = tokio::select! {
                 result = &mut run => (result, false),
                 () = tokio::time::sleep(timeout) => {
                     // The backend stops its work (gracefully, then forcibly) and returns.
                     token.cancel();
                     (run.await, true)
                 }
+            };
+            finished.cancel();
+            outcome
+        };
+        // A cancel request may have come before this job's token was registered, or from
+        // another process: watch the job's status too.
+        let poll = config.provisioner.poll_interval.as_duration();
+        let watch = async {
+            loop {
+                let id = job.job_id.clone();
+                if let Ok(Some((JobStatus::Canceling, _))) =
+                    self.inner.store.read(move |conn| jobs::status(conn, &id)).await
+                {
+                    token.cancel();
+                    return;
+                }
+                tokio::select! {
+                    () = finished.cancelled() => return,
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(poll) => {}
+                }
             }
         };
-        let ((result, timed_out), ()) = tokio::join!(run, pump);
+        let ((result, timed_out), (), ()) = tokio::join!(run, pump, watch);
         match result {
             Ok(report) => JobOutcome::Succeeded(report),
             Err(_) if timed_out => {

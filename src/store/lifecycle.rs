@@ -18,13 +18,15 @@ use crate::store::time::{from_millis, to_millis};
 /// Ids of live, non-prebuild workspaces that may need a transition at `tick`: past their
 /// deadline, owner suspended while started, autostart due, failed start past the failure
 /// TTL, inactive past time-til-dormant, or dormant past `deleting_at`. A superset: the
-/// executor re-checks each.
+/// executor re-checks each. (`CROSS JOIN` fixes the join order: SQLite then walks the few
+/// suspended users and dormancy templates and looks their workspaces up by index, instead
+/// of scanning the fleet.)
 pub fn candidates(conn: &Connection, tick: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT id FROM workspaces
           WHERE deleted = 0 AND latest_deadline IS NOT NULL AND latest_deadline <= ?1 AND owner_id <> ?2
          UNION
-         SELECT w.id FROM users u JOIN workspaces w ON w.owner_id = u.id
+         SELECT w.id FROM users u CROSS JOIN workspaces w ON w.owner_id = u.id
           WHERE u.status = 'suspended' AND w.deleted = 0 AND w.latest_transition = 'start'
          UNION
          SELECT id FROM workspaces
@@ -34,7 +36,7 @@ pub fn candidates(conn: &Connection, tick: DateTime<Utc>) -> Result<Vec<String>,
           WHERE w.deleted = 0 AND w.latest_job_status = 'failed' AND t.failure_ttl_s > 0
             AND w.latest_job_completed_at < ?1 - t.failure_ttl_s * 1000
          UNION
-         SELECT w.id FROM templates t JOIN workspaces w ON w.template_id = t.id
+         SELECT w.id FROM templates t CROSS JOIN workspaces w ON w.template_id = t.id
           WHERE t.time_til_dormant_s > 0 AND w.deleted = 0 AND w.dormant_at IS NULL
             AND w.last_used_at < ?1 - t.time_til_dormant_s * 1000 AND w.owner_id <> ?2
          UNION

@@ -11,7 +11,6 @@
 
 pub mod audit;
 pub mod builds;
-pub mod fleet;
 pub mod jobs;
 pub mod lifecycle;
 pub mod migrations;

@@ -66,7 +66,8 @@ pub fn read(
     Ok(Snapshot { now, settings, templates, presets, workspaces, builds })
 }
 
-fn read_templates(conn: &Connection) -> Result<Vec<Template>, StoreError> {
+/// Every template, deleted ones included.
+pub fn read_templates(conn: &Connection) -> Result<Vec<Template>, StoreError> {
     read_templates_where(conn, None)
 }
 
@@ -222,9 +223,55 @@ fn workspace_rows(
         None => format!("{columns} AND ?2 IS NULL"),
     };
     let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query(rusqlite::params![PREBUILDS_USER_ID, only])?;
+    map_workspace_rows(rows, &statuses)
+}
+
+/// Live user workspaces whose last activity or creation is before `bound` (GC candidates:
+/// the due ones are among them), with their latest builds; and how many live user
+/// workspaces there are in all (the safety valve's population).
+pub fn gc_candidates(
+    conn: &Connection,
+    bound: DateTime<Utc>,
+) -> Result<(Vec<Workspace>, Vec<Build>, u64), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let population: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM workspaces WHERE deleted = 0 AND owner_id <> ?1",
+        [PREBUILDS_USER_ID],
+        |row| row.get(0),
+    )?;
+    let statuses = HashMap::new();
+    let mut statement = tx.prepare_cached(
+        "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
+                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
+                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
+                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
+                latest_job_completed_at, latest_deadline
+           FROM workspaces
+          WHERE deleted = 0 AND last_used_at < ?2 AND owner_id <> ?1
+         UNION
+         SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
+                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
+                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
+                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
+                latest_job_completed_at, latest_deadline
+           FROM workspaces
+          WHERE deleted = 0 AND created_at < ?2 AND owner_id <> ?1",
+    )?;
+    let rows = statement
+        .query(rusqlite::params![PREBUILDS_USER_ID, crate::store::time::to_millis(bound)])?;
+    let (workspaces, builds) = map_workspace_rows(rows, &statuses)?;
+    drop(statement);
+    tx.finish()?;
+    Ok((workspaces, builds, u64::try_from(population).unwrap_or(0)))
+}
+
+fn map_workspace_rows(
+    mut rows: rusqlite::Rows<'_>,
+    statuses: &HashMap<String, OwnerStatus>,
+) -> Result<(Vec<Workspace>, Vec<Build>), StoreError> {
     let mut workspaces = Vec::new();
     let mut builds = Vec::new();
-    let mut rows = statement.query(rusqlite::params![PREBUILDS_USER_ID, only])?;
     while let Some(row) = rows.next()? {
         let id: String = row.get(0)?;
         let prebuilds: bool = row.get(2)?;
