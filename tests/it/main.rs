@@ -9,6 +9,7 @@ mod bad_input;
 mod binary;
 mod daemon;
 mod fixtures;
+mod gc;
 mod helpers;
 mod lifecycle;
 mod outbox;
