@@ -50,7 +50,18 @@ pub fn plan_run(
 ) -> Result<RunPlan, StoreError> {
     let templates = snapshot::read_templates(conn)?;
     let bound = due_bound(settings, &templates, now);
-    let (workspaces, builds, population) = snapshot::gc_candidates(conn, bound)?;
+    let mut bases = snapshot::GcBases::default();
+    let policies = templates
+        .iter()
+        .map(|template| Policy::for_template(settings, Some(template)))
+        .chain(std::iter::once(Policy::for_template(settings, None)));
+    for policy in policies.filter(|policy| policy.enabled) {
+        match policy.basis {
+            GcBasis::LastActivity => bases.last_activity = true,
+            GcBasis::Creation => bases.creation = true,
+        }
+    }
+    let (workspaces, builds, population) = snapshot::gc_candidates(conn, bound, bases)?;
     let templates: HashMap<&str, &Template> =
         templates.iter().map(|template| (template.id.as_str(), template)).collect();
     let in_progress: HashSet<&str> = builds

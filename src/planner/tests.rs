@@ -438,3 +438,52 @@ fn gc_safety_valve_compares_the_fraction_exactly() {
     assert!(result.safety_valve_tripped);
     assert!(result.actions.iter().all(|action| action.action != GcActionKind::Delete));
 }
+
+#[test]
+fn gc_skips_protected_active_and_busy_workspaces_and_never_lists_prebuilds() {
+    let gc = json!({ "ttl_s": 86400, "warn_before_s": 3600, "active_grace_s": 900, "basis": "creation", "max_delete_fraction": 1 });
+    let warned = |extra: Value| {
+        let mut value = json!({ "gc_warned_at": "2025-06-01T00:00:00Z" });
+        merge(&mut value, extra);
+        value
+    };
+    let protected =
+        gc_workspace("protected", "2025-06-01T00:00:00Z", warned(json!({ "protected": true })));
+    // Used 10 minutes ago, but created long ago (creation basis): due, yet active.
+    let active = gc_workspace("active", "2025-06-02T11:50:00Z", warned(json!({})));
+    let (busy_workspace, mut busy_build) =
+        gc_workspace("busy", "2025-06-01T00:00:00Z", warned(json!({})));
+    merge(&mut busy_build, json!({ "job_status": "running" }));
+    let (mut prebuild, prebuild_build) =
+        gc_workspace("prebuild", "2025-06-01T00:00:00Z", json!({}));
+    merge(&mut prebuild, json!({ "owner": "prebuilds" }));
+    let result = plan(&gc_snapshot(
+        gc,
+        vec![protected, active, (busy_workspace, busy_build), (prebuild, prebuild_build)],
+    ))
+    .gc;
+    let reasons: Vec<(String, Option<GcSkipReason>)> =
+        result.actions.iter().map(|action| (action.workspace_id.clone(), action.reason)).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("protected".to_owned(), Some(GcSkipReason::Protected)),
+            ("active".to_owned(), Some(GcSkipReason::Active)),
+            ("busy".to_owned(), Some(GcSkipReason::InProgress)),
+        ]
+    );
+}
+
+#[test]
+fn a_template_can_exempt_its_workspaces_and_gc_off_plans_nothing() {
+    let old = || gc_workspace("a", "2025-01-01T00:00:00Z", json!({}));
+    let exempt = snapshot(
+        json!({ "gc": { "ttl_s": 86400 } }),
+        vec![template(json!({ "gc": { "enabled": false } }))],
+        vec![],
+        vec![old()],
+    );
+    assert!(plan(&exempt).gc.actions.is_empty());
+    let off = snapshot(json!({}), vec![template(json!({}))], vec![], vec![old()]);
+    assert!(plan(&off).gc.actions.is_empty() && !plan(&off).gc.safety_valve_tripped);
+}

@@ -233,6 +233,7 @@ fn workspace_rows(
 pub fn gc_candidates(
     conn: &Connection,
     bound: DateTime<Utc>,
+    bases: GcBases,
 ) -> Result<(Vec<Workspace>, Vec<Build>, u64), StoreError> {
     let tx = conn.unchecked_transaction()?;
     let population: i64 = tx.query_row(
@@ -241,29 +242,39 @@ pub fn gc_candidates(
         |row| row.get(0),
     )?;
     let statuses = HashMap::new();
-    let mut statement = tx.prepare_cached(
-        "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
+    let columns = "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
                 dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
                 latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
                 latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
                 latest_job_completed_at, latest_deadline
-           FROM workspaces
-          WHERE deleted = 0 AND last_used_at < ?2 AND owner_id <> ?1
-         UNION
-         SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
-                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
-                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
-                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
-                latest_job_completed_at, latest_deadline
-           FROM workspaces
-          WHERE deleted = 0 AND created_at < ?2 AND owner_id <> ?1",
-    )?;
+           FROM workspaces WHERE deleted = 0 AND owner_id <> ?1";
+    // Only the bases some policy uses: each branch is a range scan of its own index.
+    let mut branches = Vec::new();
+    if bases.last_activity {
+        branches.push(format!("{columns} AND last_used_at < ?2"));
+    }
+    if bases.creation {
+        branches.push(format!("{columns} AND created_at < ?2"));
+    }
+    if branches.is_empty() {
+        drop(tx);
+        return Ok((Vec::new(), Vec::new(), u64::try_from(population).unwrap_or(0)));
+    }
+    let sql = branches.join(" UNION ");
+    let mut statement = tx.prepare_cached(&sql)?;
     let rows = statement
         .query(rusqlite::params![PREBUILDS_USER_ID, crate::store::time::to_millis(bound)])?;
     let (workspaces, builds) = map_workspace_rows(rows, &statuses)?;
     drop(statement);
     tx.finish()?;
     Ok((workspaces, builds, u64::try_from(population).unwrap_or(0)))
+}
+
+/// Which age bases the GC policies in force use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcBases {
+    pub last_activity: bool,
+    pub creation: bool,
 }
 
 fn map_workspace_rows(
