@@ -169,10 +169,7 @@ fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
         "WORKSPACE", "OWNER", "AGE", "BASIS", "ACTION", "REASON"
     )];
     for judged in &plan.judged {
-        let owner = match &judged.workspace.owner {
-            crate::planner::snapshot::Owner::User(id) => id.clone(),
-            crate::planner::snapshot::Owner::Prebuilds => "prebuilds".to_owned(),
-        };
+        let owner = judged.workspace.owner.user_id().to_owned();
         let action = serde_json::to_value(judged.action.action)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

@@ -14,11 +14,11 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::domain::{BuildReason, JobStatus, PREBUILDS_USER_ID, Transition};
+use crate::domain::{BuildReason, JobStatus, Transition};
 use crate::events::Event;
 use crate::planner::gc::{Policy, apply_safety_valve, due_bound, judge};
 use crate::planner::plan::{GcAction, GcActionKind};
-use crate::planner::snapshot::{GcBasis, GcSettings, Owner, Template, Workspace, rfc3339};
+use crate::planner::snapshot::{GcBasis, GcSettings, Template, Workspace, rfc3339};
 use crate::store::audit::{self, Actor, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest};
 use crate::store::time::to_millis;
@@ -231,10 +231,7 @@ fn act(
     if action.action != kind {
         return Ok(false);
     }
-    let owner_id = match &workspace.owner {
-        Owner::User(id) => id.clone(),
-        Owner::Prebuilds => PREBUILDS_USER_ID.to_owned(),
-    };
+    let owner_id = workspace.owner.user_id().to_owned();
     let actor = Actor::system("gc");
     match kind {
         GcActionKind::Warn => {

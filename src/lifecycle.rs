@@ -50,12 +50,7 @@ pub fn apply(
             LifecycleReason::Dormancy => BuildReason::Autolock,
             LifecycleReason::Autodelete => BuildReason::Autodelete,
         };
-        let initiator = match &workspace.owner {
-            crate::planner::snapshot::Owner::User(id) => id.clone(),
-            crate::planner::snapshot::Owner::Prebuilds => {
-                crate::domain::PREBUILDS_USER_ID.to_owned()
-            }
-        };
+        let initiator = workspace.owner.user_id().to_owned();
         let mut request = BuildRequest::new(workspace_id, transition, reason, &initiator);
         if transition == Transition::Start {
             request.template_version_id = decision.template_version_id.clone();
@@ -66,12 +61,7 @@ pub fn apply(
         &Event::LifecycleTransition {
             workspace_id: workspace_id.to_owned(),
             organization_id: template.organization_id.clone(),
-            owner_id: match &workspace.owner {
-                crate::planner::snapshot::Owner::User(id) => id.clone(),
-                crate::planner::snapshot::Owner::Prebuilds => {
-                    crate::domain::PREBUILDS_USER_ID.to_owned()
-                }
-            },
+            owner_id: workspace.owner.user_id().to_owned(),
             transition: decision.transition,
             reason: reason_name(decision.reason).to_owned(),
             becomes_dormant: decision.becomes_dormant,

@@ -385,6 +385,14 @@ impl Owner {
     pub fn is_prebuilds(&self) -> bool {
         matches!(self, Owner::Prebuilds)
     }
+
+    /// The owning user's id (the prebuilds system user's for `Prebuilds`).
+    pub fn user_id(&self) -> &str {
+        match self {
+            Owner::Prebuilds => crate::domain::PREBUILDS_USER_ID,
+            Owner::User(id) => id,
+        }
+    }
 }
 
 impl Serialize for Owner {

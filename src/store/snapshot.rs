@@ -23,6 +23,15 @@ use crate::planner::snapshot::{
 use crate::store::StoreError;
 use crate::store::time::from_millis;
 
+/// The workspace columns `map_workspace_rows` reads (with the latest-build summary);
+/// `?1` is the prebuilds user's id.
+const WORKSPACE_COLUMNS: &str = "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
+                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
+                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
+                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
+                latest_job_completed_at, latest_deadline
+           FROM workspaces WHERE deleted = 0";
+
 fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
     let millis: i64 = row.get(index)?;
     from_millis(millis).ok_or(rusqlite::Error::IntegralValueOutOfRange(index, millis))
@@ -212,12 +221,7 @@ fn workspace_rows(
         rows.collect::<Result<_, _>>()?
     };
     // Two statements rather than `?2 IS NULL OR id = ?2`, so one workspace is found by key.
-    let columns = "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
-                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
-                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
-                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
-                latest_job_completed_at, latest_deadline
-           FROM workspaces WHERE deleted = 0";
+    let columns = WORKSPACE_COLUMNS;
     let sql = match only {
         Some(_) => format!("{columns} AND id = ?2"),
         None => format!("{columns} AND ?2 IS NULL"),
@@ -242,12 +246,7 @@ pub fn gc_candidates(
         |row| row.get(0),
     )?;
     let statuses = HashMap::new();
-    let columns = "SELECT id, template_id, owner_id = ?1, owner_id, created_at, last_used_at, agents_ready,
-                dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
-                latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
-                latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
-                latest_job_completed_at, latest_deadline
-           FROM workspaces WHERE deleted = 0 AND owner_id <> ?1";
+    let columns = format!("{WORKSPACE_COLUMNS} AND owner_id <> ?1");
     // Only the bases some policy uses: each branch is a range scan of its own index.
     let mut branches = Vec::new();
     if bases.last_activity {
