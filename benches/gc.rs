@@ -79,15 +79,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bound = workspaced::planner::gc::due_bound(&settings, &[], now());
         let (bare, rows) = time(|| {
             store.read_blocking(|conn| {
+                // The same rows and columns the candidate query reads, fetched without
+                // conversion.
                 let mut statement = conn.prepare_cached(
-                    "SELECT id, template_id, owner_id, created_at, last_used_at, protected, gc_warned_at,
-                            latest_job_status FROM workspaces
-                      WHERE deleted = 0 AND last_used_at < ?1 AND owner_id <> 'x'",
+                    "SELECT id, template_id, owner_id = 'p', owner_id, created_at, last_used_at, agents_ready,
+                            dormant_at, deleting_at, autostart_schedule, automatic_updates, protected,
+                            gc_warned_at, latest_build_number, latest_transition, latest_job_status,
+                            latest_template_version_id, latest_preset_id, latest_initiator_id = 'p',
+                            latest_build_created_at, latest_job_completed_at, latest_deadline
+                       FROM workspaces WHERE deleted = 0 AND owner_id <> 'p' AND last_used_at < ?1",
                 )?;
                 let mut rows = statement.query([bound.timestamp_millis()])?;
                 let mut count = 0;
                 while let Some(row) = rows.next()? {
-                    for column in 0..8 {
+                    for column in 0..22 {
                         let _ = row.get_ref(column)?;
                     }
                     count += 1;

@@ -192,9 +192,8 @@ fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
         lines.push(format!("orphaned directory (would be removed): {}", orphan.display()));
     }
     lines.push(format!(
-        "{} due of {} workspaces; safety valve {}",
+        "{} due; safety valve {}",
         plan.judged.len(),
-        plan.population,
         if plan.safety_valve_tripped { "TRIPPED: this run would delete nothing" } else { "ok" }
     ));
     print(&lines.join("\n"))

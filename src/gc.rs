@@ -37,6 +37,7 @@ pub struct Judged {
 pub struct RunPlan {
     pub judged: Vec<Judged>,
     pub safety_valve_tripped: bool,
+    /// Live user workspaces; counted only when the run has deletes to weigh (else 0).
     pub population: u64,
     pub orphans: Vec<PathBuf>,
 }
@@ -61,7 +62,7 @@ pub fn plan_run(
             GcBasis::Creation => bases.creation = true,
         }
     }
-    let (workspaces, builds, population) = snapshot::gc_candidates(conn, bound, bases)?;
+    let (workspaces, builds) = snapshot::gc_candidates(conn, bound, bases)?;
     let templates: HashMap<&str, &Template> =
         templates.iter().map(|template| (template.id.as_str(), template)).collect();
     let in_progress: HashSet<&str> = builds
@@ -80,6 +81,9 @@ pub fn plan_run(
         }
     }
     let mut actions: Vec<GcAction> = judged.iter().map(|judged| judged.action.clone()).collect();
+    // The population matters only to the safety valve, which only weighs deletes.
+    let deletes = actions.iter().any(|action| action.action == GcActionKind::Delete);
+    let population = if deletes { snapshot::count_user_workspaces(conn)? } else { 0 };
     let tripped = apply_safety_valve(&mut actions, population, settings);
     for (judged, action) in judged.iter_mut().zip(actions) {
         judged.action = action;

@@ -231,20 +231,14 @@ fn workspace_rows(
     map_workspace_rows(rows, &statuses)
 }
 
-/// Live user workspaces whose last activity or creation is before `bound` (GC candidates:
-/// the due ones are among them), with their latest builds; and how many live user
-/// workspaces there are in all (the safety valve's population).
+/// Live user workspaces whose last activity (or creation, per `bases`) is before `bound`
+/// (GC candidates: the due ones are among them), with their latest builds.
 pub fn gc_candidates(
     conn: &Connection,
     bound: DateTime<Utc>,
     bases: GcBases,
-) -> Result<(Vec<Workspace>, Vec<Build>, u64), StoreError> {
+) -> Result<(Vec<Workspace>, Vec<Build>), StoreError> {
     let tx = conn.unchecked_transaction()?;
-    let population: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM workspaces WHERE deleted = 0 AND owner_id <> ?1",
-        [PREBUILDS_USER_ID],
-        |row| row.get(0),
-    )?;
     let statuses = HashMap::new();
     let columns = format!("{WORKSPACE_COLUMNS} AND owner_id <> ?1");
     // Only the bases some policy uses: each branch is a range scan of its own index.
@@ -257,7 +251,7 @@ pub fn gc_candidates(
     }
     if branches.is_empty() {
         drop(tx);
-        return Ok((Vec::new(), Vec::new(), u64::try_from(population).unwrap_or(0)));
+        return Ok((Vec::new(), Vec::new()));
     }
     let sql = branches.join(" UNION ");
     let mut statement = tx.prepare_cached(&sql)?;
@@ -266,7 +260,19 @@ pub fn gc_candidates(
     let (workspaces, builds) = map_workspace_rows(rows, &statuses)?;
     drop(statement);
     tx.finish()?;
-    Ok((workspaces, builds, u64::try_from(population).unwrap_or(0)))
+    Ok((workspaces, builds))
+}
+
+/// Live user workspaces (the safety valve's population): all live workspaces, counted on a
+/// small covering index, minus the prebuilds, found by the owner index.
+pub fn count_user_workspaces(conn: &Connection) -> Result<u64, StoreError> {
+    let count: i64 = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM workspaces INDEXED BY workspaces_live_created WHERE deleted = 0)
+              - (SELECT COUNT(*) FROM workspaces WHERE deleted = 0 AND owner_id = ?1)",
+        [PREBUILDS_USER_ID],
+        |row| row.get(0),
+    )?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// Which age bases the GC policies in force use.
