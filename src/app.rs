@@ -192,8 +192,15 @@ impl App {
         let workers = TaskTracker::new();
         let workers_cancel = CancellationToken::new();
         let http_state = Arc::new(HttpState {
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
+            ctx: LoopCtx {
+                store: self.store.clone(),
+                clock: Arc::clone(&self.clock),
+                metrics: self.metrics.clone(),
+                config: self.config.subscribe(),
+            },
+            runner: self.runner.clone(),
+            events: self.events.clone(),
+            shutdown: workers_cancel.clone(),
             ready: false.into(),
         });
         workers.spawn(http::serve(
@@ -235,6 +242,17 @@ impl App {
         );
         publisher_tasks.spawn(
             publisher.run(publisher_cancel.clone(), config.outbox.poll_interval.as_duration()),
+        );
+
+        workers.spawn(
+            crate::webhooks::Worker {
+                store: self.store.clone(),
+                clock: Arc::clone(&self.clock),
+                config: self.config.subscribe(),
+                events: self.events.subscribe(),
+                metrics: self.metrics.api.clone(),
+            }
+            .run(workers_cancel.clone()),
         );
 
         http_state.ready.store(true, Ordering::Release);

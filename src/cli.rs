@@ -22,7 +22,9 @@ use crate::planner;
 use crate::planner::snapshot::{Snapshot, SnapshotError, rfc3339};
 use crate::prebuilds::{self, ResetError};
 use crate::signals::Signals;
+use crate::auth::Role;
 use crate::store::snapshot as store_snapshot;
+use crate::store::{audit, users};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry::{self, TelemetryError};
 
@@ -68,6 +70,55 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// API users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (and grant it a role).
+    Create {
+        name: String,
+        /// owner, template-admin, member or auditor.
+        #[arg(long)]
+        role: Option<String>,
+        /// The organization the role is granted in.
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token and print it once (only its hash is stored). With --role, the user is
+    /// created if missing and granted the role.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// owner, template-admin, member or auditor.
+        #[arg(long)]
+        role: Option<String>,
+        /// The organization the role is granted in.
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// Lifetime (`30d`, `12h`); without it the token lives until revoked.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A label shown by `token list`.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +165,8 @@ pub enum CliError {
     Now(String),
     #[error(transparent)]
     Reset(#[from] ResetError),
+    #[error("{0}")]
+    Input(String),
     #[error(
         "`workspaced gc` only previews: add --dry-run; to run the GC now send SIGUSR1 to the daemon"
     )]
@@ -130,6 +183,7 @@ impl CliError {
             | CliError::Snapshot(_)
             | CliError::Now(_)
             | CliError::Reset(ResetError::UnknownPreset(_))
+            | CliError::Input(_)
             | CliError::GcNeedsDryRun => 2,
             _ => 1,
         }
@@ -151,7 +205,194 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Preset(PresetCommand::Reset { id }) => preset_reset(source, &id),
         Command::Gc { dry_run: true } => gc_preview(source),
         Command::Gc { dry_run: false } => Err(CliError::GcNeedsDryRun),
+        Command::User(UserCommand::Create { name, role, org }) => {
+            user_create(source, &name, role.as_deref(), &org)
+        }
+        Command::Token(TokenCommand::Create { user, role, org, expires, name }) => {
+            token_create(source, &user, role.as_deref(), &org, expires.as_deref(), &name)
+        }
+        Command::Token(TokenCommand::List { user }) => token_list(source, user.as_deref()),
+        Command::Token(TokenCommand::Revoke { id }) => token_revoke(source, &id),
     }
+}
+
+fn parse_role(role: &str) -> Result<Role, CliError> {
+    Role::parse(role).ok_or_else(|| {
+        CliError::Input(format!(
+            "--role: unknown role {role:?}; expected owner, template-admin, member or auditor"
+        ))
+    })
+}
+
+fn open_store(source: &ConfigSource) -> Result<Store, CliError> {
+    let config = config::load(source)?;
+    Ok(Store::open(StoreOptions::from_config(&config.storage))?.0)
+}
+
+/// Creates the user if `create` and missing, grants `role` in `org`; returns the user id.
+fn ensure_user(
+    tx: &crate::store::WriteTx<'_>,
+    name: &str,
+    role: Option<Role>,
+    org: &str,
+    create: bool,
+    now: DateTime<Utc>,
+) -> Result<String, CliError> {
+    let existing = users::id_by_name(tx, name)?;
+    let id = match (existing, create) {
+        (Some(id), _) => id,
+        (None, true) => {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(CliError::Input(format!(
+                    "user name {name:?} is invalid: use 1-64 of a-z, 0-9, '-', '_', '.'"
+                )));
+            }
+            let id = users::insert(tx, name, now)?;
+            audit::record(
+                tx,
+                &audit::Actor::system("cli"),
+                &audit::Entry {
+                    action: "user.create",
+                    resource_type: "user",
+                    resource_id: &id,
+                    organization_id: None,
+                    details: serde_json::json!({ "username": name }),
+                },
+                now,
+            )?;
+            id
+        }
+        (None, false) => {
+            return Err(CliError::Input(format!(
+                "no user {name:?}: create it with `workspaced user create {name} --role member`, or pass --role"
+            )));
+        }
+    };
+    if let Some(role) = role {
+        let Some(organization) = users::organization(tx, org)? else {
+            return Err(CliError::Input(format!("--org: no organization {org:?}")));
+        };
+        users::grant(tx, &id, &organization.id, role, now)?;
+    }
+    Ok(id)
+}
+
+fn user_create(source: ConfigSource, name: &str, role: Option<&str>, org: &str) -> Result<(), CliError> {
+    let role = role.map(parse_role).transpose()?;
+    let store = open_store(&source)?;
+    let now = SystemClock.now();
+    store.write_blocking(|tx| {
+        if users::id_by_name(tx, name)?.is_some() {
+            return Err(CliError::Input(format!("user {name:?} already exists")));
+        }
+        ensure_user(tx, name, role, org, true, now)
+    })?;
+    print(&format!("user {name} created"))
+}
+
+fn token_create(
+    source: ConfigSource,
+    user: &str,
+    role: Option<&str>,
+    org: &str,
+    expires: Option<&str>,
+    name: &str,
+) -> Result<(), CliError> {
+    let role = role.map(parse_role).transpose()?;
+    let now = SystemClock.now();
+    let expires_at = match expires {
+        Some(text) => {
+            let duration = crate::config::duration::parse_duration(text)
+                .map_err(|error| CliError::Input(format!("--expires: {error}")))?;
+            let duration = chrono::Duration::from_std(duration)
+                .map_err(|_| CliError::Input(format!("--expires: {text} is too long")))?;
+            Some(now + duration)
+        }
+        None => None,
+    };
+    let store = open_store(&source)?;
+    let issued = store.write_blocking(|tx| {
+        let user_id = ensure_user(tx, user, role, org, role.is_some(), now)?;
+        let issued = users::create_token(tx, &user_id, name, expires_at, now)?;
+        audit::record(
+            tx,
+            &audit::Actor::system("cli"),
+            &audit::Entry {
+                action: "token.create",
+                resource_type: "token",
+                resource_id: &issued.id,
+                organization_id: None,
+                details: serde_json::json!({ "user": user, "name": name }),
+            },
+            now,
+        )?;
+        Ok::<_, CliError>(issued)
+    })?;
+    // The token alone on stdout, so `TOKEN=$(workspaced token create …)` works.
+    print(&issued.token)
+}
+
+fn token_list(source: ConfigSource, user: Option<&str>) -> Result<(), CliError> {
+    let store = open_store(&source)?;
+    let tokens = store.read_blocking(|conn| {
+        let user_id = match user {
+            Some(name) => match users::id_by_name(conn, name)? {
+                Some(id) => Some(id),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        users::list_tokens(conn, user_id.as_deref()).map(Some)
+    })?;
+    let Some(tokens) = tokens else {
+        return Err(CliError::Input(format!("--user: no user {:?}", user.unwrap_or_default())));
+    };
+    let mut lines = vec![format!(
+        "{:<32}  {:<16}  {:<16}  {:<25}  {:<25}  {}",
+        "ID", "USER", "NAME", "EXPIRES", "LAST USED", "STATE"
+    )];
+    for token in tokens {
+        lines.push(format!(
+            "{:<32}  {:<16}  {:<16}  {:<25}  {:<25}  {}",
+            token.id,
+            token.username,
+            token.name,
+            token.expires_at.as_deref().unwrap_or("never"),
+            token.last_used_at.as_deref().unwrap_or("never"),
+            if token.revoked_at.is_some() { "revoked" } else { "active" },
+        ));
+    }
+    print(&lines.join("\n"))
+}
+
+fn token_revoke(source: ConfigSource, id: &str) -> Result<(), CliError> {
+    let store = open_store(&source)?;
+    let now = SystemClock.now();
+    let found = store.write_blocking(|tx| {
+        let found = users::revoke_token(tx, id, now)?;
+        if found {
+            audit::record(
+                tx,
+                &audit::Actor::system("cli"),
+                &audit::Entry {
+                    action: "token.revoke",
+                    resource_type: "token",
+                    resource_id: id,
+                    organization_id: None,
+                    details: serde_json::json!({}),
+                },
+                now,
+            )?;
+        }
+        Ok::<_, StoreError>(found)
+    })?;
+    if !found {
+        return Err(CliError::Input(format!("no token with id {id:?} (see `workspaced token list`)")));
+    }
+    print(&format!("token {id} revoked"))
 }
 
 /// Prints what the next GC run would do, as a table.
@@ -236,7 +477,7 @@ fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
     let config = config::load(&source)?;
     let (store, _) = Store::open(StoreOptions::from_config(&config.storage))?;
     let now = SystemClock.now();
-    let report = store.write_blocking(|tx| prebuilds::reset_preset(tx, id, now))?;
+    let report = store.write_blocking(|tx| prebuilds::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now))?;
     print(&format!(
         "preset {id}: {} failed prebuild(s) queued for deletion, status cleared (was {})",
         report.deletes_queued, report.previous_status

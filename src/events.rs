@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::domain::{BuildReason, Transition};
 use crate::metrics::OutboxMetrics;
-use crate::store::{Store, StoreError, outbox};
+use crate::store::{Store, StoreError, notifications, outbox};
 
 /// A state change the outside world may care about. `kind` is the serde tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +87,18 @@ pub enum Event {
     GcDeleted { workspace_id: String, organization_id: String, owner_id: String, age_s: u64 },
     #[serde(rename = "config.applied")]
     ConfigApplied { templates_changed: u32, versions_created: u32 },
+    /// A notification for people: to one user (`user_id`, e.g. a GC warning to the
+    /// owner) or to the template admins of an organization (`user_id` is `None`, e.g. a
+    /// hard-limited preset or a resource replacement).
+    #[serde(rename = "notification")]
+    Notification {
+        notification_id: i64,
+        notification: String,
+        organization_id: Option<String>,
+        template_id: Option<String>,
+        user_id: Option<String>,
+        payload: serde_json::Value,
+    },
 }
 
 /// Identifies a build in events.
@@ -121,8 +133,28 @@ impl Event {
             Event::GcWarning { .. } => "gc.warning",
             Event::GcDeleted { .. } => "gc.deleted",
             Event::ConfigApplied { .. } => "config.applied",
+            Event::Notification { .. } => "notification",
         }
     }
+
+    /// Every kind, for validating filters.
+    pub const KINDS: &'static [&'static str] = &[
+        "workspace.created",
+        "workspace.deleted",
+        "workspace.claimed",
+        "preset.hard_limited",
+        "build.queued",
+        "build.started",
+        "build.succeeded",
+        "build.failed",
+        "build.canceled",
+        "prebuild.resource_replaced",
+        "lifecycle.transition",
+        "gc.warning",
+        "gc.deleted",
+        "config.applied",
+        "notification",
+    ];
 
     fn build(&self) -> Option<&BuildRef> {
         match self {
@@ -146,6 +178,7 @@ impl Event {
             | Event::LifecycleTransition { organization_id, .. }
             | Event::GcWarning { organization_id, .. }
             | Event::GcDeleted { organization_id, .. } => Some(organization_id),
+            Event::Notification { organization_id, .. } => organization_id.as_deref(),
             _ => self.build().map(|build| build.organization_id.as_str()),
         }
     }
@@ -159,6 +192,7 @@ impl Event {
             | Event::LifecycleTransition { owner_id, .. }
             | Event::GcWarning { owner_id, .. }
             | Event::GcDeleted { owner_id, .. } => Some(owner_id),
+            Event::Notification { user_id, .. } => user_id.as_deref(),
             _ => self.build().map(|build| build.owner_id.as_str()),
         }
     }
@@ -196,6 +230,13 @@ impl Publisher {
     /// Publishes every committed, undelivered event; returns how many.
     pub async fn drain(&self) -> Result<usize, StoreError> {
         let mut published = 0;
+        // Notifications become events first, so they go out in this drain.
+        let batch_size = self.batch_size;
+        let now = self.clock.now();
+        let has_pending = self.store.read(notifications::has_pending).await?;
+        if has_pending {
+            self.store.write(move |tx| notifications::dispatch(tx, batch_size, now)).await?;
+        }
         loop {
             let batch_size = self.batch_size;
             let batch = self.store.read(move |conn| outbox::undelivered(conn, batch_size)).await?;

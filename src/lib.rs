@@ -14,7 +14,10 @@
 //! - `loops`: reconciler, lifecycle and GC loops and their driver.
 //! - `provisioner`: backends (local, exec) and the job runner that feeds them.
 //! - `metrics`: the Prometheus registry.
-//! - `http`: the hyper server (`/healthz`, `/readyz`, `/metrics`).
+//! - `auth`: who may do what (roles × resources × actions), pure.
+//! - `http`: the hyper server (`/healthz`, `/readyz`, `/metrics`, the `/api/v1` JSON API,
+//!   the SSE event stream).
+//! - `webhooks`: signed webhook delivery with retries and dead letters.
 //! - `app`: start-up and shutdown order.
 //! - `signals`: SIGTERM/SIGINT/SIGHUP.
 //! - `telemetry`: logging setup.
@@ -23,6 +26,7 @@
 //! See ARCHITECTURE.md for the invariants.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -40,3 +44,4 @@ pub mod signals;
 pub mod store;
 pub mod telemetry;
 pub mod templates;
+pub mod webhooks;

@@ -24,6 +24,19 @@ pub struct Metrics {
     pub prebuilds: PrebuildMetrics,
     pub lifecycle: LifecycleMetrics,
     pub gc: GcMetrics,
+    pub api: ApiMetrics,
+}
+
+/// Figures of the HTTP API, the event stream and webhook delivery.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    /// By `route` (the route pattern, bounded) and `code`.
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub event_streams: IntGauge,
+    /// By `result`: delivered, retry, dead.
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_pending: IntGauge,
 }
 
 /// Figures of the garbage collector.
@@ -477,10 +490,49 @@ impl Metrics {
             registry.register(collector)?;
         }
 
+        let api = ApiMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("workspaced_api_requests_total", "API requests by route pattern and status code."),
+                &["route", "code"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "workspaced_api_request_duration_seconds",
+                    "Time to the response head of an API request, by route pattern.",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0]),
+                &["route"],
+            )?,
+            event_streams: IntGauge::new(
+                "workspaced_api_event_streams",
+                "Clients connected to the event stream (/api/v1/events).",
+            )?,
+            webhook_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "workspaced_webhook_deliveries_total",
+                    "Webhook delivery attempts by result: delivered, retry (failed, will retry), dead (gave up).",
+                ),
+                &["result"],
+            )?,
+            webhook_pending: IntGauge::new(
+                "workspaced_webhook_pending_deliveries",
+                "Webhook deliveries waiting for their next attempt.",
+            )?,
+        };
+        for collector in [
+            Box::new(api.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(api.request_duration.clone()),
+            Box::new(api.event_streams.clone()),
+            Box::new(api.webhook_deliveries.clone()),
+            Box::new(api.webhook_pending.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Metrics { registry, loops, outbox, provisioner, config, prebuilds, lifecycle, gc })
+        Ok(Metrics { registry, loops, outbox, provisioner, config, prebuilds, lifecycle, gc, api })
     }
 
     /// The registry in the Prometheus text exposition format.

@@ -216,6 +216,7 @@ pub struct ResetReport {
 pub fn reset_preset(
     tx: &mut WriteTx<'_>,
     preset_id: &str,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> Result<ResetReport, ResetError> {
     let previous_status: String = tx
@@ -254,7 +255,7 @@ pub fn reset_preset(
     .map_err(StoreError::from)?;
     audit::record(
         tx,
-        &Actor::system("cli"),
+        actor,
         &Entry {
             action: "preset.reset",
             resource_type: "preset",
@@ -519,16 +520,44 @@ pub fn lifetime_counts(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Claims (or builds) a workspace in one write transaction and records the claim latency.
+/// Claims (or builds) a workspace in one write transaction (grouped with concurrent
+/// claims, each in its own savepoint), records it in the audit log and observes the claim
+/// latency. The result is known only after the commit.
 pub async fn claim_workspace(
     store: &crate::store::Store,
     clock: &std::sync::Arc<dyn crate::clock::Clock>,
     metrics: &crate::metrics::PrebuildMetrics,
     request: ClaimRequest,
+    actor: Actor,
 ) -> Result<ClaimOutcome, ClaimError> {
     let started = tokio::time::Instant::now();
     let now = clock.now();
-    let outcome = store.write(move |tx| claim(tx, &request, now)).await;
+    let outcome = store
+        .write_grouped(move |tx| {
+            let outcome = claim(tx, &request, now)?;
+            let (claimed, organization_id): (bool, String) = match &outcome {
+                ClaimOutcome::Claimed { build, .. } => (true, build.build.organization_id.clone()),
+                ClaimOutcome::Built { build, .. } => (false, build.build.organization_id.clone()),
+            };
+            audit::record(
+                tx,
+                &actor,
+                &Entry {
+                    action: "workspace.create",
+                    resource_type: "workspace",
+                    resource_id: outcome.workspace_id(),
+                    organization_id: Some(&organization_id),
+                    details: json!({
+                        "name": request.name,
+                        "claimed_prebuild": claimed,
+                        "preset_id": request.preset_id,
+                    }),
+                },
+                now,
+            )?;
+            Ok(outcome)
+        })
+        .await;
     if let Ok(ClaimOutcome::Claimed { .. }) = &outcome {
         metrics.claim_duration.observe(started.elapsed().as_secs_f64());
     }

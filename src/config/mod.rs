@@ -39,6 +39,9 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub gc: GcConfig,
     pub provisioner: ProvisionerConfig,
+    pub api: ApiConfig,
+    /// Webhooks (`[[webhooks]]`): events POSTed, signed, to HTTP receivers.
+    pub webhooks: Vec<WebhookConfig>,
     /// Templates and presets (`[[templates]]`), applied to the database on start and on
     /// every reload.
     pub templates: Vec<templates::TemplateConfig>,
@@ -264,6 +267,76 @@ impl Default for GcConfig {
             max_deletions_per_run: 100,
             dry_run: false,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// The event stream sends a comment this often so proxies keep it open.
+    pub events_keepalive: HumanDuration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { max_body_bytes: 1 << 20, events_keepalive: HumanDuration::from_secs(15) }
+    }
+}
+
+/// One webhook receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Unique name; deliveries and the dead-letter list are kept per name.
+    pub name: String,
+    /// `http://host:port/path` (plain HTTP; put a TLS-terminating relay in front for
+    /// remote receivers).
+    pub url: String,
+    /// Event kinds to send (`build.failed`, or a family: `build.*`); empty = all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// HMAC-SHA256 key for the `X-Workspaced-Signature` header.
+    pub secret: String,
+    /// Attempts before a delivery becomes a dead letter.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles with every further attempt.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: HumanDuration,
+    /// Longest wait between attempts.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: HumanDuration,
+    /// One attempt fails after this long.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+
+fn default_initial_backoff() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+fn default_max_backoff() -> HumanDuration {
+    HumanDuration::from_secs(3600)
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+impl WebhookConfig {
+    /// Whether events of `kind` go to this webhook.
+    pub fn wants(&self, kind: &str) -> bool {
+        self.events.is_empty()
+            || self.events.iter().any(|filter| match filter.strip_suffix(".*") {
+                Some(family) => kind.split_once('.').is_some_and(|(prefix, _)| prefix == family),
+                None => filter == kind,
+            })
     }
 }
 
@@ -654,6 +727,25 @@ impl Config {
         let exec_profiles = self.provisioner.exec.keys().cloned().collect();
         templates::validate(&self.templates, &exec_profiles, max_instances)
             .map_err(|problem| fail(&problem.key, problem.reason))?;
+        if !(1024..=(64 << 20)).contains(&self.api.max_body_bytes) {
+            return Err(fail(
+                "api.max_body_bytes",
+                format!("{} is out of range; use 1024 to 67108864", self.api.max_body_bytes),
+            ));
+        }
+        if self.api.events_keepalive.as_secs() < 1 {
+            return Err(fail("api.events_keepalive", "must be at least 1s".to_owned()));
+        }
+        let mut webhook_names = std::collections::BTreeSet::new();
+        for (index, webhook) in self.webhooks.iter().enumerate() {
+            let key = |field: &str| format!("webhooks[{index}].{field}");
+            if let Err(reason) = crate::webhooks::validate(webhook) {
+                return Err(fail(&key(reason.field), reason.reason));
+            }
+            if !webhook_names.insert(webhook.name.as_str()) {
+                return Err(fail(&key("name"), format!("duplicate webhook name {:?}", webhook.name)));
+            }
+        }
         if self.log.file.max_files == 0 {
             return Err(fail("log.file.max_files", "must be at least 1".to_owned()));
         }

@@ -1,9 +1,15 @@
-//! The HTTP server: hyper over HTTP/1.1 on one listener, serving `/healthz`, `/readyz` and
-//! `/metrics` (and the JSON API once it lands).
+//! The HTTP server: hyper over HTTP/1.1 on one listener, serving `/healthz`, `/readyz`,
+//! `/metrics` (no token) and the JSON API under `/api/v1` (bearer token, see `api`).
 //!
-//! Owns accepting, routing and graceful shutdown: on cancellation it stops accepting, lets
-//! in-flight requests finish (hyper-util's `GracefulShutdown`) and gives up after the
-//! grace period. Handlers only read; they never hold the store's writer across an await.
+//! Owns accepting, top-level routing and graceful shutdown: on cancellation it stops
+//! accepting, ends event streams, lets in-flight requests finish (hyper-util's
+//! `GracefulShutdown`) and gives up after the grace period. Handlers never hold the
+//! store's writer across an await.
+
+pub mod api;
+mod handlers;
+mod stream;
+mod workspaces;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
@@ -23,18 +29,30 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::events::PublishedEvent;
+use crate::loops::LoopCtx;
+use crate::provisioner::runner::Runner;
 
 /// What the handlers need.
 pub struct HttpState {
-    pub store: Store,
-    pub metrics: Metrics,
+    /// Store, clock, metrics and the live config.
+    pub ctx: LoopCtx,
+    pub runner: Runner,
+    /// Committed events as the publisher delivers them (the event stream follows it).
+    pub events: tokio::sync::broadcast::Sender<std::sync::Arc<PublishedEvent>>,
+    /// Fires on shutdown: open event streams and log follows end.
+    pub shutdown: CancellationToken,
     /// True once the loops run; false again when shutdown starts.
     pub ready: AtomicBool,
 }
 
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type HttpResponse = Response<Body>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
 
 /// Serves until `cancel` fires, then drains for at most `grace`.
 pub async fn serve(
@@ -50,8 +68,8 @@ pub async fn serve(
             () = cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %error, "accept failed");
@@ -62,7 +80,7 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let service = service_fn(move |request| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(route(&state, request).await) }
+            async move { Ok::<_, Infallible>(route(&state, request, peer).await) }
         });
         let connection =
             graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
@@ -79,8 +97,15 @@ pub async fn serve(
     }
 }
 
-async fn route(state: &HttpState, request: Request<Incoming>) -> HttpResponse {
+async fn route(
+    state: &Arc<HttpState>,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> HttpResponse {
     let path = request.uri().path();
+    if path == "/api/v1" || path.starts_with("/api/v1/") {
+        return api::handle(state, request, peer).await;
+    }
     let allowed = match path {
         "/healthz" | "/readyz" | "/metrics" => "GET, HEAD",
         _ => return json_error(StatusCode::NOT_FOUND, "no such route"),
@@ -102,6 +127,7 @@ async fn readyz(state: &HttpState) -> HttpResponse {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
     }
     let probe = state
+        .ctx
         .store
         .read(|conn| Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
         .await;
@@ -115,9 +141,9 @@ async fn readyz(state: &HttpState) -> HttpResponse {
 }
 
 fn metrics(state: &HttpState) -> HttpResponse {
-    match state.metrics.render() {
+    match state.ctx.metrics.render() {
         Ok(body) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
+            let mut response = Response::new(full(body));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -132,7 +158,7 @@ fn metrics(state: &HttpState) -> HttpResponse {
 }
 
 fn text(status: StatusCode, body: &'static str) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -143,7 +169,7 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
 /// `{"error": "..."}` with `status`.
 pub fn json_error(status: StatusCode, message: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

@@ -10,15 +10,18 @@
 //! Domain SQL lives in the submodules; this module knows no table but the outbox.
 
 pub mod audit;
+pub mod group;
 pub mod builds;
 pub mod jobs;
 pub mod lifecycle;
 pub mod migrations;
+pub mod notifications;
 pub mod outbox;
 pub mod snapshot;
 pub mod templates;
 pub mod time;
 pub mod users;
+pub mod views;
 pub mod workspaces;
 
 use std::fs::File;
@@ -85,6 +88,8 @@ pub enum StoreError {
     Corrupt { what: String, reason: String },
     #[error("a database task panicked or was cancelled")]
     Task(#[source] tokio::task::JoinError),
+    #[error("the grouped transaction failed to commit: {reason}")]
+    GroupCommit { reason: String },
 }
 
 impl StoreError {
@@ -107,6 +112,7 @@ impl StoreError {
             StoreError::Encode(_) => "encode",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Task(_) => "task",
+            StoreError::GroupCommit { .. } => "group_commit",
         }
     }
 }
@@ -161,6 +167,8 @@ struct Inner {
     idle_readers: Mutex<Vec<Connection>>,
     outbox_notify: Notify,
     jobs_notify: Notify,
+    /// Writes waiting for the next grouped transaction (`write_grouped`).
+    group: Mutex<Vec<group::GroupedWrite>>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`). Derefs to the connection for queries; events
@@ -236,6 +244,7 @@ impl Store {
                 idle_readers: Mutex::new(Vec::new()),
                 outbox_notify: Notify::new(),
                 jobs_notify: Notify::new(),
+                group: Mutex::new(Vec::new()),
             }),
         };
         Ok((store, OpenReport { created: !existed, applied_migrations, schema_version }))
@@ -271,6 +280,7 @@ impl Store {
                 idle_readers: Mutex::new(Vec::new()),
                 outbox_notify: Notify::new(),
                 jobs_notify: Notify::new(),
+                group: Mutex::new(Vec::new()),
             }),
         })
     }

@@ -13,6 +13,7 @@ use workspaced::config::templates::{
 };
 use workspaced::domain::{PREBUILDS_USER_ID, ParameterType};
 use workspaced::loops::LoopKind;
+use workspaced::store::audit::Actor;
 use workspaced::prebuilds::{self, ClaimOutcome, ClaimRequest};
 
 use crate::helpers::TestDaemon;
@@ -160,6 +161,7 @@ async fn a_claim_takes_a_ready_prebuild_and_the_pool_refills() {
         &clock,
         &daemon.metrics.prebuilds,
         request.clone(),
+        Actor::system("test"),
     )
     .await
     .unwrap();
@@ -198,7 +200,13 @@ async fn a_claim_takes_a_ready_prebuild_and_the_pool_refills() {
     other.name = "custom".into();
     other.parameters = BTreeMap::from([("cpu".to_owned(), "8".to_owned())]);
     let outcome =
-        prebuilds::claim_workspace(&daemon.store, &clock, &daemon.metrics.prebuilds, other)
+        prebuilds::claim_workspace(
+            &daemon.store,
+            &clock,
+            &daemon.metrics.prebuilds,
+            other,
+            Actor::system("test"),
+        )
             .await
             .unwrap();
     assert!(matches!(outcome, ClaimOutcome::Built { .. }), "{outcome:?}");
@@ -312,7 +320,7 @@ async fn a_failing_preset_backs_off_then_hard_limits_until_reset() {
     // (The fix made a new version whose preset starts clean; reset the old one anyway.)
     let now = daemon.clock.now();
     let id = preset_id.clone();
-    let report = daemon.store.write(move |tx| prebuilds::reset_preset(tx, &id, now)).await.unwrap();
+    let report = daemon.store.write(move |tx| prebuilds::reset_preset(tx, &id, &workspaced::store::audit::Actor::system("test"), now)).await.unwrap();
     assert_eq!(report.deletes_queued, 4);
     assert_eq!(report.previous_status, "hard_limited");
     daemon.wait_idle().await;

@@ -1,0 +1,451 @@
+//! The JSON API under `/api/v1`: authentication, routing, request parsing and error
+//! mapping. Handlers live in `handlers` (users, tokens, organizations, templates,
+//! presets, plan, GC, audit, webhooks), `workspaces` and `stream` (SSE, log follow).
+//!
+//! Every route needs `Authorization: Bearer <token>`: 401 without a valid one. Permission
+//! checks go through `auth::Subject::can` only; an object the caller may not read is
+//! reported as 404 (so other organizations' resources do not leak), one it may read but
+//! not change as 403. Errors are `{"error": "...", "field": "..."}`. Request bodies over
+//! `api.max_body_bytes` get 413; unknown fields and query parameters are rejected.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Subject;
+use crate::http::{HttpResponse, HttpState, full, handlers, stream, workspaces};
+use crate::store::StoreError;
+use crate::store::audit::Actor;
+use crate::store::users::{self, Refused};
+
+/// An API failure: status, message and the offending field, if one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), field: None }
+    }
+
+    pub fn field(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), field: Some(field.to_owned()) }
+    }
+
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        ApiError::field(StatusCode::BAD_REQUEST, field, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no such {what}"))
+    }
+
+    pub fn forbidden(action: &str) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, format!("not allowed to {action}"))
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = serde_json::Value::String(field);
+        }
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(error = %crate::loops::error_chain(&error), "api request failed on the database");
+        let status = match error.metric_label() {
+            "busy" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, "internal error (see the daemon's log)")
+    }
+}
+
+pub type ApiResult = Result<HttpResponse, ApiError>;
+
+/// `value` as JSON with `status`.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult {
+    let body = serde_json::to_vec(value).map_err(|error| {
+        tracing::error!(error = %error, "cannot encode an API response");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the response")
+    })?;
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// What every handler gets: the state, the authenticated caller and the time.
+pub struct Ctx {
+    pub state: Arc<HttpState>,
+    pub subject: Subject,
+    /// The caller for audit entries (user and source address).
+    pub actor: Actor,
+    pub now: DateTime<Utc>,
+}
+
+/// The routes, by path; `segments` are the path parts after `/api/v1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Users,
+    User(String),
+    Tokens,
+    Token(String),
+    Organizations,
+    Templates,
+    Template(String),
+    TemplateVersions(String),
+    TemplatePresets(String),
+    PresetReset(String),
+    Workspaces,
+    Workspace(String),
+    WorkspaceAction(String, workspaces::Action),
+    WorkspaceBuilds(String),
+    BuildLogs(String, String),
+    BuildCancel(String, String),
+    Plan,
+    GcRun,
+    Audit,
+    Events,
+    WebhookDeliveries,
+}
+
+impl Route {
+    fn parse(segments: &[&str]) -> Option<Route> {
+        let owned = |s: &str| s.to_owned();
+        Some(match segments {
+            ["users"] => Route::Users,
+            ["users", id] => Route::User(owned(id)),
+            ["tokens"] => Route::Tokens,
+            ["tokens", id] => Route::Token(owned(id)),
+            ["organizations"] => Route::Organizations,
+            ["templates"] => Route::Templates,
+            ["templates", id] => Route::Template(owned(id)),
+            ["templates", id, "versions"] => Route::TemplateVersions(owned(id)),
+            ["templates", id, "presets"] => Route::TemplatePresets(owned(id)),
+            ["presets", id, "reset"] => Route::PresetReset(owned(id)),
+            ["workspaces"] => Route::Workspaces,
+            ["workspaces", id] => Route::Workspace(owned(id)),
+            ["workspaces", id, "builds"] => Route::WorkspaceBuilds(owned(id)),
+            ["workspaces", id, "builds", number, "logs"] => Route::BuildLogs(owned(id), owned(number)),
+            ["workspaces", id, "builds", number, "cancel"] => {
+                Route::BuildCancel(owned(id), owned(number))
+            }
+            ["workspaces", id, action] => {
+                Route::WorkspaceAction(owned(id), workspaces::Action::parse(action)?)
+            }
+            ["plan"] => Route::Plan,
+            ["gc", "run"] => Route::GcRun,
+            ["audit"] => Route::Audit,
+            ["events"] => Route::Events,
+            ["webhooks", "deliveries"] => Route::WebhookDeliveries,
+            _ => return None,
+        })
+    }
+
+    /// The route pattern: the `route` label of the request metrics.
+    fn pattern(&self) -> &'static str {
+        match self {
+            Route::Users => "/users",
+            Route::User(_) => "/users/{id}",
+            Route::Tokens => "/tokens",
+            Route::Token(_) => "/tokens/{id}",
+            Route::Organizations => "/organizations",
+            Route::Templates => "/templates",
+            Route::Template(_) => "/templates/{id}",
+            Route::TemplateVersions(_) => "/templates/{id}/versions",
+            Route::TemplatePresets(_) => "/templates/{id}/presets",
+            Route::PresetReset(_) => "/presets/{id}/reset",
+            Route::Workspaces => "/workspaces",
+            Route::Workspace(_) => "/workspaces/{id}",
+            Route::WorkspaceAction(_, action) => action.pattern(),
+            Route::WorkspaceBuilds(_) => "/workspaces/{id}/builds",
+            Route::BuildLogs(..) => "/workspaces/{id}/builds/{number}/logs",
+            Route::BuildCancel(..) => "/workspaces/{id}/builds/{number}/cancel",
+            Route::Plan => "/plan",
+            Route::GcRun => "/gc/run",
+            Route::Audit => "/audit",
+            Route::Events => "/events",
+            Route::WebhookDeliveries => "/webhooks/deliveries",
+        }
+    }
+
+    fn methods(&self) -> &'static [Method] {
+        const GET: &[Method] = &[Method::GET];
+        const POST: &[Method] = &[Method::POST];
+        const GET_POST: &[Method] = &[Method::GET, Method::POST];
+        const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
+        const DELETE: &[Method] = &[Method::DELETE];
+        match self {
+            Route::Users | Route::Tokens | Route::Organizations | Route::Workspaces => GET_POST,
+            Route::Token(_) => DELETE,
+            Route::Workspace(_) => GET_DELETE,
+            Route::PresetReset(_)
+            | Route::WorkspaceAction(..)
+            | Route::BuildCancel(..)
+            | Route::GcRun => POST,
+            _ => GET,
+        }
+    }
+}
+
+/// Serves one `/api/v1` request and records its metrics.
+pub async fn handle(state: &Arc<HttpState>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let started = tokio::time::Instant::now();
+    let (pattern, response) = dispatch(state, request, peer).await;
+    let metrics = &state.ctx.metrics.api;
+    metrics.requests.with_label_values(&[pattern, response.status().as_str()]).inc();
+    metrics.request_duration.with_label_values(&[pattern]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn dispatch(
+    state: &Arc<HttpState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> (&'static str, HttpResponse) {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> =
+        path.trim_start_matches("/api/v1").split('/').filter(|part| !part.is_empty()).collect();
+    let Some(route) = Route::parse(&segments) else {
+        return ("unknown", ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response());
+    };
+    let pattern = route.pattern();
+    let subject = match authenticate(state, &request).await {
+        Ok(subject) => subject,
+        Err(error) => return (pattern, error),
+    };
+    if !route.methods().contains(request.method()) {
+        let allowed: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
+        let mut response =
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response();
+        if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+            response.headers_mut().insert(ALLOW, value);
+        }
+        return (pattern, response);
+    }
+    let ctx = Ctx {
+        state: Arc::clone(state),
+        actor: Actor {
+            user_id: Some(subject.user_id.clone()),
+            name: subject.username.clone(),
+            source_ip: peer.ip().to_string(),
+        },
+        subject,
+        now: state.ctx.clock.now(),
+    };
+    let result = route_to(ctx, route, request).await;
+    (pattern, result.unwrap_or_else(ApiError::into_response))
+}
+
+async fn route_to(ctx: Ctx, route: Route, request: Request<Incoming>) -> ApiResult {
+    let method = request.method().clone();
+    match (route, method) {
+        (Route::Users, Method::GET) => handlers::list_users(&ctx, &request).await,
+        (Route::Users, _) => handlers::create_user(&ctx, request).await,
+        (Route::User(id), _) => handlers::get_user(&ctx, &request, id).await,
+        (Route::Tokens, Method::GET) => handlers::list_tokens(&ctx, &request).await,
+        (Route::Tokens, _) => handlers::create_token(&ctx, request).await,
+        (Route::Token(id), _) => handlers::revoke_token(&ctx, &request, id).await,
+        (Route::Organizations, Method::GET) => handlers::list_organizations(&ctx, &request).await,
+        (Route::Organizations, _) => handlers::create_organization(&ctx, request).await,
+        (Route::Templates, _) => handlers::list_templates(&ctx, &request).await,
+        (Route::Template(id), _) => handlers::get_template(&ctx, &request, id).await,
+        (Route::TemplateVersions(id), _) => handlers::template_versions(&ctx, &request, id).await,
+        (Route::TemplatePresets(id), _) => handlers::template_presets(&ctx, &request, id).await,
+        (Route::PresetReset(id), _) => handlers::reset_preset(&ctx, request, id).await,
+        (Route::Workspaces, Method::GET) => workspaces::list(&ctx, &request).await,
+        (Route::Workspaces, _) => workspaces::create(&ctx, request).await,
+        (Route::Workspace(id), Method::GET) => workspaces::get(&ctx, &request, id).await,
+        (Route::Workspace(id), _) => workspaces::delete(&ctx, &request, id).await,
+        (Route::WorkspaceAction(id, action), _) => workspaces::act(&ctx, request, id, action).await,
+        (Route::WorkspaceBuilds(id), _) => workspaces::builds(&ctx, &request, id).await,
+        (Route::BuildLogs(id, number), _) => workspaces::logs(&ctx, &request, id, number).await,
+        (Route::BuildCancel(id, number), _) => workspaces::cancel(&ctx, request, id, number).await,
+        (Route::Plan, _) => handlers::plan(&ctx, &request).await,
+        (Route::GcRun, _) => handlers::gc_run(&ctx, request).await,
+        (Route::Audit, _) => handlers::audit(&ctx, &request).await,
+        (Route::Events, _) => stream::events(&ctx, &request).await,
+        (Route::WebhookDeliveries, _) => handlers::webhook_deliveries(&ctx, &request).await,
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`; the 401 response otherwise.
+async fn authenticate(state: &Arc<HttpState>, request: &Request<Incoming>) -> Result<Subject, HttpResponse> {
+    let unauthorized = |message: &str| {
+        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    };
+    let Some(header) = request.headers().get(AUTHORIZATION) else {
+        return Err(unauthorized("missing bearer token (Authorization: Bearer <token>)"));
+    };
+    let Some(token) = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")) else {
+        return Err(unauthorized("the Authorization header must be `Bearer <token>`"));
+    };
+    let token = token.trim().to_owned();
+    let now = state.ctx.clock.now();
+    let checked = state.ctx.store.read(move |conn| users::authenticate(conn, &token, now)).await;
+    match checked {
+        Ok(Ok(authenticated)) => {
+            if authenticated.needs_touch {
+                let store = state.ctx.store.clone();
+                let id = authenticated.token_id.clone();
+                // Bookkeeping only: never delays or fails the request.
+                tokio::spawn(async move {
+                    if let Err(error) = store.write(move |tx| users::touch_token(tx, &id, now)).await {
+                        tracing::warn!(error = %crate::loops::error_chain(&error), "cannot record token use");
+                    }
+                });
+            }
+            Ok(authenticated.subject)
+        }
+        Ok(Err(reason)) => {
+            tracing::debug!(?reason, "api token refused");
+            Err(unauthorized(match reason {
+                Refused::Expired => "token expired",
+                Refused::Revoked => "token revoked",
+                Refused::UserNotActive => "user is not active",
+                Refused::Malformed | Refused::Unknown | Refused::WrongSecret => "invalid token",
+            }))
+        }
+        Err(error) => Err(ApiError::from(error).into_response()),
+    }
+}
+
+/// Reads and parses a JSON body: 413 over `api.max_body_bytes`, 400 naming the field for
+/// malformed or unknown fields. An empty body is `{}`.
+pub async fn json_body<T: DeserializeOwned>(ctx: &Ctx, request: Request<Incoming>) -> Result<T, ApiError> {
+    let limit = ctx.state.ctx.config.borrow().api.max_body_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes (api.max_body_bytes)"))
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {error}")));
+        }
+    };
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = inner.to_string();
+        // serde names an unknown field in its message; report its full path as the field.
+        let field = match message.strip_prefix("unknown field `").and_then(|rest| rest.split_once('`')) {
+            Some((name, _)) if path == "." || path.is_empty() => name.to_owned(),
+            Some((name, _)) if !path.ends_with(name) => format!("{path}.{name}"),
+            _ if path == "." => String::new(),
+            _ => path,
+        };
+        let message = match message.rsplit_once(" at line ") {
+            Some((text, _)) => text.to_owned(),
+            None => message,
+        };
+        ApiError { status: StatusCode::BAD_REQUEST, message, field: (!field.is_empty()).then_some(field) }
+    })
+}
+
+/// The query parameters; any name outside `allowed` is a 400 naming it.
+pub fn query(request: &Request<Incoming>, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut parameters = BTreeMap::new();
+    let Some(query) = request.uri().query() else { return Ok(parameters) };
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name).map_err(|reason| ApiError::bad_request(name, reason))?;
+        let value = percent_decode(value).map_err(|reason| ApiError::bad_request(&name, reason))?;
+        if !allowed.contains(&name.as_str()) {
+            let expected = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+            return Err(ApiError::bad_request(
+                &name,
+                format!("unknown query parameter {name:?}; expected: {expected}"),
+            ));
+        }
+        parameters.insert(name, value);
+    }
+    Ok(parameters)
+}
+
+/// A query parameter parsed as `T`, 400 naming it when malformed.
+pub fn parse_param<T: std::str::FromStr>(
+    parameters: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, ApiError> {
+    parameters
+        .get(name)
+        .map(|value| {
+            value.parse().map_err(|_| ApiError::bad_request(name, format!("invalid value {value:?}")))
+        })
+        .transpose()
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = text.get(index + 1..index + 3).ok_or("truncated percent escape")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| "invalid percent escape")?);
+                index += 2;
+            }
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_by_segments() {
+        assert_eq!(Route::parse(&["workspaces", "w1", "start"]), Some(Route::WorkspaceAction("w1".into(), workspaces::Action::Start)));
+        assert_eq!(Route::parse(&["workspaces", "w1", "explode"]), None);
+        assert_eq!(Route::parse(&["workspaces", "w1", "builds", "3", "logs"]), Some(Route::BuildLogs("w1".into(), "3".into())));
+        assert_eq!(Route::parse(&[]), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c").unwrap(), "a b c");
+        assert!(percent_decode("%2").is_err());
+        assert!(percent_decode("%zz").is_err());
+    }
+}

@@ -1,0 +1,483 @@
+//! API handlers for workspaces: create (claiming a ready prebuild when the preset has one),
+//! list, get, start, stop, delete, protect, activity, builds, build logs, cancel.
+
+use std::collections::BTreeMap;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Action as Permission, Object};
+use crate::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, Transition};
+use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, query};
+use crate::http::stream;
+use crate::prebuilds::{self, ClaimError, ClaimOutcome, ClaimRequest};
+use crate::provisioner::runner::Runner;
+use crate::store::audit::{self, Entry};
+use crate::store::builds::{self, BuildError, BuildRequest};
+use crate::store::jobs::CancelResult;
+use crate::store::views::{self, WorkspaceFilter, WorkspaceView};
+use crate::store::{StoreError, users};
+
+/// `POST /workspaces/{id}/<action>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Protect,
+    Unprotect,
+    Activity,
+}
+
+impl Action {
+    pub fn parse(text: &str) -> Option<Action> {
+        Some(match text {
+            "start" => Action::Start,
+            "stop" => Action::Stop,
+            "protect" => Action::Protect,
+            "unprotect" => Action::Unprotect,
+            "activity" => Action::Activity,
+            _ => return None,
+        })
+    }
+
+    pub fn pattern(self) -> &'static str {
+        match self {
+            Action::Start => "/workspaces/{id}/start",
+            Action::Stop => "/workspaces/{id}/stop",
+            Action::Protect => "/workspaces/{id}/protect",
+            Action::Unprotect => "/workspaces/{id}/unprotect",
+            Action::Activity => "/workspaces/{id}/activity",
+        }
+    }
+}
+
+fn object(workspace: &WorkspaceView) -> Object<'_> {
+    Object::workspace(&workspace.organization_id, &workspace.owner_id)
+}
+
+/// A live workspace the caller may read; 404 otherwise (whether or not it exists).
+async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
+    let found = ctx.state.ctx.store.read(move |conn| views::workspace(conn, &id)).await?;
+    match found {
+        Some(workspace) if !workspace.deleted && ctx.subject.can(Permission::Read, &object(&workspace)) => {
+            Ok(workspace)
+        }
+        _ => Err(ApiError::not_found("workspace")),
+    }
+}
+
+fn build_error(error: BuildError) -> ApiError {
+    match error {
+        BuildError::InProgress { .. } => ApiError::conflict(error.to_string()),
+        BuildError::WorkspaceNotFound(_) | BuildError::WorkspaceDeleted(_) => ApiError::not_found("workspace"),
+        BuildError::NoVersion(_) => ApiError::conflict(error.to_string()),
+        BuildError::Parameter(error) => ApiError::bad_request("parameters", error.to_string()),
+        BuildError::Store(error) => ApiError::from(error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateWorkspace {
+    /// Template id, or name in `organization`.
+    template: String,
+    #[serde(default)]
+    organization: Option<String>,
+    /// Preset id or name (of the template's active version).
+    #[serde(default)]
+    preset: Option<String>,
+    name: String,
+    /// Username or id; default: the caller.
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    autostart_schedule: Option<String>,
+    #[serde(default)]
+    ttl_s: Option<u32>,
+}
+
+/// What the create handler resolved before writing.
+struct Resolved {
+    organization_id: String,
+    template_id: String,
+    preset_id: Option<String>,
+    owner_id: Option<String>,
+}
+
+pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
+    let body: CreateWorkspace = json_body(ctx, request).await?;
+    crate::http::handlers::valid_name("name", &body.name)?;
+    let (template, organization, preset, owner) =
+        (body.template.clone(), body.organization.clone(), body.preset.clone(), body.owner.clone());
+    let resolved = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| -> Result<Result<Resolved, ApiError>, StoreError> {
+            let organization_id = match &organization {
+                Some(name) => match users::organization(conn, name)? {
+                    Some(org) => org.id,
+                    None => return Ok(Err(ApiError::bad_request("organization", format!("no organization {name:?}")))),
+                },
+                None => DEFAULT_ORGANIZATION_ID.to_owned(),
+            };
+            let Some(template) = views::template(conn, &template, &organization_id)? else {
+                return Ok(Err(ApiError::field(StatusCode::NOT_FOUND, "template", "no such template")));
+            };
+            let preset_id = match (&preset, &template.active_version_id) {
+                (Some(preset), Some(version)) => {
+                    match views::presets(conn, version)?.into_iter().find(|p| &p.id == preset || &p.name == preset) {
+                        Some(found) => Some(found.id),
+                        None => {
+                            return Ok(Err(ApiError::bad_request(
+                                "preset",
+                                format!("template {:?} has no preset {preset:?} on its active version", template.name),
+                            )));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let owner_id = match &owner {
+                Some(owner) => match users::get(conn, owner)? {
+                    Some(user) => Some(user.id),
+                    None => return Ok(Err(ApiError::bad_request("owner", format!("no user {owner:?}")))),
+                },
+                None => None,
+            };
+            Ok(Ok(Resolved {
+                organization_id: template.organization_id,
+                template_id: template.id,
+                preset_id,
+                owner_id,
+            }))
+        })
+        .await??;
+    let template_object =
+        Object::new(crate::auth::Resource::Template, Some(&resolved.organization_id), None);
+    if !ctx.subject.can(Permission::Read, &template_object) {
+        return Err(ApiError::field(StatusCode::NOT_FOUND, "template", "no such template"));
+    }
+    let owner_id = resolved.owner_id.unwrap_or_else(|| ctx.subject.user_id.clone());
+    if !ctx.subject.can(Permission::Create, &Object::workspace(&resolved.organization_id, &owner_id)) {
+        return Err(ApiError::forbidden("create workspaces for this owner"));
+    }
+    let claim_request = ClaimRequest {
+        user_id: owner_id.clone(),
+        template_id: resolved.template_id.clone(),
+        preset_id: resolved.preset_id,
+        name: body.name.clone(),
+        parameters: body.parameters,
+        autostart_schedule: body.autostart_schedule,
+        ttl_s: body.ttl_s.map(i64::from),
+    };
+    let actor = ctx.actor.clone();
+    let outcome = prebuilds::claim_workspace(
+        &ctx.state.ctx.store,
+        &ctx.state.ctx.clock,
+        &ctx.state.ctx.metrics.prebuilds,
+        claim_request,
+        actor,
+    )
+    .await
+    .map_err(|error| match error {
+        ClaimError::UnknownTemplate(_) => ApiError::field(StatusCode::NOT_FOUND, "template", "no such template"),
+        ClaimError::UnknownPreset(_) => ApiError::bad_request("preset", error.to_string()),
+        ClaimError::Schedule(reason) => ApiError::bad_request("autostart_schedule", reason),
+        ClaimError::NameTaken(error) => ApiError::field(StatusCode::CONFLICT, "name", error.to_string()),
+        ClaimError::Build(error) => build_error(error),
+        ClaimError::Store(error) => ApiError::from(error),
+    })?;
+    let (claimed, workspace_id, build) = match outcome {
+        ClaimOutcome::Claimed { workspace_id, build } => (true, workspace_id, build),
+        ClaimOutcome::Built { workspace_id, build } => (false, workspace_id, build),
+    };
+    json(
+        StatusCode::CREATED,
+        &json!({
+            "claimed": claimed,
+            "workspace": {
+                "id": workspace_id,
+                "name": body.name,
+                "owner_id": owner_id,
+                "organization_id": resolved.organization_id,
+                "template_id": resolved.template_id,
+            },
+            "build": {
+                "id": build.build.build_id,
+                "build_number": build.build.build_number,
+                "transition": build.build.transition,
+                "reason": build.build.reason,
+                "job_id": build.build.job_id,
+                "template_version_id": build.template_version_id,
+                "parameters": build.parameters,
+            },
+        }),
+    )
+}
+
+pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
+    let parameters = query(request, &["owner", "template", "organization", "status", "dormant", "limit", "offset"])?;
+    let status = parameters.get("status").cloned();
+    if let Some(status) = &status
+        && !views::STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request("status", format!("use one of: {}", views::STATUSES.join(", "))));
+    }
+    let dormant = parse_param::<bool>(&parameters, "dormant")?;
+    let limit = parse_param::<usize>(&parameters, "limit")?.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "use 1 to 1000"));
+    }
+    let offset = parse_param::<usize>(&parameters, "offset")?.unwrap_or(0);
+    let owner = parameters.get("owner").map(|owner| {
+        if owner == "me" { ctx.subject.user_id.clone() } else { owner.clone() }
+    });
+    let template = parameters.get("template").cloned();
+    let organization = parameters.get("organization").cloned();
+    let found = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| -> Result<Option<Vec<WorkspaceView>>, StoreError> {
+            let owner_id = match &owner {
+                Some(owner) if owner == crate::domain::PREBUILDS_USER_ID || owner == "prebuilds" => {
+                    Some(crate::domain::PREBUILDS_USER_ID.to_owned())
+                }
+                Some(owner) => match users::get(conn, owner)? {
+                    Some(user) => Some(user.id),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            let template_id = match &template {
+                Some(template) => {
+                    let org = match &organization {
+                        Some(name) => users::organization(conn, name)?.map(|org| org.id).unwrap_or_default(),
+                        None => DEFAULT_ORGANIZATION_ID.to_owned(),
+                    };
+                    match views::template(conn, template, &org)? {
+                        Some(found) => Some(found.id),
+                        None => return Ok(None),
+                    }
+                }
+                None => None,
+            };
+            let filter = WorkspaceFilter { owner_id, template_id, dormant };
+            views::workspaces(conn, &filter).map(Some)
+        })
+        .await?;
+    let workspaces: Vec<WorkspaceView> = found
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|workspace| ctx.subject.can(Permission::Read, &object(workspace)))
+        .filter(|workspace| status.as_deref().is_none_or(|status| workspace.status == status))
+        .collect();
+    let total = workspaces.len();
+    let page: Vec<_> = workspaces.into_iter().skip(offset).take(limit).collect();
+    json(StatusCode::OK, &json!({ "workspaces": page, "total": total }))
+}
+
+pub async fn get(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
+    query(request, &[])?;
+    let workspace = readable(ctx, id).await?;
+    json(StatusCode::OK, &workspace)
+}
+
+/// Enqueues a build of `transition` for the caller and records it in the audit log.
+async fn enqueue(ctx: &Ctx, workspace: &WorkspaceView, transition: Transition, refuse_protected: bool) -> ApiResult {
+    let (actor, now) = (ctx.actor.clone(), ctx.now);
+    let (workspace_id, organization_id) = (workspace.id.clone(), workspace.organization_id.clone());
+    let initiator = ctx.subject.user_id.clone();
+    let build = ctx
+        .state
+        .ctx
+        .store
+        .write(move |tx| -> Result<_, ApiError> {
+            if refuse_protected {
+                // Re-read: protection may have changed since the request's first read.
+                let protected: bool = tx
+                    .query_row("SELECT protected FROM workspaces WHERE id = ?1", [&workspace_id], |row| row.get(0))
+                    .map_err(StoreError::from)?;
+                if protected {
+                    return Err(ApiError::field(
+                        StatusCode::CONFLICT,
+                        "protected",
+                        "the workspace is protected; unprotect it first",
+                    ));
+                }
+            }
+            let request = BuildRequest::new(&workspace_id, transition, BuildReason::Initiator, &initiator);
+            let build = builds::enqueue(tx, &request, now).map_err(build_error)?;
+            audit::record(
+                tx,
+                &actor,
+                &Entry {
+                    action: match transition {
+                        Transition::Start => "workspace.start",
+                        Transition::Stop => "workspace.stop",
+                        Transition::Delete => "workspace.delete",
+                    },
+                    resource_type: "workspace",
+                    resource_id: &workspace_id,
+                    organization_id: Some(&organization_id),
+                    details: json!({ "build_number": build.build.build_number }),
+                },
+                now,
+            )?;
+            Ok(build)
+        })
+        .await?;
+    json(
+        StatusCode::ACCEPTED,
+        &json!({
+            "build": {
+                "id": build.build.build_id,
+                "build_number": build.build.build_number,
+                "transition": build.build.transition,
+                "job_id": build.build.job_id,
+            }
+        }),
+    )
+}
+
+pub async fn delete(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
+    query(request, &[])?;
+    let workspace = readable(ctx, id).await?;
+    if !ctx.subject.can_delete(&object(&workspace)) {
+        return Err(ApiError::forbidden("delete this workspace"));
+    }
+    enqueue(ctx, &workspace, Transition::Delete, true).await
+}
+
+pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Action) -> ApiResult {
+    let workspace = readable(ctx, id).await?;
+    if !ctx.subject.can(Permission::Update, &object(&workspace)) {
+        return Err(ApiError::forbidden("change this workspace"));
+    }
+    let _: serde::de::IgnoredAny = json_body(ctx, request).await?;
+    match action {
+        Action::Start => enqueue(ctx, &workspace, Transition::Start, false).await,
+        Action::Stop => enqueue(ctx, &workspace, Transition::Stop, false).await,
+        Action::Protect | Action::Unprotect => {
+            let protected = action == Action::Protect;
+            let (actor, now, workspace_id, organization_id) =
+                (ctx.actor.clone(), ctx.now, workspace.id.clone(), workspace.organization_id.clone());
+            ctx.state
+                .ctx
+                .store
+                .write(move |tx| {
+                    tx.execute(
+                        "UPDATE workspaces SET protected = ?2, updated_at = ?3 WHERE id = ?1",
+                        rusqlite::params![workspace_id, protected, crate::store::time::to_millis(now)],
+                    )?;
+                    audit::record(
+                        tx,
+                        &actor,
+                        &Entry {
+                            action: if protected { "workspace.protect" } else { "workspace.unprotect" },
+                            resource_type: "workspace",
+                            resource_id: &workspace_id,
+                            organization_id: Some(&organization_id),
+                            details: json!({}),
+                        },
+                        now,
+                    )
+                })
+                .await?;
+            json(StatusCode::OK, &json!({ "protected": protected }))
+        }
+        Action::Activity => {
+            let (now, workspace_id) = (ctx.now, workspace.id.clone());
+            let activity = ctx
+                .state
+                .ctx
+                .store
+                .write(move |tx| crate::lifecycle::report_activity(tx, &workspace_id, now))
+                .await?;
+            let (recorded, extended) = match activity {
+                crate::lifecycle::Activity::Recorded { deadline_extended } => (true, deadline_extended),
+                crate::lifecycle::Activity::Coalesced => (false, false),
+                crate::lifecycle::Activity::NotFound => return Err(ApiError::not_found("workspace")),
+            };
+            json(StatusCode::OK, &json!({ "recorded": recorded, "deadline_extended": extended }))
+        }
+    }
+}
+
+pub async fn builds(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
+    query(request, &[])?;
+    let workspace = readable(ctx, id).await?;
+    let builds = ctx.state.ctx.store.read(move |conn| views::builds(conn, &workspace.id)).await?;
+    json(StatusCode::OK, &json!({ "builds": builds }))
+}
+
+async fn find_build(ctx: &Ctx, workspace: &WorkspaceView, number: &str) -> Result<views::BuildView, ApiError> {
+    let number: i64 = number
+        .parse()
+        .map_err(|_| ApiError::bad_request("build_number", format!("{number:?} is not a build number")))?;
+    let workspace_id = workspace.id.clone();
+    ctx.state
+        .ctx
+        .store
+        .read(move |conn| views::build(conn, &workspace_id, number))
+        .await?
+        .ok_or_else(|| ApiError::not_found("build"))
+}
+
+pub async fn logs(ctx: &Ctx, request: &Request<Incoming>, id: String, number: String) -> ApiResult {
+    let parameters = query(request, &["follow"])?;
+    let follow = parse_param::<bool>(&parameters, "follow")?.unwrap_or(false);
+    let workspace = readable(ctx, id).await?;
+    let build = find_build(ctx, &workspace, &number).await?;
+    if follow {
+        return Ok(stream::follow_logs(ctx, build.job_id));
+    }
+    let job_id = build.job_id.clone();
+    let logs = ctx.state.ctx.store.read(move |conn| views::logs_after(conn, &job_id, 0, usize::MAX)).await?;
+    json(StatusCode::OK, &json!({ "job_id": build.job_id, "job_status": build.job_status, "logs": logs }))
+}
+
+pub async fn cancel(ctx: &Ctx, request: Request<Incoming>, id: String, number: String) -> ApiResult {
+    let workspace = readable(ctx, id).await?;
+    if !ctx.subject.can(Permission::Update, &object(&workspace)) {
+        return Err(ApiError::forbidden("cancel builds of this workspace"));
+    }
+    let _: serde::de::IgnoredAny = json_body(ctx, request).await?;
+    let build = find_build(ctx, &workspace, &number).await?;
+    let runner: &Runner = &ctx.state.runner;
+    let result = runner.cancel(&build.job_id).await?;
+    let (actor, now, organization_id, job_id) =
+        (ctx.actor.clone(), ctx.now, workspace.organization_id.clone(), build.job_id.clone());
+    let outcome = match result {
+        CancelResult::Canceled(_) => "canceled",
+        CancelResult::Canceling => "canceling",
+        CancelResult::AlreadyFinished(status) => {
+            return Err(ApiError::conflict(format!("the build already finished ({status})")));
+        }
+        CancelResult::NotFound => return Err(ApiError::not_found("build")),
+    };
+    ctx.state
+        .ctx
+        .store
+        .write(move |tx| {
+            audit::record(
+                tx,
+                &actor,
+                &Entry {
+                    action: "build.cancel",
+                    resource_type: "job",
+                    resource_id: &job_id,
+                    organization_id: Some(&organization_id),
+                    details: json!({ "outcome": outcome }),
+                },
+                now,
+            )
+        })
+        .await?;
+    json(StatusCode::ACCEPTED, &json!({ "result": outcome }))
+}

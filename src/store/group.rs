@@ -1,0 +1,188 @@
+//! Group commit: many small independent writes (claims over HTTP) share one
+//! `BEGIN IMMEDIATE … COMMIT`, so one fsync serves many of them.
+//!
+//! Each write runs inside its own SAVEPOINT, so a failing write rolls back alone and the
+//! others still commit; every write still sees all the writes before it, exactly as with
+//! `Store::write`. No caller hears its result before the shared COMMIT succeeded; when the
+//! COMMIT fails, every write of the group reports the failure. The group forms on its own:
+//! callers queue their write and then take the writer; whoever holds it runs everything
+//! queued so far. Under no load a group has one write and costs the same as `write`.
+
+use rusqlite::TransactionBehavior;
+use tokio::sync::oneshot;
+
+use crate::store::{Store, StoreError, WriteTx, lock};
+
+/// Runs one queued write in the open transaction and returns how to report its result
+/// once the fate of the transaction is known (`None` = committed).
+pub(crate) type GroupedWrite =
+    Box<dyn FnOnce(&mut WriteTx<'_>) -> Box<dyn FnOnce(Option<&StoreError>) + Send> + Send>;
+
+/// At most this many writes share one transaction (bounds the latency of the first).
+const MAX_GROUP: usize = 256;
+
+impl Store {
+    /// Like `write`, but may share its transaction with other `write_grouped` calls.
+    /// `f` runs in a savepoint: `Err` undoes only its own changes.
+    pub async fn write_grouped<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (sender, receiver) = oneshot::channel::<Result<T, E>>();
+        let write: GroupedWrite = Box::new(move |tx: &mut WriteTx<'_>| {
+            let result = run_in_savepoint(tx, f);
+            Box::new(move |commit_error: Option<&StoreError>| {
+                let result = match (commit_error, result) {
+                    (Some(error), Ok(_)) => {
+                        Err(E::from(StoreError::GroupCommit { reason: error.to_string() }))
+                    }
+                    (_, result) => result,
+                };
+                // The caller may have gone away (client disconnected): nothing to tell.
+                let _ = sender.send(result);
+            })
+        });
+        lock(&self.inner.group).push(write);
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_group())
+            .await
+            .map_err(|error| E::from(StoreError::Task(error)))?;
+        // Our write ran in this flush or an earlier one that took it from the queue; its
+        // reporter always runs, so the channel is only dropped on a panic.
+        receiver.await.unwrap_or_else(|_| {
+            Err(E::from(StoreError::GroupCommit {
+                reason: "the grouped write was dropped".to_owned(),
+            }))
+        })
+    }
+
+    /// Takes the writer, then runs every queued write in one transaction. A no-op when an
+    /// earlier flush already took them.
+    fn flush_group(&self) {
+        let (reporters, emitted, jobs_enqueued, committed) = {
+            let mut conn = lock(&self.inner.writer);
+            let writes: Vec<GroupedWrite> = {
+                let mut queue = lock(&self.inner.group);
+                let take = queue.len().min(MAX_GROUP);
+                queue.drain(..take).collect()
+            };
+            if writes.is_empty() {
+                return;
+            }
+            let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                Ok(tx) => tx,
+                Err(error) => {
+                    let error = StoreError::from(error);
+                    for write in writes {
+                        fail_unrun(write, &error);
+                    }
+                    return;
+                }
+            };
+            let mut write_tx = WriteTx { tx, emitted: 0, jobs_enqueued: false };
+            let reporters: Vec<_> = writes.into_iter().map(|write| write(&mut write_tx)).collect();
+            let (emitted, jobs_enqueued) = (write_tx.emitted, write_tx.jobs_enqueued);
+            (reporters, emitted, jobs_enqueued, write_tx.tx.commit().map_err(StoreError::from))
+        };
+        let error = committed.err();
+        for report in reporters {
+            report(error.as_ref());
+        }
+        if error.is_none() {
+            if emitted > 0 {
+                self.inner.outbox_notify.notify_one();
+            }
+            if jobs_enqueued {
+                self.wake_job_runner();
+            }
+        }
+        // Writes queued while this group ran are flushed by their own callers' flushes.
+    }
+}
+
+fn run_in_savepoint<T, E, F>(tx: &mut WriteTx<'_>, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+    E: From<StoreError>,
+{
+    tx.execute_batch("SAVEPOINT grouped_write").map_err(|error| E::from(error.into()))?;
+    let (emitted, jobs_enqueued) = (tx.emitted, tx.jobs_enqueued);
+    let result = f(tx);
+    let end = if result.is_ok() {
+        "RELEASE grouped_write"
+    } else {
+        // Undo this write only; its events and job wake-ups go with it.
+        tx.emitted = emitted;
+        tx.jobs_enqueued = jobs_enqueued;
+        "ROLLBACK TO grouped_write; RELEASE grouped_write"
+    };
+    match tx.execute_batch(end) {
+        Ok(()) => result,
+        Err(error) => Err(E::from(error.into())),
+    }
+}
+
+/// A write that never ran because the transaction could not begin: dropping it drops its
+/// result channel, so its caller gets an error; the cause is logged here.
+fn fail_unrun(write: GroupedWrite, error: &StoreError) {
+    tracing::error!(error = %error, "cannot begin the grouped transaction");
+    drop(write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreOptions::at(dir.path().join("db.sqlite"))).unwrap();
+        store
+            .write_blocking(|tx| {
+                tx.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failing_write_rolls_back_alone_and_every_caller_hears_its_own_result() {
+        let (_dir, store) = store();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write_grouped(move |tx| {
+                        tx.execute("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
+                        if i % 10 == 0 {
+                            // A second insert of the same value: this write fails after a
+                            // change that must be undone.
+                            tx.execute("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
+                        }
+                        Ok::<_, StoreError>(i)
+                    })
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(value) => {
+                    assert_eq!(value, i);
+                    ok += 1;
+                }
+                Err(_) => assert_eq!(i % 10, 0),
+            }
+        }
+        assert_eq!(ok, 180);
+        let rows: i64 = store
+            .read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 180, "the failed writes' first inserts were rolled back");
+    }
+}

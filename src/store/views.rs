@@ -1,0 +1,461 @@
+//! Read models for the HTTP API: workspaces with their status, builds, templates with
+//! versions and presets, audit entries, outbox ranges. Plain queries, serialized as the
+//! API's JSON; nothing here writes.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::events::PublishedEvent;
+use crate::store::StoreError;
+use crate::store::time::from_millis;
+
+fn rfc3339(millis: Option<i64>) -> Option<String> {
+    millis.and_then(from_millis).map(|time| time.to_rfc3339())
+}
+
+/// The status a workspace shows, from its latest build and job (Coder's vocabulary).
+pub fn status(transition: Option<&str>, job_status: Option<&str>) -> &'static str {
+    match (transition, job_status) {
+        (None, _) | (_, None) => "pending",
+        (_, Some("pending")) => "pending",
+        (Some("start"), Some("running")) => "starting",
+        (Some("stop"), Some("running")) => "stopping",
+        (Some("delete"), Some("running")) => "deleting",
+        (Some("start"), Some("succeeded")) => "running",
+        (Some("stop"), Some("succeeded")) => "stopped",
+        (Some("delete"), Some("succeeded")) => "deleted",
+        (_, Some("failed")) => "failed",
+        (_, Some("canceling")) => "canceling",
+        (_, Some("canceled")) => "canceled",
+        _ => "unknown",
+    }
+}
+
+/// Every status `status` can return (validates the list filter).
+pub const STATUSES: &[&str] = &[
+    "pending", "starting", "running", "stopping", "stopped", "deleting", "deleted", "failed",
+    "canceling", "canceled",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LatestBuildView {
+    pub build_number: i64,
+    pub transition: String,
+    pub job_status: String,
+    pub created_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub deadline: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub organization_id: String,
+    pub owner_id: String,
+    pub owner: String,
+    pub template_id: String,
+    pub template: String,
+    pub preset_id: Option<String>,
+    pub status: &'static str,
+    pub latest_build: Option<LatestBuildView>,
+    pub autostart_schedule: Option<String>,
+    pub ttl_s: Option<i64>,
+    pub protected: bool,
+    pub dormant_at: Option<String>,
+    pub deleting_at: Option<String>,
+    pub gc_warned_at: Option<String>,
+    pub created_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub deleted: bool,
+}
+
+const WORKSPACE_VIEW: &str = "SELECT w.id, w.name, w.organization_id, w.owner_id, u.username, w.template_id, t.name,
+        w.preset_id, w.latest_build_number, w.latest_transition, w.latest_job_status,
+        w.latest_build_created_at, w.latest_job_completed_at, w.latest_deadline,
+        w.autostart_schedule, w.ttl_s, w.protected, w.dormant_at, w.deleting_at, w.gc_warned_at,
+        w.created_at, w.last_used_at, w.deleted
+   FROM workspaces w JOIN users u ON u.id = w.owner_id JOIN templates t ON t.id = w.template_id";
+
+fn workspace_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceView> {
+    let transition: Option<String> = row.get(9)?;
+    let job_status: Option<String> = row.get(10)?;
+    let latest_build = match (row.get::<_, Option<i64>>(8)?, &transition, &job_status) {
+        (Some(build_number), Some(transition), Some(job_status)) => Some(LatestBuildView {
+            build_number,
+            transition: transition.clone(),
+            job_status: job_status.clone(),
+            created_at: rfc3339(row.get(11)?),
+            completed_at: rfc3339(row.get(12)?),
+            deadline: rfc3339(row.get(13)?),
+        }),
+        _ => None,
+    };
+    Ok(WorkspaceView {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        organization_id: row.get(2)?,
+        owner_id: row.get(3)?,
+        owner: row.get(4)?,
+        template_id: row.get(5)?,
+        template: row.get(6)?,
+        preset_id: row.get(7)?,
+        status: status(transition.as_deref(), job_status.as_deref()),
+        latest_build,
+        autostart_schedule: row.get(14)?,
+        ttl_s: row.get(15)?,
+        protected: row.get(16)?,
+        dormant_at: rfc3339(row.get(17)?),
+        deleting_at: rfc3339(row.get(18)?),
+        gc_warned_at: rfc3339(row.get(19)?),
+        created_at: rfc3339(row.get(20)?),
+        last_used_at: rfc3339(row.get(21)?),
+        deleted: row.get(22)?,
+    })
+}
+
+/// One workspace, deleted or not.
+pub fn workspace(conn: &Connection, id: &str) -> Result<Option<WorkspaceView>, StoreError> {
+    Ok(conn
+        .query_row(&format!("{WORKSPACE_VIEW} WHERE w.id = ?1"), [id], workspace_view)
+        .optional()?)
+}
+
+/// List filters; `None` = any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkspaceFilter {
+    pub owner_id: Option<String>,
+    pub template_id: Option<String>,
+    pub dormant: Option<bool>,
+}
+
+/// Live workspaces matching `filter`, by owner name then workspace name.
+pub fn workspaces(conn: &Connection, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceView>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "{WORKSPACE_VIEW}
+          WHERE w.deleted = 0 AND (?1 IS NULL OR w.owner_id = ?1) AND (?2 IS NULL OR w.template_id = ?2)
+            AND (?3 IS NULL OR (w.dormant_at IS NOT NULL) = ?3)
+          ORDER BY u.username, w.name"
+    ))?;
+    let rows = statement.query_map(
+        params![filter.owner_id, filter.template_id, filter.dormant],
+        workspace_view,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildView {
+    pub id: String,
+    pub build_number: i64,
+    pub transition: String,
+    pub reason: String,
+    pub initiator_id: String,
+    pub template_version_id: String,
+    pub preset_id: Option<String>,
+    pub is_prebuild: bool,
+    pub is_prebuild_claim: bool,
+    pub job_id: String,
+    pub job_status: String,
+    pub error: Option<String>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub deadline: Option<String>,
+}
+
+const BUILD_VIEW: &str = "SELECT b.id, b.build_number, b.transition, b.reason, b.initiator_id, b.template_version_id,
+        b.preset_id, b.is_prebuild, b.is_prebuild_claim, b.job_id, j.status, j.error, b.created_at,
+        j.started_at, j.completed_at, b.deadline
+   FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id";
+
+fn build_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildView> {
+    Ok(BuildView {
+        id: row.get(0)?,
+        build_number: row.get(1)?,
+        transition: row.get(2)?,
+        reason: row.get(3)?,
+        initiator_id: row.get(4)?,
+        template_version_id: row.get(5)?,
+        preset_id: row.get(6)?,
+        is_prebuild: row.get(7)?,
+        is_prebuild_claim: row.get(8)?,
+        job_id: row.get(9)?,
+        job_status: row.get(10)?,
+        error: row.get(11)?,
+        created_at: rfc3339(row.get(12)?),
+        started_at: rfc3339(row.get(13)?),
+        completed_at: rfc3339(row.get(14)?),
+        deadline: rfc3339(row.get(15)?),
+    })
+}
+
+/// A workspace's builds, newest first.
+pub fn builds(conn: &Connection, workspace_id: &str) -> Result<Vec<BuildView>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "{BUILD_VIEW} WHERE b.workspace_id = ?1 ORDER BY b.build_number DESC"
+    ))?;
+    let rows = statement.query_map([workspace_id], build_view)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One build of a workspace by number.
+pub fn build(conn: &Connection, workspace_id: &str, number: i64) -> Result<Option<BuildView>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("{BUILD_VIEW} WHERE b.workspace_id = ?1 AND b.build_number = ?2"),
+            params![workspace_id, number],
+            build_view,
+        )
+        .optional()?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogView {
+    pub id: i64,
+    pub time: Option<String>,
+    pub level: String,
+    pub stage: String,
+    pub output: String,
+}
+
+/// A job's log lines after `after_id`, at most `limit`.
+pub fn logs_after(conn: &Connection, job_id: &str, after_id: i64, limit: usize) -> Result<Vec<LogView>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, created_at, level, stage, output FROM provisioner_job_logs
+          WHERE job_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![job_id, after_id, limit], |row| {
+        Ok(LogView {
+            id: row.get(0)?,
+            time: rfc3339(row.get(1)?),
+            level: row.get(2)?,
+            stage: row.get(3)?,
+            output: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateView {
+    pub id: String,
+    pub organization_id: String,
+    pub organization: String,
+    pub name: String,
+    pub display_name: String,
+    pub provisioner: String,
+    pub active_version_id: Option<String>,
+    pub deprecated: bool,
+    pub default_ttl_s: i64,
+    pub max_ttl_s: i64,
+    pub autostart_enabled: bool,
+    pub autostop_enabled: bool,
+    pub failure_ttl_s: i64,
+    pub time_til_dormant_s: i64,
+    pub time_til_dormant_autodelete_s: i64,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+const TEMPLATE_VIEW: &str = "SELECT t.id, t.organization_id, o.name, t.name, t.display_name, t.provisioner,
+        t.active_version_id, t.deprecated, t.default_ttl_s, t.max_ttl_s, t.autostart_enabled,
+        t.autostop_enabled, t.failure_ttl_s, t.time_til_dormant_s, t.time_til_dormant_autodelete_s,
+        t.created_at, t.updated_at
+   FROM templates t JOIN organizations o ON o.id = t.organization_id";
+
+fn template_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateView> {
+    Ok(TemplateView {
+        id: row.get(0)?,
+        organization_id: row.get(1)?,
+        organization: row.get(2)?,
+        name: row.get(3)?,
+        display_name: row.get(4)?,
+        provisioner: row.get(5)?,
+        active_version_id: row.get(6)?,
+        deprecated: row.get(7)?,
+        default_ttl_s: row.get(8)?,
+        max_ttl_s: row.get(9)?,
+        autostart_enabled: row.get(10)?,
+        autostop_enabled: row.get(11)?,
+        failure_ttl_s: row.get(12)?,
+        time_til_dormant_s: row.get(13)?,
+        time_til_dormant_autodelete_s: row.get(14)?,
+        created_at: rfc3339(row.get(15)?),
+        updated_at: rfc3339(row.get(16)?),
+    })
+}
+
+/// Live templates by organization and name.
+pub fn templates(conn: &Connection) -> Result<Vec<TemplateView>, StoreError> {
+    let mut statement =
+        conn.prepare_cached(&format!("{TEMPLATE_VIEW} WHERE t.deleted = 0 ORDER BY o.name, t.name"))?;
+    let rows = statement.query_map([], template_view)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A live template by id, or by name in the organization `organization_id`.
+pub fn template(
+    conn: &Connection,
+    id_or_name: &str,
+    organization_id: &str,
+) -> Result<Option<TemplateView>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "{TEMPLATE_VIEW} WHERE t.deleted = 0 AND (t.id = ?1 OR (t.name = ?1 AND t.organization_id = ?2))"
+            ),
+            params![id_or_name, organization_id],
+            template_view,
+        )
+        .optional()?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionView {
+    pub id: String,
+    pub name: String,
+    pub content_hash: String,
+    pub provisioner: String,
+    pub active: bool,
+    pub created_at: Option<String>,
+}
+
+/// A template's versions, newest first.
+pub fn versions(conn: &Connection, template_id: &str) -> Result<Vec<VersionView>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT v.id, v.name, v.content_hash, v.provisioner, v.id = t.active_version_id, v.created_at
+           FROM template_versions v JOIN templates t ON t.id = v.template_id
+          WHERE v.template_id = ?1 ORDER BY v.created_at DESC, v.rowid DESC",
+    )?;
+    let rows = statement.query_map([template_id], |row| {
+        Ok(VersionView {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            content_hash: row.get(2)?,
+            provisioner: row.get(3)?,
+            active: row.get(4)?,
+            created_at: rfc3339(row.get(5)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A preset of a template version, with what the pool status needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresetRow {
+    pub id: String,
+    pub name: String,
+    pub template_version_id: String,
+    pub desired_instances: Option<i64>,
+    pub ttl_s: Option<i64>,
+    pub prebuild_status: String,
+}
+
+pub fn presets(conn: &Connection, version_id: &str) -> Result<Vec<PresetRow>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, name, template_version_id, desired_instances, ttl_s, prebuild_status
+           FROM presets WHERE template_version_id = ?1 ORDER BY created_at, rowid",
+    )?;
+    let rows = statement.query_map([version_id], |row| {
+        Ok(PresetRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            template_version_id: row.get(2)?,
+            desired_instances: row.get(3)?,
+            ttl_s: row.get(4)?,
+            prebuild_status: row.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The organization and template of a preset (for authorization).
+pub fn preset_owner(conn: &Connection, preset_id: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT t.organization_id, t.id FROM presets p
+               JOIN template_versions v ON v.id = p.template_version_id
+               JOIN templates t ON t.id = v.template_id WHERE p.id = ?1",
+            [preset_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditView {
+    pub id: i64,
+    pub time: Option<String>,
+    pub actor_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub organization_id: Option<String>,
+    pub source_ip: String,
+    pub details: serde_json::Value,
+}
+
+/// Audit entries, newest first, with id below `before`, in `organizations` (`None` = all).
+pub fn audit(
+    conn: &Connection,
+    organizations: Option<&[String]>,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<AuditView>, StoreError> {
+    let orgs_json = organizations.map(|orgs| serde_json::json!(orgs).to_string());
+    let mut statement = conn.prepare_cached(
+        "SELECT id, time, actor_id, actor, action, resource_type, resource_id, organization_id, source_ip, details
+           FROM audit_log
+          WHERE (?1 IS NULL OR organization_id IN (SELECT value FROM json_each(?1)))
+            AND (?2 IS NULL OR id < ?2)
+          ORDER BY id DESC LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![orgs_json, before, limit], |row| {
+        let details: String = row.get(9)?;
+        Ok(AuditView {
+            id: row.get(0)?,
+            time: rfc3339(row.get(1)?),
+            actor_id: row.get(2)?,
+            actor: row.get(3)?,
+            action: row.get(4)?,
+            resource_type: row.get(5)?,
+            resource_id: row.get(6)?,
+            organization_id: row.get(7)?,
+            source_ip: row.get(8)?,
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Committed outbox events after `after_id` (delivered or not), oldest first.
+pub fn events_after(conn: &Connection, after_id: i64, limit: usize) -> Result<Vec<PublishedEvent>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, payload, created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![after_id, limit], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (id, payload, created_at) = row?;
+        let event = serde_json::from_str(&payload).map_err(|error| StoreError::Corrupt {
+            what: format!("outbox row {id}"),
+            reason: error.to_string(),
+        })?;
+        let created_at: DateTime<Utc> = from_millis(created_at).unwrap_or_default();
+        events.push(PublishedEvent { id, created_at, event });
+    }
+    Ok(events)
+}
+
+/// The newest outbox id (0 when empty).
+pub fn last_event_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |row| row.get(0))?)
+}
