@@ -5,8 +5,10 @@
 // A failed unwrap is a failed test with its location: exactly what a test wants.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod bad_input;
 mod binary;
+mod client;
 mod daemon;
 mod fixtures;
 mod gc;
