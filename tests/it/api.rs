@@ -1,6 +1,7 @@
 //! The JSON API over real HTTP on loopback: authentication, the role matrix as the
 //! handlers apply it, every endpoint family, bad input, concurrent claims.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -205,5 +206,227 @@ async fn roles_decide_who_reads_changes_and_deletes_what() {
     // Deployment-wide: only the default organization's owner manages users.
     assert_eq!(outsider.get("/api/v1/users").await.0, 403);
     assert_eq!(admin.post("/api/v1/users", json!({ "username": "x" })).await.0, 403);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
+    let (daemon, api) = api_daemon(|config| config.gc.enabled = true).await;
+    fill_pools(&daemon).await;
+    let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
+    let owner = api.as_user(&user(&daemon, "root", Role::Owner, "default").await);
+
+    // Pool status per preset.
+    let (status, presets) = alice.get("/api/v1/templates/dev/presets").await;
+    assert_eq!(status, 200, "{presets}");
+    let small = &presets["presets"][0];
+    assert_eq!(small["name"], "small");
+    assert_eq!(small["pool"]["desired"], 2);
+    assert_eq!(small["pool"]["running"], 2);
+    assert_eq!(small["pool"]["eligible"], 2);
+    assert_eq!(small["pool"]["in_progress"], 0);
+    assert_eq!(small["pool"]["hard_limited"], false);
+    assert_eq!(presets["presets"][1]["pool"], Value::Null, "no prebuilds for `plain`");
+    let (status, versions) = alice.get("/api/v1/templates/dev/versions").await;
+    assert_eq!((status, versions["versions"][0]["active"].as_bool()), (200, Some(true)));
+
+    // With a preset that has ready prebuilds: a claim. Without any: a build.
+    let (status, claimed) = alice
+        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "small", "name": "fast", "ttl_s": 3600 }))
+        .await;
+    assert_eq!((status, &claimed["claimed"]), (201, &json!(true)), "{claimed}");
+    assert_eq!(claimed["build"]["reason"], "claim");
+    let (status, built) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "slow" })).await;
+    assert_eq!((status, &built["claimed"]), (201, &json!(false)), "{built}");
+    daemon.wait_idle().await;
+    let slow = built["workspace"]["id"].as_str().unwrap().to_owned();
+    let slow_path = format!("/api/v1/workspaces/{slow}");
+
+    // List with filters.
+    let (_, mine) = alice.get("/api/v1/workspaces?owner=me&status=running&template=dev&dormant=false").await;
+    let names: HashSet<&str> = mine["workspaces"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, HashSet::from(["fast", "slow"]), "{mine}");
+    let (_, stopped) = alice.get("/api/v1/workspaces?status=stopped").await;
+    assert_eq!(stopped["total"], 0);
+
+    // Stop, then start again: builds 2 and 3.
+    let (status, stop) = alice.post(&format!("{slow_path}/stop"), json!({})).await;
+    assert_eq!((status, &stop["build"]["build_number"]), (202, &json!(2)), "{stop}");
+    // A second build while one is queued is refused.
+    assert_eq!(alice.post(&format!("{slow_path}/start"), json!({})).await.0, 409);
+    daemon.wait_idle().await;
+    assert_eq!(alice.get(&slow_path).await.1["status"], "stopped");
+    assert_eq!(alice.post(&format!("{slow_path}/start"), json!({})).await.0, 202);
+    daemon.wait_idle().await;
+    let (_, builds) = alice.get(&format!("{slow_path}/builds")).await;
+    let transitions: Vec<&str> = builds["builds"].as_array().unwrap().iter().map(|b| b["transition"].as_str().unwrap()).collect();
+    assert_eq!(transitions, ["start", "stop", "start"]);
+    assert!(builds["builds"].as_array().unwrap().iter().all(|b| b["job_status"] == "succeeded"));
+
+    // Logs: a finished build's lines, as a list and as a follow stream that ends.
+    let (status, logs) = alice.get(&format!("{slow_path}/builds/3/logs")).await;
+    assert_eq!(status, 200);
+    let lines = logs["logs"].as_array().unwrap();
+    assert!(!lines.is_empty(), "{logs}");
+    let (status, mut follow) = alice.stream(&format!("{slow_path}/builds/3/logs?follow=true"), &[]).await;
+    assert_eq!(status, 200);
+    let mut followed = 0;
+    while let Some(line) = follow.next_line(Duration::from_secs(10)).await {
+        let line: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["output"], lines[followed]["output"]);
+        followed += 1;
+    }
+    assert_eq!(followed, lines.len(), "the follow stream ends once the job is done");
+    assert_eq!(alice.post(&format!("{slow_path}/builds/3/cancel"), json!({})).await.0, 409);
+    assert_eq!(alice.get(&format!("{slow_path}/builds/9/logs")).await.0, 404);
+
+    // Follow a build while it runs, and cancel it.
+    let build_duration = |secs| {
+        let mut config = daemon.ctx.config.borrow().as_ref().clone();
+        config.provisioner.local.build_duration = workspaced::config::duration::HumanDuration::from_secs(secs);
+        config
+    };
+    daemon.reloader.apply(build_duration(30)).await.unwrap();
+    assert_eq!(alice.post(&format!("{slow_path}/stop"), json!({})).await.0, 202);
+    let (_, mut follow) = alice.stream(&format!("{slow_path}/builds/4/logs?follow=true"), &[]).await;
+    assert!(follow.next_line(Duration::from_secs(10)).await.is_some(), "a line while the build runs");
+    let (status, cancel) = alice.post(&format!("{slow_path}/builds/4/cancel"), json!({})).await;
+    assert_eq!(status, 202, "{cancel}");
+    while follow.next_line(Duration::from_secs(15)).await.is_some() {}
+    daemon.wait_idle().await;
+    assert_eq!(alice.get(&slow_path).await.1["status"], "canceled");
+    daemon.reloader.apply(build_duration(0)).await.unwrap();
+
+    // Protect: the delete is refused until unprotected.
+    assert_eq!(alice.post(&format!("{slow_path}/protect"), json!({})).await.1["protected"], true);
+    let (status, refused) = alice.call("DELETE", &slow_path, None).await;
+    assert_eq!((status, refused["field"].as_str()), (409, Some("protected")), "{refused}");
+    assert_eq!(alice.post(&format!("{slow_path}/unprotect"), json!({})).await.0, 200);
+
+    // Activity is recorded (then coalesced within a minute).
+    daemon.clock.advance(chrono::Duration::minutes(5));
+    let (status, activity) = alice.post(&format!("{slow_path}/activity"), json!({})).await;
+    assert_eq!((status, &activity["recorded"]), (200, &json!(true)));
+    assert_eq!(alice.post(&format!("{slow_path}/activity"), json!({})).await.1["recorded"], false);
+
+    assert_eq!(alice.call("DELETE", &slow_path, None).await.0, 202);
+    daemon.wait_idle().await;
+    assert_eq!(alice.get(&slow_path).await.0, 404, "deleted workspaces are gone from the API");
+
+    // The plan: the same document as `workspaced plan`; owners only.
+    assert_eq!(alice.get("/api/v1/plan").await.0, 403);
+    let (status, plan) = owner.get("/api/v1/plan").await;
+    assert_eq!(status, 200);
+    for key in ["now", "reconciler", "lifecycle", "gc"] {
+        assert!(plan.get(key).is_some(), "plan lacks {key}: {plan}");
+    }
+    // GC run on demand.
+    assert_eq!(alice.post("/api/v1/gc/run", json!({})).await.0, 403);
+    let runs_before = daemon.metric("workspaced_gc_runs_total{result=\"ok\"}").await.unwrap_or(0.0);
+    let (status, run) = owner.post("/api/v1/gc/run", json!({})).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(daemon.metric("workspaced_gc_runs_total{result=\"ok\"}").await, Some(runs_before + 1.0));
+
+    // Preset reset (template admins and owners).
+    let preset_id = small["id"].as_str().unwrap();
+    assert_eq!(alice.post(&format!("/api/v1/presets/{preset_id}/reset"), json!({})).await.0, 403);
+    let (status, reset) = owner.post(&format!("/api/v1/presets/{preset_id}/reset"), json!({})).await;
+    assert_eq!((status, &reset["previous_status"]), (200, &json!("healthy")), "{reset}");
+
+    // Request metrics by route pattern.
+    assert!(daemon.metric("workspaced_api_requests_total{code=\"201\",route=\"/workspaces\"}").await.unwrap() >= 2.0);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_naming_the_field() {
+    let (daemon, api) = api_daemon(|config| config.api.max_body_bytes = 4096).await;
+    let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
+    let owner = api.as_user(&user(&daemon, "root", Role::Owner, "default").await);
+    let post_raw = |body: &'static str| {
+        let alice = alice.clone();
+        async move { alice.raw("POST", "/api/v1/workspaces", Some(body.as_bytes().to_vec()), &[]).await }
+    };
+    let (status, _, body) = post_raw("{not json").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some());
+    let (status, _, body) = post_raw(r#"{"template": "dev", "name": "x", "ttl_s": "long"}"#).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("ttl_s")), "{body}");
+    let (status, _, body) = post_raw(r#"{"template": "dev", "name": "x", "colour": "red"}"#).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("colour")), "{body}");
+    let (status, _, body) = post_raw(r#"{"template": "dev"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("name"), "{body}");
+    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "name": "Bad Name" })).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("name")));
+    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "nope", "name": "x" })).await;
+    assert_eq!((status, body["field"].as_str()), (404, Some("template")));
+    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "huge", "name": "x" })).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("preset")));
+    let (status, body) = alice
+        .post("/api/v1/workspaces", json!({ "template": "dev", "name": "x", "autostart_schedule": "every day" }))
+        .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("autostart_schedule")), "{body}");
+    let (status, body) = owner.post("/api/v1/users", json!({ "username": "bob", "roles": [{ "role": "boss" }] })).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("roles[0].role")), "{body}");
+    let (status, body) = owner
+        .post("/api/v1/users", json!({ "username": "bob", "roles": [{ "organization": "mars", "role": "member" }] }))
+        .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("roles[0].organization")), "{body}");
+    assert_eq!(daemon.count("SELECT COUNT(*) FROM users WHERE username = 'bob'").await, 0, "nothing half-made");
+    assert_eq!(owner.post("/api/v1/users", json!({ "username": "bob" })).await.0, 201);
+    let (status, body) = owner.post("/api/v1/users", json!({ "username": "bob" })).await;
+    assert_eq!((status, body["field"].as_str()), (409, Some("username")));
+    // Name taken: 409 naming the field.
+    assert_eq!(alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "x" })).await.0, 201);
+    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "x" })).await;
+    assert_eq!((status, body["field"].as_str()), (409, Some("name")));
+
+    // Too large: 413, whether declared or streamed.
+    let big = vec![b' '; 5000];
+    let (status, _, body) = alice.raw("POST", "/api/v1/workspaces", Some(big), &[]).await;
+    assert_eq!(status, 413, "{body}");
+    // Unknown query parameters, bad values, unknown routes, wrong methods.
+    let (status, body) = alice.get("/api/v1/workspaces?colour=red").await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("colour")));
+    let (status, body) = alice.get("/api/v1/workspaces?status=sleepy").await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("status")));
+    let (status, body) = alice.get("/api/v1/workspaces?dormant=maybe").await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("dormant")));
+    assert_eq!(alice.get("/api/v1/nothing-here").await.0, 404);
+    let (status, headers, _) = alice.raw("PUT", "/api/v1/workspaces", None, &[]).await;
+    assert_eq!((status, headers["allow"].to_str().unwrap()), (405, "GET, POST"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_over_http_never_share_a_prebuild() {
+    let (daemon, api) = api_daemon(|config| config.templates = vec![template("dev", "default", 12)]).await;
+    fill_pools(&daemon).await;
+    let token = user(&daemon, "alice", Role::Member, "default").await;
+    let mut tasks = Vec::new();
+    for client in 0..24 {
+        let api = api.as_user(&token);
+        tasks.push(tokio::spawn(async move {
+            api.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "small", "name": format!("w{client}") })).await
+        }));
+    }
+    let mut claimed = HashSet::new();
+    let mut built = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        if body["claimed"] == true {
+            assert!(claimed.insert(body["workspace"]["id"].as_str().unwrap().to_owned()), "claimed twice: {body}");
+        } else {
+            built += 1;
+        }
+    }
+    assert_eq!((claimed.len(), built), (12, 12));
+    assert_eq!(
+        daemon.count("SELECT COUNT(DISTINCT workspace_id) FROM workspace_builds WHERE is_prebuild_claim = 1").await,
+        12
+    );
+    assert_eq!(daemon.count("SELECT COUNT(*) FROM workspace_builds WHERE is_prebuild_claim = 1").await, 12);
     daemon.shutdown().await;
 }
