@@ -18,5 +18,6 @@ mod outbox;
 mod plan;
 mod prebuilds;
 mod provisioner;
+mod stream;
 mod templates;
 mod tidy;
