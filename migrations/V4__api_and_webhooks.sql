@@ -29,3 +29,10 @@ CREATE INDEX webhook_deliveries_dead ON webhook_deliveries (webhook, id) WHERE s
 
 -- API: the audit log of one organization, newest first.
 CREATE INDEX audit_log_organization_time ON audit_log (organization_id, time);
+
+-- Claims: the ready prebuilds of a preset, oldest first. (No column the API binds as a
+-- parameter appears in the WHERE: a query comparing such a column to a parameter would be
+-- re-prepared by SQLite on every execution, to re-check the index's usability.)
+CREATE INDEX workspaces_claimable ON workspaces (owner_id, preset_id, created_at, id)
+    WHERE deleted = 0 AND agents_ready = 1 AND latest_transition = 'start'
+      AND latest_job_status = 'succeeded';

@@ -6,6 +6,7 @@
 //! Deletes go through the provisioner (a `delete` build), so the backend removes what the
 //! workspace holds.
 
+use crate::store::CachedStatements;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -241,12 +242,12 @@ fn act(
         GcActionKind::Warn => {
             let deletes_at =
                 action.deletes_at.map(|time| rfc3339::format(&time)).unwrap_or_default();
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workspaces SET gc_warned_at = ?2 WHERE id = ?1",
                 params![workspace_id, to_millis(now)],
             )
             .map_err(StoreError::from)?;
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO notifications (kind, user_id, organization_id, template_id, payload, created_at)
                  VALUES ('gc.warning', ?1, ?2, ?3, ?4, ?5)",
                 params![

@@ -5,6 +5,7 @@
 //!
 //! The decision lives in `planner::lifecycle::decide`; this module only makes it so.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{OptionalExtension, params};
 
@@ -103,7 +104,7 @@ pub fn report_activity(
     now: DateTime<Utc>,
 ) -> Result<Activity, StoreError> {
     let row: Option<(i64, Option<i64>, i64)> = tx
-        .query_row(
+        .query_row_cached(
             "SELECT w.last_used_at, w.ttl_s, t.default_ttl_s FROM workspaces w JOIN templates t ON t.id = w.template_id
               WHERE w.id = ?1 AND w.deleted = 0",
             [workspace_id],
@@ -114,7 +115,7 @@ pub fn report_activity(
     if to_millis(now) - last_used_at < ACTIVITY_COALESCE_S * 1000 {
         return Ok(Activity::Coalesced);
     }
-    tx.execute(
+    tx.execute_cached(
         "UPDATE workspaces SET last_used_at = ?2 WHERE id = ?1",
         params![workspace_id, to_millis(now)],
     )?;
@@ -127,7 +128,7 @@ pub fn report_activity(
         && latest.job_status == crate::domain::JobStatus::Succeeded
         && let Some(deadline) = latest.deadline
     {
-        let max_deadline: Option<i64> = tx.query_row(
+        let max_deadline: Option<i64> = tx.query_row_cached(
             "SELECT max_deadline FROM workspace_builds WHERE id = ?1",
             [&latest.build_id],
             |row| row.get(0),
@@ -137,7 +138,7 @@ pub fn report_activity(
             bumped = bumped.min(max);
         }
         if deadline - now < Duration::seconds(ttl) && bumped > deadline {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workspace_builds SET deadline = ?2, updated_at = ?3 WHERE id = ?1",
                 params![latest.build_id, to_millis(bumped), to_millis(now)],
             )?;
@@ -169,7 +170,7 @@ pub fn set_autostart_schedule(
             .map_err(|error| ScheduleError::Invalid(error.to_string()))?;
     }
     let changed = tx
-        .execute(
+        .execute_cached(
             "UPDATE workspaces SET autostart_schedule = ?2 WHERE id = ?1 AND deleted = 0",
             params![workspace_id, schedule],
         )

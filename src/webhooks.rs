@@ -13,6 +13,7 @@
 //! `X-Workspaced-Timestamp` (Unix seconds) and `X-Workspaced-Signature: sha256=<hex>` =
 //! HMAC-SHA256(secret, "<timestamp>.<body>"). Any 2xx is success.
 
+use crate::store::CachedStatements;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +180,7 @@ fn enqueue(conn: &Connection, webhooks: &[WebhookConfig], now: DateTime<Utc>) ->
     let mut queued = 0;
     for webhook in webhooks {
         let cursor: Option<i64> = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT last_event_id FROM webhook_cursors WHERE webhook = ?1",
                 [&webhook.name],
                 |row| row.get(0),
@@ -187,7 +188,7 @@ fn enqueue(conn: &Connection, webhooks: &[WebhookConfig], now: DateTime<Utc>) ->
             .optional()?;
         let Some(cursor) = cursor else {
             // New webhook: from now on.
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO webhook_cursors (webhook, last_event_id)
                  SELECT ?1, COALESCE(MAX(id), 0) FROM outbox",
                 [&webhook.name],
@@ -204,14 +205,14 @@ fn enqueue(conn: &Connection, webhooks: &[WebhookConfig], now: DateTime<Utc>) ->
         let Some((last, _)) = events.last() else { continue };
         for (id, kind) in &events {
             if webhook.wants(kind) {
-                queued += conn.execute(
+                queued += conn.execute_cached(
                     "INSERT OR IGNORE INTO webhook_deliveries (webhook, event_id, next_attempt_at, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?3, ?3)",
                     params![webhook.name, id, to_millis(now)],
                 )?;
             }
         }
-        conn.execute(
+        conn.execute_cached(
             "UPDATE webhook_cursors SET last_event_id = ?2 WHERE webhook = ?1",
             params![webhook.name, last],
         )?;
@@ -337,7 +338,7 @@ impl Worker {
         let pending: i64 = self
             .store
             .read(|conn| {
-                Ok(conn.query_row(
+                Ok(conn.query_row_cached(
                     "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'",
                     [],
                     |row| row.get(0),
@@ -410,7 +411,7 @@ fn record(
 ) -> Result<(), StoreError> {
     for id in orphaned {
         // Look again in a minute.
-        conn.execute(
+        conn.execute_cached(
             "UPDATE webhook_deliveries SET next_attempt_at = ?2 WHERE id = ?1",
             params![id, to_millis(now) + 60_000],
         )?;
@@ -425,7 +426,7 @@ fn record(
                 ("pending", to_millis(now) + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
             }
         };
-        conn.execute(
+        conn.execute_cached(
             "UPDATE webhook_deliveries
                 SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_status = ?5,
                     last_error = ?6, updated_at = ?7

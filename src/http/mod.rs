@@ -11,6 +11,7 @@ mod handlers;
 mod stream;
 mod workspaces;
 
+use crate::store::CachedStatements;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,7 +130,7 @@ async fn readyz(state: &HttpState) -> HttpResponse {
     let probe = state
         .ctx
         .store
-        .read(|conn| Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
+        .read(|conn| Ok(conn.query_row_cached("SELECT 1", [], |row| row.get::<_, i64>(0))?))
         .await;
     match probe {
         Ok(_) => text(StatusCode::OK, "ready\n"),

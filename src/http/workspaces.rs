@@ -1,6 +1,7 @@
 //! API handlers for workspaces: create (claiming a ready prebuild when the preset has one),
 //! list, get, start, stop, delete, protect, activity, builds, build logs, cancel.
 
+use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 
 use hyper::body::Incoming;
@@ -301,7 +302,7 @@ async fn enqueue(ctx: &Ctx, workspace: &WorkspaceView, transition: Transition, r
             if refuse_protected {
                 // Re-read: protection may have changed since the request's first read.
                 let protected: bool = tx
-                    .query_row("SELECT protected FROM workspaces WHERE id = ?1", [&workspace_id], |row| row.get(0))
+                    .query_row_cached("SELECT protected FROM workspaces WHERE id = ?1", [&workspace_id], |row| row.get(0))
                     .map_err(StoreError::from)?;
                 if protected {
                     return Err(ApiError::field(
@@ -371,7 +372,7 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
                 .ctx
                 .store
                 .write(move |tx| {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE workspaces SET protected = ?2, updated_at = ?3 WHERE id = ?1",
                         rusqlite::params![workspace_id, protected, crate::store::time::to_millis(now)],
                     )?;

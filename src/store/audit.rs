@@ -2,6 +2,7 @@
 //!
 //! Append-only SQL; entries are written in the same transaction as the change they record.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
@@ -38,7 +39,7 @@ pub fn record(
     entry: &Entry<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO audit_log (time, actor_id, actor, action, resource_type, resource_id, organization_id, source_ip, details)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![

@@ -5,6 +5,7 @@
 //! requested one, else the last build's, else the template's active version) and the
 //! parameter resolution through `domain::parameters`.
 
+use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -110,7 +111,7 @@ pub struct LatestBuild {
 /// The workspace's highest-numbered build.
 pub fn latest(conn: &Connection, workspace_id: &str) -> Result<Option<LatestBuild>, StoreError> {
     let row = conn
-        .query_row(
+        .query_row_cached(
             "SELECT b.id, b.build_number, b.transition, b.reason, b.template_version_id, b.job_id,
                     j.status, j.error, j.completed_at, b.deadline, b.preset_id
                FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
@@ -187,7 +188,7 @@ pub fn enqueue(
         parameters::resolve(&specs, &previous, &request.parameters)?
     };
     let (provisioner,): (String,) = tx
-        .query_row(
+        .query_row_cached(
             "SELECT provisioner FROM template_versions WHERE id = ?1",
             [&version_id],
             |row| Ok((row.get(0)?,)),
@@ -198,13 +199,13 @@ pub fn enqueue(
     let build_id = uuid::Uuid::new_v4().to_string();
     let build_number = latest.as_ref().map_or(1, |latest| latest.build_number + 1);
     let now_ms = to_millis(now);
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO provisioner_jobs (id, priority, status, backend, created_at, updated_at)
          VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
         params![job_id, request.reason.priority().as_i64(), provisioner, now_ms],
     )
     .map_err(StoreError::from)?;
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO workspace_builds (id, workspace_id, build_number, template_version_id, transition,
             reason, initiator_id, job_id, preset_id, is_prebuild, is_prebuild_claim, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
@@ -252,7 +253,7 @@ pub fn enqueue(
 /// and with it when its autostart next fires (schema V3). Called in the same transaction
 /// as every change of a build or its job.
 pub fn refresh_latest(conn: &Connection, workspace_id: &str) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE workspaces SET (
             latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
             latest_preset_id, latest_initiator_id, latest_build_created_at, latest_job_completed_at,

@@ -11,7 +11,7 @@
 use rusqlite::TransactionBehavior;
 use tokio::sync::oneshot;
 
-use crate::store::{Store, StoreError, WriteTx, lock};
+use crate::store::{CachedStatements, Store, StoreError, WriteTx, lock};
 
 /// Runs one queued write in the open transaction and returns how to report its result
 /// once the fate of the transaction is known (`None` = committed).
@@ -107,19 +107,20 @@ where
     F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
     E: From<StoreError>,
 {
-    tx.execute_batch("SAVEPOINT grouped_write").map_err(|error| E::from(error.into()))?;
+    tx.execute_cached("SAVEPOINT grouped_write", []).map_err(|error| E::from(error.into()))?;
     let (emitted, jobs_enqueued) = (tx.emitted, tx.jobs_enqueued);
     let result = f(tx);
-    let end = if result.is_ok() {
-        "RELEASE grouped_write"
+    let ended = if result.is_ok() {
+        tx.execute_cached("RELEASE grouped_write", [])
     } else {
         // Undo this write only; its events and job wake-ups go with it.
         tx.emitted = emitted;
         tx.jobs_enqueued = jobs_enqueued;
-        "ROLLBACK TO grouped_write; RELEASE grouped_write"
+        tx.execute_cached("ROLLBACK TO grouped_write", [])
+            .and_then(|_| tx.execute_cached("RELEASE grouped_write", []))
     };
-    match tx.execute_batch(end) {
-        Ok(()) => result,
+    match ended {
+        Ok(_) => result,
         Err(error) => Err(E::from(error.into())),
     }
 }
@@ -157,11 +158,11 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 store
                     .write_grouped(move |tx| {
-                        tx.execute("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
+                        tx.execute_cached("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
                         if i % 10 == 0 {
                             // A second insert of the same value: this write fails after a
                             // change that must be undone.
-                            tx.execute("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
+                            tx.execute_cached("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
                         }
                         Ok::<_, StoreError>(i)
                     })
@@ -180,7 +181,7 @@ mod tests {
         }
         assert_eq!(ok, 180);
         let rows: i64 = store
-            .read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))?))
+            .read(|conn| Ok(conn.query_row_cached("SELECT COUNT(*) FROM t", [], |row| row.get(0))?))
             .await
             .unwrap();
         assert_eq!(rows, 180, "the failed writes' first inserts were rolled back");

@@ -7,6 +7,7 @@
 //! sets readiness and the autostop deadline, a stop clears readiness, a delete soft-deletes
 //! the workspace (freeing its name). A failed or canceled job changes nothing but the job.
 
+use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -97,7 +98,7 @@ pub fn acquire(
         JobPriority::Lifecycle.as_i64()
     };
     let job_id: Option<String> = tx
-        .query_row(
+        .query_row_cached(
             "SELECT id FROM provisioner_jobs WHERE status = 'pending' AND priority <= ?1
               ORDER BY priority, created_at, id LIMIT 1",
             [max_priority],
@@ -105,7 +106,7 @@ pub fn acquire(
         )
         .optional()?;
     let Some(job_id) = job_id else { return Ok(None) };
-    tx.execute(
+    tx.execute_cached(
         "UPDATE provisioner_jobs SET status = 'running', worker_id = ?2, started_at = ?3, updated_at = ?3
           WHERE id = ?1 AND status = 'pending'",
         params![job_id, worker_id, to_millis(now)],
@@ -117,7 +118,7 @@ pub fn acquire(
 }
 
 fn load(conn: &Connection, job_id: &str) -> Result<AcquiredJob, StoreError> {
-    let mut job = conn.query_row(
+    let mut job = conn.query_row_cached(
         "SELECT j.id, j.priority, j.backend, b.workspace_id, b.id, b.build_number, b.transition,
                 b.reason, w.organization_id, w.owner_id, w.name, u.username, o.name, t.id, t.name,
                 v.id, v.name, v.provisioner_config, b.is_prebuild, b.is_prebuild_claim, b.preset_id,
@@ -175,7 +176,7 @@ fn load(conn: &Connection, job_id: &str) -> Result<AcquiredJob, StoreError> {
     )?;
     job.parameters = builds::parameters(conn, &job.build.build_id)?;
     let previous: Option<(String, Option<Vec<u8>>, String)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT b.id, b.provisioner_state, j.status FROM workspace_builds b
                JOIN provisioner_jobs j ON j.id = b.job_id
               WHERE b.workspace_id = ?1 AND b.build_number = ?2",
@@ -187,7 +188,7 @@ fn load(conn: &Connection, job_id: &str) -> Result<AcquiredJob, StoreError> {
         job.previous_parameters = builds::parameters(conn, previous_build)?;
     }
     let state: Option<Vec<u8>> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT b.provisioner_state FROM workspace_builds b
                JOIN provisioner_jobs j ON j.id = b.job_id
               WHERE b.workspace_id = ?1 AND b.build_number < ?2 AND j.status = 'succeeded'
@@ -210,7 +211,7 @@ pub fn complete(
     now: DateTime<Utc>,
 ) -> Result<Option<CompletedJob>, StoreError> {
     let current: Option<(String, String, Option<i64>)> = tx
-        .query_row(
+        .query_row_cached(
             "SELECT status, backend, started_at FROM provisioner_jobs WHERE id = ?1",
             [job_id],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
@@ -235,12 +236,12 @@ pub fn complete(
     };
     match outcome {
         JobOutcome::Succeeded(report) => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE provisioner_jobs SET status = 'succeeded', completed_at = ?2, updated_at = ?2, error = NULL
                   WHERE id = ?1",
                 params![job_id, now_ms],
             )?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workspace_builds SET provisioner_state = ?2, updated_at = ?3 WHERE id = ?1",
                 params![
                     job.build.build_id,
@@ -262,7 +263,7 @@ pub fn complete(
             tx.emit(&Event::BuildSucceeded { build: job.build.clone() }, now)?;
         }
         JobOutcome::Failed { error, code } => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE provisioner_jobs SET status = 'failed', completed_at = ?2, updated_at = ?2,
                         error = ?3, error_code = ?4 WHERE id = ?1",
                 params![job_id, now_ms, error, code],
@@ -271,7 +272,7 @@ pub fn complete(
             tx.emit(&Event::BuildFailed { build: job.build.clone(), error: error.clone() }, now)?;
         }
         JobOutcome::Canceled { reason } => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE provisioner_jobs SET status = 'canceled', completed_at = ?2, updated_at = ?2,
                         canceled_at = COALESCE(canceled_at, ?2), error = ?3, error_code = 'canceled'
                   WHERE id = ?1",
@@ -295,13 +296,13 @@ fn apply_success(
     let workspace_id = &job.build.workspace_id;
     match job.build.transition {
         Transition::Start => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workspaces SET agents_ready = ?2, updated_at = ?3 WHERE id = ?1",
                 params![workspace_id, agents_ready(&report.resources), now_ms],
             )?;
             for resource in &report.resources {
                 let agents = serde_json::to_string(&resource.agents).map_err(StoreError::Encode)?;
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO workspace_resources (job_id, name, type, agents, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![job.job_id, resource.name, resource.kind, agents, now_ms],
@@ -312,13 +313,13 @@ fn apply_success(
             }
         }
         Transition::Stop => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workspaces SET agents_ready = NULL, updated_at = ?2 WHERE id = ?1",
                 params![workspace_id, now_ms],
             )?;
         }
         Transition::Delete => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workspaces SET deleted = 1, agents_ready = NULL, updated_at = ?2 WHERE id = ?1",
                 params![workspace_id, now_ms],
             )?;
@@ -340,7 +341,7 @@ fn apply_success(
 /// not move it.
 fn set_deadline(tx: &WriteTx<'_>, job: &AcquiredJob, now: DateTime<Utc>) -> Result<(), StoreError> {
     let (ttl_s, default_ttl_s, max_ttl_s, autostop_enabled): (Option<i64>, i64, i64, bool) = tx
-        .query_row(
+        .query_row_cached(
             "SELECT w.ttl_s, t.default_ttl_s, t.max_ttl_s, t.autostop_enabled
            FROM workspaces w JOIN templates t ON t.id = w.template_id WHERE w.id = ?1",
             [&job.build.workspace_id],
@@ -354,7 +355,7 @@ fn set_deadline(tx: &WriteTx<'_>, job: &AcquiredJob, now: DateTime<Utc>) -> Resu
         (None, Some(max)) => Some(max),
         (deadline, None) => deadline,
     };
-    tx.execute(
+    tx.execute_cached(
         "UPDATE workspace_builds SET deadline = ?2, max_deadline = ?3 WHERE id = ?1",
         params![job.build.build_id, deadline.map(to_millis), max_deadline.map(to_millis)],
     )?;
@@ -389,7 +390,7 @@ fn record_replacements(
     let now_ms = to_millis(now);
     for replacement in replacements {
         let paths = serde_json::to_string(&replacement.paths).map_err(StoreError::Encode)?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO resource_replacements (job_id, workspace_id, preset_id, resource, paths, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![job.job_id, job.build.workspace_id, job.preset_id, replacement.resource, paths, now_ms],
@@ -410,7 +411,7 @@ fn record_replacements(
         "preset": job.preset_name,
         "replacements": replacements,
     });
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO notifications (kind, organization_id, template_id, payload, created_at)
          VALUES ('prebuild.resource_replaced', ?1, ?2, ?3, ?4)",
         params![job.build.organization_id, job.template_id, payload.to_string(), now_ms],
@@ -444,7 +445,7 @@ pub fn append_logs(
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let used: i64 =
-        conn.query_row("SELECT log_bytes FROM provisioner_jobs WHERE id = ?1", [job_id], |row| {
+        conn.query_row_cached("SELECT log_bytes FROM provisioner_jobs WHERE id = ?1", [job_id], |row| {
             row.get(0)
         })?;
     let mut used = u64::try_from(used).unwrap_or(0);
@@ -479,7 +480,7 @@ pub fn append_logs(
         used += size;
         stored += 1;
     }
-    conn.execute(
+    conn.execute_cached(
         "UPDATE provisioner_jobs SET log_bytes = ?2 WHERE id = ?1",
         params![job_id, i64::try_from(used).unwrap_or(i64::MAX)],
     )?;
@@ -519,7 +520,7 @@ pub fn status(
     job_id: &str,
 ) -> Result<Option<(JobStatus, Option<String>)>, StoreError> {
     Ok(conn
-        .query_row("SELECT status, error FROM provisioner_jobs WHERE id = ?1", [job_id], |row| {
+        .query_row_cached("SELECT status, error FROM provisioner_jobs WHERE id = ?1", [job_id], |row| {
             Ok((parse_text(row, 0)?, row.get(1)?))
         })
         .optional()?)
@@ -527,7 +528,7 @@ pub fn status(
 
 /// Jobs waiting for a worker.
 pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 = conn.query_row(
+    let count: i64 = conn.query_row_cached(
         "SELECT COUNT(*) FROM provisioner_jobs WHERE status = 'pending'",
         [],
         |row| row.get(0),
@@ -604,12 +605,12 @@ pub fn request_cancel(
             })
         }
         JobStatus::Running | JobStatus::Canceling => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE provisioner_jobs SET status = 'canceling', canceled_at = COALESCE(canceled_at, ?2),
                         updated_at = ?2 WHERE id = ?1",
                 params![job_id, to_millis(now)],
             )?;
-            let workspace_id: String = tx.query_row(
+            let workspace_id: String = tx.query_row_cached(
                 "SELECT workspace_id FROM workspace_builds WHERE job_id = ?1",
                 [job_id],
                 |row| row.get(0),

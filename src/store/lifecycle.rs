@@ -5,6 +5,7 @@
 //! Decisions are not made here: candidates are re-judged by `planner::lifecycle` inside
 //! the executor's write transaction.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -62,7 +63,7 @@ pub fn refresh_next_start(conn: &Connection, workspace_id: &str) -> Result<(), S
         days: u8,
     }
     let inputs = conn
-        .query_row(
+        .query_row_cached(
             "SELECT w.autostart_schedule, w.owner_id, w.latest_transition, w.latest_job_status,
                     w.latest_build_created_at, t.autostart_enabled, t.autostart_days
                FROM workspaces w JOIN templates t ON t.id = w.template_id
@@ -99,7 +100,7 @@ pub fn refresh_next_start(conn: &Connection, workspace_id: &str) -> Result<(), S
             .collect();
         next_allowed_autostart(&schedule, since, &days)
     });
-    conn.execute(
+    conn.execute_cached(
         "UPDATE workspaces SET next_start_at = ?2 WHERE id = ?1",
         params![workspace_id, next.map(to_millis)],
     )?;
@@ -135,7 +136,7 @@ pub fn mark_dormant(
 ) -> Result<(), StoreError> {
     let deleting_at = (autodelete_s > 0)
         .then(|| now + Duration::seconds(i64::try_from(autodelete_s).unwrap_or(i64::MAX / 1000)));
-    conn.execute(
+    conn.execute_cached(
         "UPDATE workspaces SET dormant_at = ?2, deleting_at = ?3, updated_at = ?2 WHERE id = ?1",
         params![workspace_id, to_millis(now), deleting_at.map(to_millis)],
     )?;

@@ -37,6 +37,12 @@ use tokio::sync::Notify;
 use crate::config::{StorageConfig, Synchronous};
 use crate::events::Event;
 
+#[derive(Default)]
+struct ReaderPool {
+    idle: Vec<Connection>,
+    opened: usize,
+}
+
 /// The first 16 bytes of every SQLite 3 database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
@@ -164,7 +170,10 @@ pub struct Store {
 struct Inner {
     options: StoreOptions,
     writer: Mutex<Connection>,
-    idle_readers: Mutex<Vec<Connection>>,
+    /// Read-only connections: at most `read_connections` exist; a reader waits for a free
+    /// one rather than opening (and re-reading the schema into) a throwaway connection.
+    readers: Mutex<ReaderPool>,
+    reader_freed: std::sync::Condvar,
     outbox_notify: Notify,
     jobs_notify: Notify,
     /// Writes waiting for the next grouped transaction (`write_grouped`).
@@ -221,6 +230,8 @@ impl Store {
         )
         .map_err(open_error)?;
         writer.busy_timeout(options.busy_timeout).map_err(open_error)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        stable_plans(&writer).map_err(open_error)?;
         if existed {
             // Read-only look before any pragma: switching to WAL would already write.
             let database_version = migrations::applied_version(&writer).map_err(open_error)?;
@@ -241,7 +252,8 @@ impl Store {
             inner: Arc::new(Inner {
                 options,
                 writer: Mutex::new(writer),
-                idle_readers: Mutex::new(Vec::new()),
+                readers: Mutex::new(ReaderPool::default()),
+                reader_freed: std::sync::Condvar::new(),
                 outbox_notify: Notify::new(),
                 jobs_notify: Notify::new(),
                 group: Mutex::new(Vec::new()),
@@ -277,7 +289,8 @@ impl Store {
                 options,
                 // Writes through this store fail: the connection is read-only.
                 writer: Mutex::new(conn),
-                idle_readers: Mutex::new(Vec::new()),
+                readers: Mutex::new(ReaderPool::default()),
+                reader_freed: std::sync::Condvar::new(),
                 outbox_notify: Notify::new(),
                 jobs_notify: Notify::new(),
                 group: Mutex::new(Vec::new()),
@@ -349,16 +362,30 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
-        let conn = match lock(&self.inner.idle_readers).pop() {
-            Some(conn) => conn,
-            None => self.open_reader()?,
-        };
+        let conn = self.take_reader()?;
         let result = f(&conn);
-        let mut idle = lock(&self.inner.idle_readers);
-        if idle.len() < self.inner.options.read_connections {
-            idle.push(conn);
-        }
+        lock(&self.inner.readers).idle.push(conn);
+        self.inner.reader_freed.notify_one();
         result
+    }
+
+    /// An idle reader, a new one while fewer than `read_connections` exist, or the next one
+    /// returned.
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        let mut pool = lock(&self.inner.readers);
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            if pool.opened < self.inner.options.read_connections.max(1) {
+                pool.opened += 1;
+                drop(pool);
+                return self.open_reader().inspect_err(|_| {
+                    lock(&self.inner.readers).opened -= 1;
+                });
+            }
+            pool = self.inner.reader_freed.wait(pool).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     /// Resolves after a commit that emitted events (or at once if one happened since the
@@ -389,9 +416,49 @@ impl Store {
         .map_err(open_error)?;
         conn.busy_timeout(self.inner.options.busy_timeout).map_err(open_error)?;
         conn.pragma_update(None, "query_only", "ON").map_err(open_error)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        stable_plans(&conn).map_err(open_error)?;
         Ok(conn)
     }
 }
+
+/// `execute` and `query_row` through the connection's prepared-statement cache: the hot
+/// paths (claims, job updates, snapshots) run the same SQL thousands of times, and parsing
+/// it each time cost more than running it.
+pub trait CachedStatements {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl CachedStatements for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Turns on SQLite's query planner stability guarantee. Without it, a cached statement
+/// that was once re-prepared (after any schema change) is re-prepared on *every*
+/// execution whenever one of its parameters is compared with a column that a partial
+/// index's WHERE also names: SQLite re-plans for each new value. That re-parse cost more
+/// than the claim itself (measured: benches/claims.rs). Our queries name partial-index
+/// conditions with literals, so fixed plans lose nothing.
+fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(|_| ())
+}
+
+/// Statements kept prepared per connection (the default, 16, is smaller than one claim).
+const STATEMENT_CACHE: usize = 256;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a closure drops its Transaction, which rolls back, so the connection

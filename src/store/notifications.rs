@@ -5,6 +5,7 @@
 //! Owns the notifications SQL. Dispatch marks a row sent in the same transaction that
 //! writes its event to the outbox: a notification is sent exactly once into the outbox.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
@@ -42,7 +43,7 @@ pub fn dispatch(tx: &mut WriteTx<'_>, limit: usize, now: DateTime<Utc>) -> Resul
             },
             now,
         )?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE notifications SET status = 'sent', sent_at = ?2 WHERE id = ?1",
             params![id, to_millis(now)],
         )?;
@@ -52,7 +53,7 @@ pub fn dispatch(tx: &mut WriteTx<'_>, limit: usize, now: DateTime<Utc>) -> Resul
 
 /// Whether any notification waits (a read, so an idle publisher never takes the writer).
 pub fn has_pending(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
-    Ok(conn.query_row(
+    Ok(conn.query_row_cached(
         "SELECT EXISTS (SELECT 1 FROM notifications WHERE status = 'pending')",
         [],
         |row| row.get(0),

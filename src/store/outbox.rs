@@ -5,6 +5,7 @@
 //! Owns the outbox SQL. It must not publish anything itself: only `events::Publisher`
 //! talks to subscribers, and only about committed rows.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
@@ -20,7 +21,7 @@ pub(crate) fn insert(
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
     let payload = serde_json::to_string(event).map_err(StoreError::Encode)?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO outbox (kind, payload, organization_id, owner_id, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![event.kind(), payload, event.organization_id(), event.owner_id(), to_millis(now)],
@@ -59,7 +60,7 @@ pub fn mark_delivered_through(
     last_id: i64,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    Ok(conn.execute(
+    Ok(conn.execute_cached(
         "UPDATE outbox SET delivered_at = ?1 WHERE delivered_at IS NULL AND id <= ?2",
         params![to_millis(now), last_id],
     )?)
@@ -68,7 +69,7 @@ pub fn mark_delivered_through(
 /// How many committed events wait for delivery.
 pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
     let count: i64 =
-        conn.query_row("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |row| {
+        conn.query_row_cached("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |row| {
             row.get(0)
         })?;
     Ok(u64::try_from(count).unwrap_or(0))

@@ -9,6 +9,7 @@
 //! presets those builds name plus every prebuild preset of an active version, and all
 //! templates. This is the reconciler's hot path: see benches/planner.rs.
 
+use crate::store::CachedStatements;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -266,7 +267,7 @@ pub fn gc_candidates(
 /// Live user workspaces (the safety valve's population): all live workspaces, counted on a
 /// small covering index, minus the prebuilds, found by the owner index.
 pub fn count_user_workspaces(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 = conn.query_row(
+    let count: i64 = conn.query_row_cached(
         "SELECT (SELECT COUNT(*) FROM workspaces INDEXED BY workspaces_live_created WHERE deleted = 0)
               - (SELECT COUNT(*) FROM workspaces WHERE deleted = 0 AND owner_id = ?1)",
         [PREBUILDS_USER_ID],

@@ -4,6 +4,7 @@
 //! content, diffing the config file against the database) is the templates-config code's
 //! job, not this module's.
 
+use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -81,7 +82,7 @@ pub fn insert_template(
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO templates (id, organization_id, name, provisioner, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         params![id, organization_id, name, provisioner, to_millis(now)],
@@ -97,7 +98,7 @@ pub fn update_options(
     options: &TemplateOptions,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE templates SET default_ttl_s = ?2, max_ttl_s = ?3, autostart_enabled = ?4,
             autostop_enabled = ?5, autostart_days = ?6, failure_ttl_s = ?7,
             time_til_dormant_s = ?8, time_til_dormant_autodelete_s = ?9,
@@ -135,7 +136,7 @@ pub fn options(
     template_id: &str,
 ) -> Result<Option<TemplateOptions>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT default_ttl_s, max_ttl_s, autostart_enabled, autostop_enabled, autostart_days,
                     failure_ttl_s, time_til_dormant_s, time_til_dormant_autodelete_s,
                     require_active_version, display_name, deprecated, gc_enabled, gc_ttl_s,
@@ -205,7 +206,7 @@ pub fn soft_delete(
     template_id: &str,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE templates SET deleted = 1, updated_at = ?2 WHERE id = ?1",
         params![template_id, to_millis(now)],
     )?;
@@ -214,7 +215,7 @@ pub fn soft_delete(
 
 /// How many versions a template has (to name the next one `v<n+1>`).
 pub fn version_count(conn: &Connection, template_id: &str) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
+    Ok(conn.query_row_cached(
         "SELECT COUNT(*) FROM template_versions WHERE template_id = ?1",
         [template_id],
         |row| row.get(0),
@@ -228,13 +229,13 @@ pub fn ensure_organization(
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
     if let Some(id) = conn
-        .query_row("SELECT id FROM organizations WHERE name = ?1", [name], |row| row.get(0))
+        .query_row_cached("SELECT id FROM organizations WHERE name = ?1", [name], |row| row.get(0))
         .optional()?
     {
         return Ok(id);
     }
     let id = uuid::Uuid::new_v4().to_string();
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)",
         params![id, name, to_millis(now)],
     )?;
@@ -250,7 +251,7 @@ pub fn insert_active_version(
 ) -> Result<String, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
     let config = serde_json::to_string(&spec.provisioner_config).map_err(StoreError::Encode)?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO template_versions (id, template_id, name, content_hash, provisioner, provisioner_config, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![id, template_id, spec.name, spec.content_hash, spec.provisioner, config, to_millis(now)],
@@ -277,7 +278,7 @@ pub fn insert_active_version(
             position as i64,
         ])?;
     }
-    conn.execute(
+    conn.execute_cached(
         "UPDATE templates SET active_version_id = ?2, provisioner = ?3, updated_at = ?4 WHERE id = ?1",
         params![template_id, id, spec.provisioner, to_millis(now)],
     )?;
@@ -338,7 +339,7 @@ pub fn insert_preset(
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO presets (id, template_version_id, name, desired_instances, ttl_s, scheduling_timezone, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -352,13 +353,13 @@ pub fn insert_preset(
         ],
     )?;
     for (name, value) in &spec.parameters {
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO preset_parameters (preset_id, name, value) VALUES (?1, ?2, ?3)",
             params![id, name, value],
         )?;
     }
     for (cron, instances) in &spec.schedules {
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO preset_prebuild_schedules (preset_id, cron_expression, desired_instances)
              VALUES (?1, ?2, ?3)",
             params![id, cron, instances],
@@ -381,7 +382,7 @@ pub fn preset_parameters(
 /// The template's active version id, if the template exists and has one.
 pub fn active_version(conn: &Connection, template_id: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row("SELECT active_version_id FROM templates WHERE id = ?1", [template_id], |row| {
+        .query_row_cached("SELECT active_version_id FROM templates WHERE id = ?1", [template_id], |row| {
             row.get::<_, Option<String>>(0)
         })
         .optional()?

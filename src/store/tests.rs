@@ -1,5 +1,6 @@
 use super::*;
 
+use crate::store::CachedStatements;
 use rusqlite::params;
 
 fn fresh() -> (tempfile::TempDir, Store) {
@@ -52,12 +53,12 @@ fn a_fresh_file_gets_the_whole_schema_in_wal_mode() {
         assert!(tables.iter().any(|t| t == table), "missing table {table} in {tables:?}");
     }
     let mode: String = store
-        .read_blocking(|conn| Ok(conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?))
+        .read_blocking(|conn| Ok(conn.query_row_cached("PRAGMA journal_mode", [], |row| row.get(0))?))
         .unwrap();
     assert_eq!(mode, "wal");
     let prebuilds_user: String = store
         .read_blocking(|conn| {
-            Ok(conn.query_row("SELECT username FROM users WHERE is_system = 1", [], |r| r.get(0))?)
+            Ok(conn.query_row_cached("SELECT username FROM users WHERE is_system = 1", [], |r| r.get(0))?)
         })
         .unwrap();
     assert_eq!(prebuilds_user, "prebuilds");
@@ -74,7 +75,7 @@ fn reopening_applies_nothing_and_keeps_data() {
     );
     store
         .write_blocking(|tx| {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)",
                 [],
             )
@@ -88,7 +89,7 @@ fn reopening_applies_nothing_and_keeps_data() {
     assert_eq!(second.schema_version, migrations::latest_known_version());
     let count: i64 = store
         .read_blocking(|conn| {
-            Ok(conn.query_row("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?)
+            Ok(conn.query_row_cached("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?)
         })
         .unwrap();
     assert_eq!(count, 2);
@@ -99,7 +100,7 @@ fn a_failed_write_rolls_back_its_rows_and_events() {
     let (_dir, store) = fresh();
     let event = Event::ConfigApplied { templates_changed: 1, versions_created: 1 };
     let result: Result<(), StoreError> = store.write_blocking(|tx| {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO organizations (id, name, created_at) VALUES ('o2', 'acme', 1)",
             [],
         )?;
@@ -110,8 +111,8 @@ fn a_failed_write_rolls_back_its_rows_and_events() {
     let (orgs, events): (i64, i64) = store
         .read_blocking(|conn| {
             Ok((
-                conn.query_row("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?,
-                conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?,
+                conn.query_row_cached("SELECT COUNT(*) FROM organizations", [], |r| r.get(0))?,
+                conn.query_row_cached("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?,
             ))
         })
         .unwrap();
@@ -123,7 +124,7 @@ fn read_connections_cannot_write() {
     let (_dir, store) = fresh();
     let result = store.read_blocking(|conn| {
         Ok(conn
-            .execute("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)", [])?)
+            .execute_cached("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)", [])?)
     });
     assert!(result.is_err());
 }
@@ -132,7 +133,7 @@ fn read_connections_cannot_write() {
 fn foreign_keys_are_enforced() {
     let (_dir, store) = fresh();
     let result = store.write_blocking(|tx| {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO user_roles (user_id, organization_id, role, created_at) VALUES ('nobody', 'nowhere', 'member', 1)",
             [],
         )
@@ -146,7 +147,7 @@ fn concurrent_read_modify_write_transactions_lose_no_update() {
     let (_dir, store) = fresh();
     store
         .write_blocking(|tx| {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO organizations (id, name, created_at) VALUES ('c', 'counter', 0)",
                 [],
             )
@@ -162,12 +163,12 @@ fn concurrent_read_modify_write_transactions_lose_no_update() {
                         .write_blocking(|tx| {
                             // Read, then write what was read plus one: only serialized
                             // transactions make this exact.
-                            let value: i64 = tx.query_row(
+                            let value: i64 = tx.query_row_cached(
                                 "SELECT created_at FROM organizations WHERE id = 'c'",
                                 [],
                                 |r| r.get(0),
                             )?;
-                            tx.execute(
+                            tx.execute_cached(
                                 "UPDATE organizations SET created_at = ?1 WHERE id = 'c'",
                                 params![value + 1],
                             )?;
@@ -183,7 +184,7 @@ fn concurrent_read_modify_write_transactions_lose_no_update() {
     }
     let value: i64 = store
         .read_blocking(|conn| {
-            Ok(conn.query_row("SELECT created_at FROM organizations WHERE id = 'c'", [], |r| {
+            Ok(conn.query_row_cached("SELECT created_at FROM organizations WHERE id = 'c'", [], |r| {
                 r.get(0)
             })?)
         })
@@ -209,7 +210,7 @@ fn a_database_from_a_newer_binary_is_refused_and_left_alone() {
     drop(Store::open(StoreOptions::at(&path)).unwrap());
     {
         let conn = Connection::open(&path).unwrap();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (999, 'future', '2030-01-01T00:00:00Z', '1')",
             [],
         )
@@ -226,4 +227,32 @@ fn a_database_from_a_newer_binary_is_refused_and_left_alone() {
         other => panic!("expected TooNew, got {other}"),
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn cached_statements_are_not_re_prepared_on_every_execution_after_a_schema_change() {
+    // Regression: without the query planner stability guarantee (see `stable_plans`), one
+    // schema change made this statement re-prepare on every later execution.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::at(dir.path().join("db"))).unwrap();
+    let sql = "SELECT b.id, j.status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+                WHERE b.workspace_id = ?1 ORDER BY b.build_number DESC LIMIT 1";
+    let run = |i: i32| {
+        store
+            .write_blocking(|tx| {
+                let mut statement = tx.prepare_cached(sql)?;
+                {
+                    let mut rows = statement.query([format!("w{i}")])?;
+                    while rows.next()?.is_some() {}
+                }
+                Ok::<_, StoreError>(statement.get_status(rusqlite::StatementStatus::RePrepare))
+            })
+            .unwrap()
+    };
+    assert_eq!(run(0), 0);
+    store
+        .write_blocking(|tx| tx.execute_batch("CREATE TABLE probe (a); DROP TABLE probe").map_err(StoreError::from))
+        .unwrap();
+    let after: Vec<i32> = (1..5).map(run).collect();
+    assert_eq!(after, [1, 1, 1, 1], "re-prepared once for the schema change, then never again");
 }

@@ -4,6 +4,7 @@
 //! the first migration and is never modified here. Token secrets are never stored: only
 //! their SHA-256, compared in constant time.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -23,7 +24,7 @@ const TOKEN_TOUCH_COALESCE_MS: i64 = 60_000;
 /// Inserts an active user; returns its id.
 pub fn insert(conn: &Connection, username: &str, now: DateTime<Utc>) -> Result<String, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO users (id, username, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
         params![id, username, to_millis(now)],
     )?;
@@ -33,7 +34,7 @@ pub fn insert(conn: &Connection, username: &str, now: DateTime<Utc>) -> Result<S
 /// The id of the user named `username`.
 pub fn id_by_name(conn: &Connection, username: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row("SELECT id FROM users WHERE username = ?1", [username], |row| row.get(0))
+        .query_row_cached("SELECT id FROM users WHERE username = ?1", [username], |row| row.get(0))
         .optional()?)
 }
 
@@ -45,7 +46,7 @@ pub fn grant(
     role: Role,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT OR IGNORE INTO user_roles (user_id, organization_id, role, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![user_id, organization_id, role.as_str(), to_millis(now)],
     )?;
@@ -89,7 +90,7 @@ pub fn list(conn: &Connection) -> Result<Vec<UserInfo>, StoreError> {
 /// One user by id or name.
 pub fn get(conn: &Connection, id_or_name: &str) -> Result<Option<UserInfo>, StoreError> {
     let row: Option<(String, String, String, i64)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT id, username, status, created_at FROM users
               WHERE (id = ?1 OR username = ?1) AND is_system = 0",
             [id_or_name],
@@ -141,7 +142,7 @@ pub fn organizations(conn: &Connection) -> Result<Vec<Organization>, StoreError>
 /// The organization with this id or name.
 pub fn organization(conn: &Connection, id_or_name: &str) -> Result<Option<Organization>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT id, name, created_at FROM organizations WHERE id = ?1 OR name = ?1",
             [id_or_name],
             |row| {
@@ -182,7 +183,7 @@ pub fn create_token(
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO api_tokens (id, user_id, name, hashed_secret, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![id, user_id, name, hash(&secret), to_millis(now), expires_at.map(to_millis)],
@@ -227,7 +228,7 @@ pub fn authenticate(
         return Ok(Err(Refused::Malformed));
     };
     let row: Option<(String, Vec<u8>, Option<i64>, Option<i64>, Option<i64>, String, String)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT t.user_id, t.hashed_secret, t.expires_at, t.revoked_at, t.last_used_at,
                     u.username, u.status
                FROM api_tokens t JOIN users u ON u.id = t.user_id
@@ -281,7 +282,7 @@ pub fn authenticate(
 
 /// Records a token's use (coalesced by the caller through `needs_touch`).
 pub fn touch_token(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-    conn.execute("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1", params![id, to_millis(now)])?;
+    conn.execute_cached("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1", params![id, to_millis(now)])?;
     Ok(())
 }
 
@@ -333,14 +334,14 @@ pub fn list_tokens(conn: &Connection, user_id: Option<&str>) -> Result<Vec<Token
 /// The user a token belongs to.
 pub fn token_owner(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row("SELECT user_id FROM api_tokens WHERE id = ?1", [id], |row| row.get(0))
+        .query_row_cached("SELECT user_id FROM api_tokens WHERE id = ?1", [id], |row| row.get(0))
         .optional()?)
 }
 
 /// Revokes a token; false when there is no such token (revoking twice is fine).
 pub fn revoke_token(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let exists = token_owner(conn, id)?.is_some();
-    conn.execute(
+    conn.execute_cached(
         "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, to_millis(now)],
     )?;

@@ -2,6 +2,7 @@
 //! versions and presets, audit entries, outbox ranges. Plain queries, serialized as the
 //! API's JSON; nothing here writes.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -118,7 +119,7 @@ fn workspace_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceView> {
 /// One workspace, deleted or not.
 pub fn workspace(conn: &Connection, id: &str) -> Result<Option<WorkspaceView>, StoreError> {
     Ok(conn
-        .query_row(&format!("{WORKSPACE_VIEW} WHERE w.id = ?1"), [id], workspace_view)
+        .query_row_cached(&format!("{WORKSPACE_VIEW} WHERE w.id = ?1"), [id], workspace_view)
         .optional()?)
 }
 
@@ -203,7 +204,7 @@ pub fn builds(conn: &Connection, workspace_id: &str) -> Result<Vec<BuildView>, S
 /// One build of a workspace by number.
 pub fn build(conn: &Connection, workspace_id: &str, number: i64) -> Result<Option<BuildView>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!("{BUILD_VIEW} WHERE b.workspace_id = ?1 AND b.build_number = ?2"),
             params![workspace_id, number],
             build_view,
@@ -303,7 +304,7 @@ pub fn template(
     organization_id: &str,
 ) -> Result<Option<TemplateView>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!(
                 "{TEMPLATE_VIEW} WHERE t.deleted = 0 AND (t.id = ?1 OR (t.name = ?1 AND t.organization_id = ?2))"
             ),
@@ -375,7 +376,7 @@ pub fn presets(conn: &Connection, version_id: &str) -> Result<Vec<PresetRow>, St
 /// The organization and template of a preset (for authorization).
 pub fn preset_owner(conn: &Connection, preset_id: &str) -> Result<Option<(String, String)>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT t.organization_id, t.id FROM presets p
                JOIN template_versions v ON v.id = p.template_version_id
                JOIN templates t ON t.id = v.template_id WHERE p.id = ?1",
@@ -457,5 +458,5 @@ pub fn events_after(conn: &Connection, after_id: i64, limit: usize) -> Result<Ve
 
 /// The newest outbox id (0 when empty).
 pub fn last_event_id(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |row| row.get(0))?)
+    Ok(conn.query_row_cached("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |row| row.get(0))?)
 }

@@ -3,6 +3,7 @@
 //! Owns workspace rows. State changes caused by builds (ready, deleted) are written by
 //! `store::jobs` when a job completes, in the same transaction as the job's outcome.
 
+use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
@@ -59,7 +60,7 @@ pub fn insert(
     now: DateTime<Utc>,
 ) -> Result<String, CreateWorkspaceError> {
     let id = uuid::Uuid::new_v4().to_string();
-    let result = conn.execute(
+    let result = conn.execute_cached(
         "INSERT INTO workspaces (id, organization_id, owner_id, template_id, preset_id, name,
             autostart_schedule, ttl_s, automatic_updates, created_at, updated_at, last_used_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10)",
@@ -131,7 +132,7 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Workspace> {
 /// The workspace with `id`, deleted or not.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Workspace>, StoreError> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"), [id], from_row)
+        .query_row_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"), [id], from_row)
         .optional()?)
 }
 
@@ -142,7 +143,7 @@ pub fn get_by_name(
     name: &str,
 ) -> Result<Option<Workspace>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!(
                 "SELECT {COLUMNS} FROM workspaces WHERE owner_id = ?1 AND name = ?2 AND deleted = 0"
             ),
