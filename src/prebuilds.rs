@@ -520,6 +520,37 @@ pub fn lifetime_counts(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// `claim`, recorded in the audit log in the same transaction.
+pub fn claim_audited(
+    tx: &mut WriteTx<'_>,
+    request: &ClaimRequest,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<ClaimOutcome, ClaimError> {
+    let outcome = claim(tx, request, now)?;
+    let (claimed, organization_id) = match &outcome {
+        ClaimOutcome::Claimed { build, .. } => (true, build.build.organization_id.as_str()),
+        ClaimOutcome::Built { build, .. } => (false, build.build.organization_id.as_str()),
+    };
+    audit::record(
+        tx,
+        actor,
+        &Entry {
+            action: "workspace.create",
+            resource_type: "workspace",
+            resource_id: outcome.workspace_id(),
+            organization_id: Some(organization_id),
+            details: json!({
+                "name": request.name,
+                "claimed_prebuild": claimed,
+                "preset_id": request.preset_id,
+            }),
+        },
+        now,
+    )?;
+    Ok(outcome)
+}
+
 /// Claims (or builds) a workspace in one write transaction (grouped with concurrent
 /// claims, each in its own savepoint), records it in the audit log and observes the claim
 /// latency. The result is known only after the commit.
@@ -532,32 +563,7 @@ pub async fn claim_workspace(
 ) -> Result<ClaimOutcome, ClaimError> {
     let started = tokio::time::Instant::now();
     let now = clock.now();
-    let outcome = store
-        .write_grouped(move |tx| {
-            let outcome = claim(tx, &request, now)?;
-            let (claimed, organization_id): (bool, String) = match &outcome {
-                ClaimOutcome::Claimed { build, .. } => (true, build.build.organization_id.clone()),
-                ClaimOutcome::Built { build, .. } => (false, build.build.organization_id.clone()),
-            };
-            audit::record(
-                tx,
-                &actor,
-                &Entry {
-                    action: "workspace.create",
-                    resource_type: "workspace",
-                    resource_id: outcome.workspace_id(),
-                    organization_id: Some(&organization_id),
-                    details: json!({
-                        "name": request.name,
-                        "claimed_prebuild": claimed,
-                        "preset_id": request.preset_id,
-                    }),
-                },
-                now,
-            )?;
-            Ok(outcome)
-        })
-        .await;
+    let outcome = store.write_grouped(move |tx| claim_audited(tx, &request, &actor, now)).await;
     if let Ok(ClaimOutcome::Claimed { .. }) = &outcome {
         metrics.claim_duration.observe(started.elapsed().as_secs_f64());
     }

@@ -101,100 +101,93 @@ struct CreateWorkspace {
     ttl_s: Option<u32>,
 }
 
-/// What the create handler resolved before writing.
-struct Resolved {
-    organization_id: String,
-    template_id: String,
-    preset_id: Option<String>,
-    owner_id: Option<String>,
-}
-
-pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
-    let body: CreateWorkspace = json_body(ctx, request).await?;
-    crate::http::handlers::valid_name("name", &body.name)?;
-    let (template, organization, preset, owner) =
-        (body.template.clone(), body.organization.clone(), body.preset.clone(), body.owner.clone());
-    let resolved = ctx
-        .state
-        .ctx
-        .store
-        .read(move |conn| -> Result<Result<Resolved, ApiError>, StoreError> {
-            let organization_id = match &organization {
-                Some(name) => match users::organization(conn, name)? {
-                    Some(org) => org.id,
-                    None => return Ok(Err(ApiError::bad_request("organization", format!("no organization {name:?}")))),
-                },
-                None => DEFAULT_ORGANIZATION_ID.to_owned(),
-            };
-            let Some(template) = views::template(conn, &template, &organization_id)? else {
-                return Ok(Err(ApiError::field(StatusCode::NOT_FOUND, "template", "no such template")));
-            };
-            let preset_id = match (&preset, &template.active_version_id) {
-                (Some(preset), Some(version)) => {
-                    match views::presets(conn, version)?.into_iter().find(|p| &p.id == preset || &p.name == preset) {
-                        Some(found) => Some(found.id),
-                        None => {
-                            return Ok(Err(ApiError::bad_request(
-                                "preset",
-                                format!("template {:?} has no preset {preset:?} on its active version", template.name),
-                            )));
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let owner_id = match &owner {
-                Some(owner) => match users::get(conn, owner)? {
-                    Some(user) => Some(user.id),
-                    None => return Ok(Err(ApiError::bad_request("owner", format!("no user {owner:?}")))),
-                },
-                None => None,
-            };
-            Ok(Ok(Resolved {
-                organization_id: template.organization_id,
-                template_id: template.id,
-                preset_id,
-                owner_id,
-            }))
-        })
-        .await??;
-    let template_object =
-        Object::new(crate::auth::Resource::Template, Some(&resolved.organization_id), None);
-    if !ctx.subject.can(Permission::Read, &template_object) {
-        return Err(ApiError::field(StatusCode::NOT_FOUND, "template", "no such template"));
-    }
-    let owner_id = resolved.owner_id.unwrap_or_else(|| ctx.subject.user_id.clone());
-    if !ctx.subject.can(Permission::Create, &Object::workspace(&resolved.organization_id, &owner_id)) {
-        return Err(ApiError::forbidden("create workspaces for this owner"));
-    }
-    let claim_request = ClaimRequest {
-        user_id: owner_id.clone(),
-        template_id: resolved.template_id.clone(),
-        preset_id: resolved.preset_id,
-        name: body.name.clone(),
-        parameters: body.parameters,
-        autostart_schedule: body.autostart_schedule,
-        ttl_s: body.ttl_s.map(i64::from),
-    };
-    let actor = ctx.actor.clone();
-    let outcome = prebuilds::claim_workspace(
-        &ctx.state.ctx.store,
-        &ctx.state.ctx.clock,
-        &ctx.state.ctx.metrics.prebuilds,
-        claim_request,
-        actor,
-    )
-    .await
-    .map_err(|error| match error {
+fn claim_error(error: ClaimError) -> ApiError {
+    match error {
         ClaimError::UnknownTemplate(_) => ApiError::field(StatusCode::NOT_FOUND, "template", "no such template"),
         ClaimError::UnknownPreset(_) => ApiError::bad_request("preset", error.to_string()),
         ClaimError::Schedule(reason) => ApiError::bad_request("autostart_schedule", reason),
         ClaimError::NameTaken(error) => ApiError::field(StatusCode::CONFLICT, "name", error.to_string()),
         ClaimError::Build(error) => build_error(error),
         ClaimError::Store(error) => ApiError::from(error),
-    })?;
+    }
+}
+
+/// Resolves names to ids, authorizes, and claims or builds — all inside one grouped
+/// write transaction, so what was checked is what is written.
+fn create_in(
+    tx: &mut crate::store::WriteTx<'_>,
+    body: CreateWorkspace,
+    subject: &crate::auth::Subject,
+    actor: &crate::store::audit::Actor,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(ClaimOutcome, String, String, String), ApiError> {
+    let organization_id = match &body.organization {
+        Some(name) => users::organization(tx, name)?
+            .ok_or_else(|| ApiError::bad_request("organization", format!("no organization {name:?}")))?
+            .id,
+        None => DEFAULT_ORGANIZATION_ID.to_owned(),
+    };
+    let not_found = || ApiError::field(StatusCode::NOT_FOUND, "template", "no such template");
+    let template = views::template(tx, &body.template, &organization_id)?.ok_or_else(not_found)?;
+    let template_object =
+        Object::new(crate::auth::Resource::Template, Some(&template.organization_id), None);
+    if !subject.can(Permission::Read, &template_object) {
+        return Err(not_found());
+    }
+    let preset_id = match (&body.preset, &template.active_version_id) {
+        (Some(preset), Some(version)) => Some(
+            views::presets(tx, version)?
+                .into_iter()
+                .find(|p| &p.id == preset || &p.name == preset)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "preset",
+                        format!("template {:?} has no preset {preset:?} on its active version", template.name),
+                    )
+                })?
+                .id,
+        ),
+        _ => None,
+    };
+    let owner_id = match &body.owner {
+        Some(owner) => users::get(tx, owner)?
+            .ok_or_else(|| ApiError::bad_request("owner", format!("no user {owner:?}")))?
+            .id,
+        None => subject.user_id.clone(),
+    };
+    if !subject.can(Permission::Create, &Object::workspace(&template.organization_id, &owner_id)) {
+        return Err(ApiError::forbidden("create workspaces for this owner"));
+    }
+    let request = ClaimRequest {
+        user_id: owner_id.clone(),
+        template_id: template.id.clone(),
+        preset_id,
+        name: body.name,
+        parameters: body.parameters,
+        autostart_schedule: body.autostart_schedule,
+        ttl_s: body.ttl_s.map(i64::from),
+    };
+    let outcome = prebuilds::claim_audited(tx, &request, actor, now).map_err(claim_error)?;
+    Ok((outcome, owner_id, template.organization_id, template.id))
+}
+
+pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
+    let body: CreateWorkspace = json_body(ctx, request).await?;
+    crate::http::handlers::valid_name("name", &body.name)?;
+    let name = body.name.clone();
+    let (subject, actor, now) = (ctx.subject.clone(), ctx.actor.clone(), ctx.now);
+    let started = tokio::time::Instant::now();
+    let (outcome, owner_id, organization_id, template_id) = ctx
+        .state
+        .ctx
+        .store
+        .write_grouped(move |tx| create_in(tx, body, &subject, &actor, now))
+        .await?;
     let (claimed, workspace_id, build) = match outcome {
-        ClaimOutcome::Claimed { workspace_id, build } => (true, workspace_id, build),
+        ClaimOutcome::Claimed { workspace_id, build } => {
+            ctx.state.ctx.metrics.prebuilds.claim_duration.observe(started.elapsed().as_secs_f64());
+            (true, workspace_id, build)
+        }
         ClaimOutcome::Built { workspace_id, build } => (false, workspace_id, build),
     };
     json(
@@ -203,10 +196,10 @@ pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
             "claimed": claimed,
             "workspace": {
                 "id": workspace_id,
-                "name": body.name,
+                "name": name,
                 "owner_id": owner_id,
-                "organization_id": resolved.organization_id,
-                "template_id": resolved.template_id,
+                "organization_id": organization_id,
+                "template_id": template_id,
             },
             "build": {
                 "id": build.build.build_id,

@@ -8,6 +8,8 @@
 //! callers queue their write and then take the writer; whoever holds it runs everything
 //! queued so far. Under no load a group has one write and costs the same as `write`.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::TransactionBehavior;
 use tokio::sync::oneshot;
 
@@ -45,12 +47,14 @@ impl Store {
             })
         });
         lock(&self.inner.group).push(write);
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.flush_group())
-            .await
-            .map_err(|error| E::from(StoreError::Task(error)))?;
-        // Our write ran in this flush or an earlier one that took it from the queue; its
-        // reporter always runs, so the channel is only dropped on a panic.
+        // One flusher at a time: it keeps committing groups until the queue is empty, so
+        // callers never pile up on the writer's lock.
+        if !self.inner.group_flusher.swap(true, Ordering::AcqRel) {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.flush_until_empty());
+        }
+        // The flusher runs our write and then its reporter; the channel is dropped without
+        // a result only if a write panicked (see `FlusherGuard`).
         receiver.await.unwrap_or_else(|_| {
             Err(E::from(StoreError::GroupCommit {
                 reason: "the grouped write was dropped".to_owned(),
@@ -58,8 +62,25 @@ impl Store {
         })
     }
 
-    /// Takes the writer, then runs every queued write in one transaction. A no-op when an
-    /// earlier flush already took them.
+    /// Commits groups until the queue is empty, then hands the flusher role back.
+    fn flush_until_empty(&self) {
+        let guard = FlusherGuard(self);
+        loop {
+            self.flush_group();
+            if !lock(&self.inner.group).is_empty() {
+                continue;
+            }
+            self.inner.group_flusher.store(false, Ordering::Release);
+            // A write queued between the check and the store found the role taken and
+            // started no flusher: take the role back for it, unless a new flusher did.
+            if lock(&self.inner.group).is_empty() || self.inner.group_flusher.swap(true, Ordering::AcqRel) {
+                break;
+            }
+        }
+        std::mem::forget(guard);
+    }
+
+    /// Takes the writer, then runs up to `MAX_GROUP` queued writes in one transaction.
     fn flush_group(&self) {
         let (reporters, emitted, jobs_enqueued, committed) = {
             let mut conn = lock(&self.inner.writer);
@@ -99,6 +120,17 @@ impl Store {
             }
         }
         // Writes queued while this group ran are flushed by their own callers' flushes.
+    }
+}
+
+/// Only dropped when a write panicked inside the flusher: the queued writes are dropped
+/// (their callers get an error instead of waiting forever) and the role is released.
+struct FlusherGuard<'a>(&'a Store);
+
+impl Drop for FlusherGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.inner.group).clear();
+        self.0.inner.group_flusher.store(false, Ordering::Release);
     }
 }
 
