@@ -73,7 +73,8 @@ async fn claim_round(addr: std::net::SocketAddr, token: &str, round: usize) -> R
                 if n >= CLAIMS_PER_ROUND {
                     break;
                 }
-                let body = format!(r#"{{"template":"bench","preset":"small","name":"r{round}-c{n}"}}"#);
+                let body =
+                    format!(r#"{{"template":"bench","preset":"small","name":"r{round}-c{n}"}}"#);
                 let request = hyper::Request::post(format!("http://{addr}/api/v1/workspaces"))
                     .header("authorization", format!("Bearer {token}"))
                     .header("content-type", "application/json")
@@ -114,15 +115,23 @@ fn bare_rate(dir: &std::path::Path) -> f64 {
     let conn = Connection::open(dir.join("bare.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, owner TEXT, name TEXT)").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, owner TEXT, name TEXT)",
+    )
+    .unwrap();
     conn.execute("DELETE FROM t", []).unwrap();
     for id in 0..BARE_UPDATES {
-        conn.execute("INSERT INTO t (id, owner, name) VALUES (?1, 'prebuilds', 'p')", [id as i64]).unwrap();
+        conn.execute("INSERT INTO t (id, owner, name) VALUES (?1, 'prebuilds', 'p')", [id as i64])
+            .unwrap();
     }
     let started = Instant::now();
     for id in 0..BARE_UPDATES {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        conn.execute("UPDATE t SET owner = 'user', name = ?2 WHERE id = ?1", params![id as i64, format!("n{id}")]).unwrap();
+        conn.execute(
+            "UPDATE t SET owner = 'user', name = ?2 WHERE id = ?1",
+            params![id as i64, format!("n{id}")],
+        )
+        .unwrap();
         conn.execute_batch("COMMIT").unwrap();
     }
     BARE_UPDATES as f64 / started.elapsed().as_secs_f64()
@@ -283,7 +292,13 @@ async fn direct_claims(store: &workspaced::store::Store, clock: &Arc<dyn Clock>)
                    FROM templates t JOIN presets p ON p.template_version_id = t.active_version_id
                   WHERE t.name = 'bench'",
                 [],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                },
             )?)
         })
         .await
@@ -312,5 +327,7 @@ async fn direct_claims(store: &workspaced::store::Store, clock: &Arc<dyn Clock>)
         task.await.unwrap();
     }
     let grouped = DIRECT_CLAIMS as f64 / started.elapsed().as_secs_f64();
-    println!("claims (no HTTP): serial claim tx {serial:.0}/s; {DIRECT_CLAIMS} concurrent grouped {grouped:.0}/s");
+    println!(
+        "claims (no HTTP): serial claim tx {serial:.0}/s; {DIRECT_CLAIMS} concurrent grouped {grouped:.0}/s"
+    );
 }

@@ -98,7 +98,11 @@ impl<'a> Object<'a> {
 
     /// A workspace: the resource depends on whether the prebuilds user owns it.
     pub fn workspace(organization: &'a str, owner: &'a str) -> Self {
-        Object { resource: Resource::Workspace, organization: Some(organization), owner: Some(owner) }
+        Object {
+            resource: Resource::Workspace,
+            organization: Some(organization),
+            owner: Some(owner),
+        }
     }
 }
 
@@ -116,7 +120,9 @@ impl Subject {
 
     /// Deleting needs read, update and delete.
     pub fn can_delete(&self, object: &Object<'_>) -> bool {
-        [Action::Read, Action::Update, Action::Delete].iter().all(|action| self.can(*action, object))
+        [Action::Read, Action::Update, Action::Delete]
+            .iter()
+            .all(|action| self.can(*action, object))
     }
 
     /// Whether the subject holds `role` in `organization`.
@@ -131,7 +137,10 @@ impl Subject {
 
     fn allowed(&self, action: Action, object: &Object<'_>) -> bool {
         let own = object.owner == Some(self.user_id.as_str());
-        if object.resource == Resource::Token && own && matches!(action, Action::Read | Action::Delete) {
+        if object.resource == Resource::Token
+            && own
+            && matches!(action, Action::Read | Action::Delete)
+        {
             return true;
         }
         self.roles.iter().any(|(organization, role)| {
@@ -237,7 +246,11 @@ mod tests {
                     let object = Object::new(*resource, Some(OTHER_ORG), Some(owner));
                     let expected =
                         if *resource == Resource::Token && owner == ME { "rd" } else { "" };
-                    assert_eq!(letters(&subject, &object), expected, "{role:?} {resource:?} {owner}");
+                    assert_eq!(
+                        letters(&subject, &object),
+                        expected,
+                        "{role:?} {resource:?} {owner}"
+                    );
                 }
             }
         }

@@ -16,16 +16,16 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, AppError};
 use chrono::{DateTime, Utc};
 
+use crate::auth::Role;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ConfigError, ConfigSource};
 use crate::planner;
 use crate::planner::snapshot::{Snapshot, SnapshotError, rfc3339};
 use crate::prebuilds::{self, ResetError};
 use crate::signals::Signals;
-use crate::auth::Role;
 use crate::store::snapshot as store_snapshot;
-use crate::store::{audit, users};
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{audit, users};
 use crate::telemetry::{self, TelemetryError};
 
 #[derive(Debug, Parser)]
@@ -244,7 +244,9 @@ fn ensure_user(
         (None, true) => {
             let valid = !name.is_empty()
                 && name.len() <= 64
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+                && name.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+                });
             if !valid {
                 return Err(CliError::Input(format!(
                     "user name {name:?} is invalid: use 1-64 of a-z, 0-9, '-', '_', '.'"
@@ -280,7 +282,12 @@ fn ensure_user(
     Ok(id)
 }
 
-fn user_create(source: ConfigSource, name: &str, role: Option<&str>, org: &str) -> Result<(), CliError> {
+fn user_create(
+    source: ConfigSource,
+    name: &str,
+    role: Option<&str>,
+    org: &str,
+) -> Result<(), CliError> {
     let role = role.map(parse_role).transpose()?;
     let store = open_store(&source)?;
     let now = SystemClock.now();
@@ -390,7 +397,9 @@ fn token_revoke(source: ConfigSource, id: &str) -> Result<(), CliError> {
         Ok::<_, StoreError>(found)
     })?;
     if !found {
-        return Err(CliError::Input(format!("no token with id {id:?} (see `workspaced token list`)")));
+        return Err(CliError::Input(format!(
+            "no token with id {id:?} (see `workspaced token list`)"
+        )));
     }
     print(&format!("token {id} revoked"))
 }
@@ -477,7 +486,9 @@ fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
     let config = config::load(&source)?;
     let (store, _) = Store::open(StoreOptions::from_config(&config.storage))?;
     let now = SystemClock.now();
-    let report = store.write_blocking(|tx| prebuilds::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now))?;
+    let report = store.write_blocking(|tx| {
+        prebuilds::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now)
+    })?;
     print(&format!(
         "preset {id}: {} failed prebuild(s) queued for deletion, status cleared (was {})",
         report.deletes_queued, report.previous_status

@@ -208,13 +208,21 @@ pub struct PublishedEvent {
 
 /// Delivers committed outbox rows to in-process subscribers, oldest first, and marks them
 /// delivered. Delivery is at-least-once: a crash between sending and marking re-sends.
+/// Marking is a write (with its fsync), so under a stream of commits it is done at most
+/// every `MARK_INTERVAL` (and at every idle drain and on shutdown); the publisher remembers
+/// what it sent meanwhile, so nothing is sent twice by one process.
 pub struct Publisher {
     store: Store,
     clock: Arc<dyn Clock>,
     sender: broadcast::Sender<Arc<PublishedEvent>>,
     metrics: OutboxMetrics,
     batch_size: usize,
+    /// (sent through this id, marked delivered through this id, when last marked).
+    progress: std::sync::Mutex<(i64, i64, Option<tokio::time::Instant>)>,
 }
+
+/// The longest sent events stay unmarked while commits keep coming.
+const MARK_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Publisher {
     pub fn new(
@@ -224,7 +232,14 @@ impl Publisher {
         metrics: OutboxMetrics,
         batch_size: usize,
     ) -> Self {
-        Publisher { store, clock, sender, metrics, batch_size }
+        Publisher {
+            store,
+            clock,
+            sender,
+            metrics,
+            batch_size,
+            progress: std::sync::Mutex::new((0, 0, None)),
+        }
     }
 
     /// Publishes every committed, undelivered event; returns how many.
@@ -239,7 +254,9 @@ impl Publisher {
         }
         loop {
             let batch_size = self.batch_size;
-            let batch = self.store.read(move |conn| outbox::undelivered(conn, batch_size)).await?;
+            let after = self.progress().0;
+            let batch =
+                self.store.read(move |conn| outbox::undelivered(conn, after, batch_size)).await?;
             let Some(last) = batch.last() else { break };
             let last_id = last.id;
             let count = batch.len();
@@ -251,16 +268,42 @@ impl Publisher {
                 // who listens (nobody), and durable consumers read the outbox themselves.
                 let _ = self.sender.send(Arc::new(event));
             }
-            self.store.write(move |tx| outbox::mark_delivered_through(tx, last_id, now)).await?;
+            self.with_progress(|progress| progress.0 = last_id);
             self.metrics.published.inc_by(count as u64);
             published += count;
             if count < self.batch_size {
                 break;
             }
         }
+        self.mark(published == 0).await?;
         let pending = self.store.read(outbox::pending_count).await?;
         self.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
         Ok(published)
+    }
+
+    fn progress(&self) -> (i64, i64, Option<tokio::time::Instant>) {
+        *self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn with_progress(&self, f: impl FnOnce(&mut (i64, i64, Option<tokio::time::Instant>))) {
+        f(&mut self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// Marks what was sent as delivered: when `force`d (idle, shutdown) or when the last
+    /// mark is older than `MARK_INTERVAL`.
+    async fn mark(&self, force: bool) -> Result<(), StoreError> {
+        let (sent, marked, marked_at) = self.progress();
+        let due = force || marked_at.is_none_or(|at| at.elapsed() >= MARK_INTERVAL);
+        if sent <= marked || !due {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        self.store.write(move |tx| outbox::mark_delivered_through(tx, sent, now)).await?;
+        self.with_progress(|progress| {
+            progress.1 = sent;
+            progress.2 = Some(tokio::time::Instant::now());
+        });
+        Ok(())
     }
 
     /// Drains after every local commit that emitted events (`Store::outbox_notified`), every
@@ -278,7 +321,11 @@ impl Publisher {
                 () = tokio::time::sleep(poll_interval) => {}
             }
         }
-        if let Err(error) = self.drain().await {
+        let last = async {
+            self.drain().await?;
+            self.mark(true).await
+        };
+        if let Err(error) = last.await {
             self.metrics.errors.inc();
             tracing::error!(error = %error, "final outbox publish on shutdown failed; events stay queued");
         }

@@ -492,7 +492,10 @@ impl Metrics {
 
         let api = ApiMetrics {
             requests: IntCounterVec::new(
-                Opts::new("workspaced_api_requests_total", "API requests by route pattern and status code."),
+                Opts::new(
+                    "workspaced_api_requests_total",
+                    "API requests by route pattern and status code.",
+                ),
                 &["route", "code"],
             )?,
             request_duration: HistogramVec::new(

@@ -483,7 +483,9 @@ fn ready_prebuild(
     let oldest_allowed = ttl_s.map_or(i64::MIN, |ttl| to_millis(now) - ttl * 1000);
     let mut statement = tx.prepare_cached(CLAIMABLE)?;
     Ok(statement
-        .query_row(params![PREBUILDS_USER_ID, preset_id, version_id, oldest_allowed], |row| row.get(0))
+        .query_row(params![PREBUILDS_USER_ID, preset_id, version_id, oldest_allowed], |row| {
+            row.get(0)
+        })
         .optional()?)
 }
 
@@ -578,7 +580,8 @@ mod tests {
     fn the_claim_query_uses_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) =
-            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db"))).unwrap();
+            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db")))
+                .unwrap();
         let plan: Vec<String> = store
             .read_blocking(|conn| {
                 let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIMABLE}"))?;

@@ -66,7 +66,12 @@ pub fn validate(webhook: &WebhookConfig) -> Result<(), Invalid> {
                 ),
             );
         }
-        _ => return invalid("url", format!("{:?} is not an http://host[:port]/path URL", webhook.url)),
+        _ => {
+            return invalid(
+                "url",
+                format!("{:?} is not an http://host[:port]/path URL", webhook.url),
+            );
+        }
     }
     if webhook.secret.len() < 16 {
         return invalid("secret", "must be at least 16 characters".to_owned());
@@ -79,12 +84,18 @@ pub fn validate(webhook: &WebhookConfig) -> Result<(), Invalid> {
         if !known {
             return invalid(
                 "events",
-                format!("unknown event kind {filter:?}; expected one of: {}", Event::KINDS.join(", ")),
+                format!(
+                    "unknown event kind {filter:?}; expected one of: {}",
+                    Event::KINDS.join(", ")
+                ),
             );
         }
     }
     if !(1..=100).contains(&webhook.max_attempts) {
-        return invalid("max_attempts", format!("{} is out of range; use 1 to 100", webhook.max_attempts));
+        return invalid(
+            "max_attempts",
+            format!("{} is out of range; use 1 to 100", webhook.max_attempts),
+        );
     }
     if webhook.initial_backoff.as_secs() < 1 {
         return invalid("initial_backoff", "must be at least 1s".to_owned());
@@ -176,7 +187,11 @@ pub fn deliveries(
 
 /// Moves every webhook's cursor over the committed outbox, queueing a delivery for each
 /// event it wants. Returns how many deliveries were queued.
-fn enqueue(conn: &Connection, webhooks: &[WebhookConfig], now: DateTime<Utc>) -> Result<usize, StoreError> {
+fn enqueue(
+    conn: &Connection,
+    webhooks: &[WebhookConfig],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
     let mut queued = 0;
     for webhook in webhooks {
         let cursor: Option<i64> = conn
@@ -291,7 +306,10 @@ impl Worker {
     }
 
     /// One pass: queue new events, send every due delivery, record the outcomes.
-    pub async fn step(&self, client: &Client<HttpConnector, Full<Bytes>>) -> Result<(), StoreError> {
+    pub async fn step(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+    ) -> Result<(), StoreError> {
         let webhooks = self.config.borrow().webhooks.clone();
         if webhooks.is_empty() {
             return Ok(());
@@ -308,7 +326,8 @@ impl Worker {
             let mut attempts = tokio::task::JoinSet::new();
             let mut orphaned = Vec::new();
             for delivery in batch {
-                let Some(webhook) = webhooks.iter().find(|w| w.name == delivery.webhook).cloned() else {
+                let Some(webhook) = webhooks.iter().find(|w| w.name == delivery.webhook).cloned()
+                else {
                     // Removed from the config: its deliveries wait until it comes back.
                     orphaned.push(delivery.id);
                     continue;
@@ -328,9 +347,7 @@ impl Worker {
             let sent = outcomes.len();
             let metrics = self.metrics.clone();
             let now = self.clock.now();
-            self.store
-                .write(move |tx| record(tx, &outcomes, &orphaned, &metrics, now))
-                .await?;
+            self.store.write(move |tx| record(tx, &outcomes, &orphaned, &metrics, now)).await?;
             if sent == 0 {
                 break;
             }
@@ -392,7 +409,9 @@ async fn send(
         Ok(Ok(response)) => {
             let status = response.status();
             // Read (and drop) the body so the connection can be reused; bounded by the timeout.
-            let _ = tokio::time::timeout(webhook.timeout.as_duration(), response.into_body().collect()).await;
+            let _ =
+                tokio::time::timeout(webhook.timeout.as_duration(), response.into_body().collect())
+                    .await;
             if status.is_success() {
                 Attempt { delivery_id: delivery.id, status: Some(status.as_u16()), error: None }
             } else {
@@ -456,7 +475,9 @@ fn record(
                 webhook = %webhook.name, delivery = attempt.delivery_id, attempts, error = %error,
                 "webhook delivery failed; will retry"
             ),
-            (None, _) => tracing::debug!(webhook = %webhook.name, delivery = attempt.delivery_id, "webhook delivered"),
+            (None, _) => {
+                tracing::debug!(webhook = %webhook.name, delivery = attempt.delivery_id, "webhook delivered")
+            }
         }
     }
     Ok(())

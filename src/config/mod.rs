@@ -743,7 +743,10 @@ impl Config {
                 return Err(fail(&key(reason.field), reason.reason));
             }
             if !webhook_names.insert(webhook.name.as_str()) {
-                return Err(fail(&key("name"), format!("duplicate webhook name {:?}", webhook.name)));
+                return Err(fail(
+                    &key("name"),
+                    format!("duplicate webhook name {:?}", webhook.name),
+                ));
             }
         }
         if self.log.file.max_files == 0 {

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -149,7 +151,9 @@ impl Route {
             ["workspaces"] => Route::Workspaces,
             ["workspaces", id] => Route::Workspace(owned(id)),
             ["workspaces", id, "builds"] => Route::WorkspaceBuilds(owned(id)),
-            ["workspaces", id, "builds", number, "logs"] => Route::BuildLogs(owned(id), owned(number)),
+            ["workspaces", id, "builds", number, "logs"] => {
+                Route::BuildLogs(owned(id), owned(number))
+            }
             ["workspaces", id, "builds", number, "cancel"] => {
                 Route::BuildCancel(owned(id), owned(number))
             }
@@ -212,7 +216,11 @@ impl Route {
 }
 
 /// Serves one `/api/v1` request and records its metrics.
-pub async fn handle(state: &Arc<HttpState>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+pub async fn handle(
+    state: &Arc<HttpState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
     let started = tokio::time::Instant::now();
     let (pattern, response) = dispatch(state, request, peer).await;
     let metrics = &state.ctx.metrics.api;
@@ -293,7 +301,10 @@ async fn route_to(ctx: Ctx, route: Route, request: Request<Incoming>) -> ApiResu
 }
 
 /// The caller, from `Authorization: Bearer <token>`; the 401 response otherwise.
-async fn authenticate(state: &Arc<HttpState>, request: &Request<Incoming>) -> Result<Subject, HttpResponse> {
+async fn authenticate(
+    state: &Arc<HttpState>,
+    request: &Request<Incoming>,
+) -> Result<Subject, HttpResponse> {
     let unauthorized = |message: &str| {
         let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -315,7 +326,9 @@ async fn authenticate(state: &Arc<HttpState>, request: &Request<Incoming>) -> Re
                 let id = authenticated.token_id.clone();
                 // Bookkeeping only: never delays or fails the request.
                 tokio::spawn(async move {
-                    if let Err(error) = store.write(move |tx| users::touch_token(tx, &id, now)).await {
+                    if let Err(error) =
+                        store.write(move |tx| users::touch_token(tx, &id, now)).await
+                    {
                         tracing::warn!(error = %crate::loops::error_chain(&error), "cannot record token use");
                     }
                 });
@@ -337,10 +350,16 @@ async fn authenticate(state: &Arc<HttpState>, request: &Request<Incoming>) -> Re
 
 /// Reads and parses a JSON body: 413 over `api.max_body_bytes`, 400 naming the field for
 /// malformed or unknown fields. An empty body is `{}`.
-pub async fn json_body<T: DeserializeOwned>(ctx: &Ctx, request: Request<Incoming>) -> Result<T, ApiError> {
+pub async fn json_body<T: DeserializeOwned>(
+    ctx: &Ctx,
+    request: Request<Incoming>,
+) -> Result<T, ApiError> {
     let limit = ctx.state.ctx.config.borrow().api.max_body_bytes;
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes (api.max_body_bytes)"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes (api.max_body_bytes)"),
+        )
     };
     let declared = request
         .headers()
@@ -354,7 +373,10 @@ pub async fn json_body<T: DeserializeOwned>(ctx: &Ctx, request: Request<Incoming
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(error) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {error}")));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {error}"),
+            ));
         }
     };
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
@@ -364,22 +386,30 @@ pub async fn json_body<T: DeserializeOwned>(ctx: &Ctx, request: Request<Incoming
         let inner = error.into_inner();
         let message = inner.to_string();
         // serde names an unknown field in its message; report its full path as the field.
-        let field = match message.strip_prefix("unknown field `").and_then(|rest| rest.split_once('`')) {
-            Some((name, _)) if path == "." || path.is_empty() => name.to_owned(),
-            Some((name, _)) if !path.ends_with(name) => format!("{path}.{name}"),
-            _ if path == "." => String::new(),
-            _ => path,
-        };
+        let field =
+            match message.strip_prefix("unknown field `").and_then(|rest| rest.split_once('`')) {
+                Some((name, _)) if path == "." || path.is_empty() => name.to_owned(),
+                Some((name, _)) if !path.ends_with(name) => format!("{path}.{name}"),
+                _ if path == "." => String::new(),
+                _ => path,
+            };
         let message = match message.rsplit_once(" at line ") {
             Some((text, _)) => text.to_owned(),
             None => message,
         };
-        ApiError { status: StatusCode::BAD_REQUEST, message, field: (!field.is_empty()).then_some(field) }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            field: (!field.is_empty()).then_some(field),
+        }
     })
 }
 
 /// The query parameters; any name outside `allowed` is a 400 naming it.
-pub fn query(request: &Request<Incoming>, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+pub fn query(
+    request: &Request<Incoming>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
     let mut parameters = BTreeMap::new();
     let Some(query) = request.uri().query() else { return Ok(parameters) };
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -406,7 +436,9 @@ pub fn parse_param<T: std::str::FromStr>(
     parameters
         .get(name)
         .map(|value| {
-            value.parse().map_err(|_| ApiError::bad_request(name, format!("invalid value {value:?}")))
+            value
+                .parse()
+                .map_err(|_| ApiError::bad_request(name, format!("invalid value {value:?}")))
         })
         .transpose()
 }
@@ -436,9 +468,15 @@ mod tests {
 
     #[test]
     fn routes_parse_by_segments() {
-        assert_eq!(Route::parse(&["workspaces", "w1", "start"]), Some(Route::WorkspaceAction("w1".into(), workspaces::Action::Start)));
+        assert_eq!(
+            Route::parse(&["workspaces", "w1", "start"]),
+            Some(Route::WorkspaceAction("w1".into(), workspaces::Action::Start))
+        );
         assert_eq!(Route::parse(&["workspaces", "w1", "explode"]), None);
-        assert_eq!(Route::parse(&["workspaces", "w1", "builds", "3", "logs"]), Some(Route::BuildLogs("w1".into(), "3".into())));
+        assert_eq!(
+            Route::parse(&["workspaces", "w1", "builds", "3", "logs"]),
+            Some(Route::BuildLogs("w1".into(), "3".into()))
+        );
         assert_eq!(Route::parse(&[]), None);
     }
 

@@ -27,14 +27,18 @@ fn require(allowed: bool, action: &str) -> Result<(), ApiError> {
 pub(crate) fn valid_name(field: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
         Err(ApiError::bad_request(
             field,
-            format!("{name:?} is not a valid name: 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"),
+            format!(
+                "{name:?} is not a valid name: 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+            ),
         ))
     }
 }
@@ -77,7 +81,10 @@ struct CreateUser {
 }
 
 pub async fn create_user(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
-    require(ctx.subject.can(Action::Create, &Object::new(Resource::User, None, None)), "create users")?;
+    require(
+        ctx.subject.can(Action::Create, &Object::new(Resource::User, None, None)),
+        "create users",
+    )?;
     let body: CreateUser = json_body(ctx, request).await?;
     valid_name("username", &body.username)?;
     let mut grants = Vec::new();
@@ -85,10 +92,17 @@ pub async fn create_user(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
         let role = Role::parse(&grant.role).ok_or_else(|| {
             ApiError::bad_request(
                 &format!("roles[{index}].role"),
-                format!("unknown role {:?}; expected owner, template-admin, member or auditor", grant.role),
+                format!(
+                    "unknown role {:?}; expected owner, template-admin, member or auditor",
+                    grant.role
+                ),
             )
         })?;
-        grants.push((grant.organization.clone().unwrap_or_else(|| "default".to_owned()), role, index));
+        grants.push((
+            grant.organization.clone().unwrap_or_else(|| "default".to_owned()),
+            role,
+            index,
+        ));
     }
     let (actor, now, username) = (ctx.actor.clone(), ctx.now, body.username.clone());
     let id = ctx
@@ -172,7 +186,10 @@ struct CreateToken {
 }
 
 pub async fn create_token(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
-    require(ctx.subject.can(Action::Create, &Object::new(Resource::Token, None, None)), "create tokens")?;
+    require(
+        ctx.subject.can(Action::Create, &Object::new(Resource::Token, None, None)),
+        "create tokens",
+    )?;
     let body: CreateToken = json_body(ctx, request).await?;
     let expires_at = match &body.expires_in {
         Some(text) => {
@@ -298,14 +315,22 @@ pub async fn create_organization(ctx: &Ctx, request: Request<Incoming>) -> ApiRe
         .await?;
     match created {
         Some(org) => json(StatusCode::CREATED, &org),
-        None => Err(ApiError::field(StatusCode::CONFLICT, "name", format!("organization {:?} already exists", body.name))),
+        None => Err(ApiError::field(
+            StatusCode::CONFLICT,
+            "name",
+            format!("organization {:?} already exists", body.name),
+        )),
     }
 }
 
 // ---- templates and presets ----
 
 /// A readable live template by id, or by name in `?organization=` (default `default`).
-async fn find_template(ctx: &Ctx, id: String, organization: Option<String>) -> Result<TemplateView, ApiError> {
+async fn find_template(
+    ctx: &Ctx,
+    id: String,
+    organization: Option<String>,
+) -> Result<TemplateView, ApiError> {
     let found = ctx
         .state
         .ctx
@@ -340,7 +365,10 @@ pub async fn list_templates(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult
     let visible: Vec<_> = templates
         .into_iter()
         .filter(|template| {
-            ctx.subject.can(Action::Read, &Object::new(Resource::Template, Some(&template.organization_id), None))
+            ctx.subject.can(
+                Action::Read,
+                &Object::new(Resource::Template, Some(&template.organization_id), None),
+            )
         })
         .collect();
     json(StatusCode::OK, &json!({ "templates": visible }))
@@ -355,7 +383,8 @@ pub async fn get_template(ctx: &Ctx, request: &Request<Incoming>, id: String) ->
 pub async fn template_versions(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
     let parameters = query(request, &["organization"])?;
     let template = find_template(ctx, id, parameters.get("organization").cloned()).await?;
-    let versions = ctx.state.ctx.store.read(move |conn| views::versions(conn, &template.id)).await?;
+    let versions =
+        ctx.state.ctx.store.read(move |conn| views::versions(conn, &template.id)).await?;
     json(StatusCode::OK, &json!({ "versions": versions }))
 }
 
@@ -428,7 +457,12 @@ pub async fn template_presets(ctx: &Ctx, request: &Request<Incoming>, id: String
     let presets: Vec<PresetStatus> = rows
         .into_iter()
         .map(|(row, parameters)| {
-            let pool = plan.reconciler.presets.iter().find(|p| p.preset_id == row.id).map(PoolStatus::from);
+            let pool = plan
+                .reconciler
+                .presets
+                .iter()
+                .find(|p| p.preset_id == row.id)
+                .map(PoolStatus::from);
             PresetStatus {
                 id: row.id,
                 name: row.name,
@@ -445,7 +479,9 @@ pub async fn template_presets(ctx: &Ctx, request: &Request<Incoming>, id: String
 pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, id: String) -> ApiResult {
     let lookup = id.clone();
     let owner = ctx.state.ctx.store.read(move |conn| views::preset_owner(conn, &lookup)).await?;
-    let Some((organization_id, _template_id)) = owner else { return Err(ApiError::not_found("preset")) };
+    let Some((organization_id, _template_id)) = owner else {
+        return Err(ApiError::not_found("preset"));
+    };
     let object = Object::new(Resource::Preset, Some(&organization_id), None);
     if !ctx.subject.can(Action::Read, &object) {
         return Err(ApiError::not_found("preset"));
@@ -474,19 +510,26 @@ pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, id: String) -> 
 
 pub async fn plan(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
     let parameters = query(request, &["now"])?;
-    require(ctx.subject.can(Action::Read, &Object::new(Resource::System, None, None)), "read the plan")?;
+    require(
+        ctx.subject.can(Action::Read, &Object::new(Resource::System, None, None)),
+        "read the plan",
+    )?;
     let now = match parameters.get("now") {
         Some(text) => crate::planner::snapshot::rfc3339::parse(text)
             .map_err(|reason| ApiError::bad_request("now", reason))?,
         None => ctx.now,
     };
     let settings = ctx.state.ctx.config.borrow().planner_settings();
-    let snapshot = ctx.state.ctx.store.read(move |conn| snapshot::read(conn, now, settings)).await?;
+    let snapshot =
+        ctx.state.ctx.store.read(move |conn| snapshot::read(conn, now, settings)).await?;
     json(StatusCode::OK, &planner::plan(&snapshot))
 }
 
 pub async fn gc_run(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
-    require(ctx.subject.can(Action::Update, &Object::new(Resource::System, None, None)), "run the GC")?;
+    require(
+        ctx.subject.can(Action::Update, &Object::new(Resource::System, None, None)),
+        "run the GC",
+    )?;
     let _: serde::de::IgnoredAny = json_body(ctx, request).await?;
     if !ctx.state.ctx.config.borrow().gc.enabled {
         return Err(ApiError::conflict("the GC is disabled ([gc] enabled = false)"));
@@ -532,7 +575,9 @@ pub async fn audit(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
                 .subject
                 .roles
                 .iter()
-                .filter(|(org, _)| ctx.subject.can(Action::Read, &Object::new(Resource::AuditLog, Some(org), None)))
+                .filter(|(org, _)| {
+                    ctx.subject.can(Action::Read, &Object::new(Resource::AuditLog, Some(org), None))
+                })
                 .map(|(org, _)| org.clone())
                 .collect();
             if orgs.is_empty() {
@@ -551,7 +596,10 @@ pub async fn audit(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
 
 pub async fn webhook_deliveries(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
     let parameters = query(request, &["status", "limit"])?;
-    require(ctx.subject.can(Action::Read, &Object::new(Resource::Webhook, None, None)), "read webhook deliveries")?;
+    require(
+        ctx.subject.can(Action::Read, &Object::new(Resource::Webhook, None, None)),
+        "read webhook deliveries",
+    )?;
     let status = parameters.get("status").cloned();
     if let Some(status) = &status
         && !["pending", "delivered", "dead"].contains(&status.as_str())

@@ -56,9 +56,10 @@ fn streaming(content_type: &'static str) -> (mpsc::Sender<Bytes>, HttpResponse) 
 pub fn visible(subject: &Subject, event: &Event) -> bool {
     match event {
         Event::Notification { user_id: Some(user_id), .. } => *user_id == subject.user_id,
-        Event::Notification { user_id: None, organization_id, .. } => {
-            subject.can(Action::Update, &Object::new(Resource::Template, organization_id.as_deref(), None))
-        }
+        Event::Notification { user_id: None, organization_id, .. } => subject.can(
+            Action::Update,
+            &Object::new(Resource::Template, organization_id.as_deref(), None),
+        ),
         Event::ConfigApplied { .. } => {
             subject.can(Action::Read, &Object::new(Resource::Template, None, None))
         }
@@ -151,10 +152,20 @@ async fn run_event_stream(
 }
 
 /// Sends every committed event after `last` from the outbox; false when the client left.
-async fn replay(state: &HttpState, subject: &Subject, last: &mut i64, sender: &mpsc::Sender<Bytes>) -> bool {
+async fn replay(
+    state: &HttpState,
+    subject: &Subject,
+    last: &mut i64,
+    sender: &mpsc::Sender<Bytes>,
+) -> bool {
     loop {
         let after = *last;
-        let batch = match state.ctx.store.read(move |conn| views::events_after(conn, after, 500)).await {
+        let batch = match state
+            .ctx
+            .store
+            .read(move |conn| views::events_after(conn, after, 500))
+            .await
+        {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(error = %crate::loops::error_chain(&error), "event stream cannot read the outbox; closing it");

@@ -62,7 +62,9 @@ fn object(workspace: &WorkspaceView) -> Object<'_> {
 async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
     let found = ctx.state.ctx.store.read(move |conn| views::workspace(conn, &id)).await?;
     match found {
-        Some(workspace) if !workspace.deleted && ctx.subject.can(Permission::Read, &object(&workspace)) => {
+        Some(workspace)
+            if !workspace.deleted && ctx.subject.can(Permission::Read, &object(&workspace)) =>
+        {
             Ok(workspace)
         }
         _ => Err(ApiError::not_found("workspace")),
@@ -72,7 +74,9 @@ async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
 fn build_error(error: BuildError) -> ApiError {
     match error {
         BuildError::InProgress { .. } => ApiError::conflict(error.to_string()),
-        BuildError::WorkspaceNotFound(_) | BuildError::WorkspaceDeleted(_) => ApiError::not_found("workspace"),
+        BuildError::WorkspaceNotFound(_) | BuildError::WorkspaceDeleted(_) => {
+            ApiError::not_found("workspace")
+        }
         BuildError::NoVersion(_) => ApiError::conflict(error.to_string()),
         BuildError::Parameter(error) => ApiError::bad_request("parameters", error.to_string()),
         BuildError::Store(error) => ApiError::from(error),
@@ -103,10 +107,14 @@ struct CreateWorkspace {
 
 fn claim_error(error: ClaimError) -> ApiError {
     match error {
-        ClaimError::UnknownTemplate(_) => ApiError::field(StatusCode::NOT_FOUND, "template", "no such template"),
+        ClaimError::UnknownTemplate(_) => {
+            ApiError::field(StatusCode::NOT_FOUND, "template", "no such template")
+        }
         ClaimError::UnknownPreset(_) => ApiError::bad_request("preset", error.to_string()),
         ClaimError::Schedule(reason) => ApiError::bad_request("autostart_schedule", reason),
-        ClaimError::NameTaken(error) => ApiError::field(StatusCode::CONFLICT, "name", error.to_string()),
+        ClaimError::NameTaken(error) => {
+            ApiError::field(StatusCode::CONFLICT, "name", error.to_string())
+        }
         ClaimError::Build(error) => build_error(error),
         ClaimError::Store(error) => ApiError::from(error),
     }
@@ -122,9 +130,13 @@ fn create_in(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(ClaimOutcome, String, String, String), ApiError> {
     let organization_id = match &body.organization {
-        Some(name) => users::organization(tx, name)?
-            .ok_or_else(|| ApiError::bad_request("organization", format!("no organization {name:?}")))?
-            .id,
+        Some(name) => {
+            users::organization(tx, name)?
+                .ok_or_else(|| {
+                    ApiError::bad_request("organization", format!("no organization {name:?}"))
+                })?
+                .id
+        }
         None => DEFAULT_ORGANIZATION_ID.to_owned(),
     };
     let not_found = || ApiError::field(StatusCode::NOT_FOUND, "template", "no such template");
@@ -142,7 +154,10 @@ fn create_in(
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "preset",
-                        format!("template {:?} has no preset {preset:?} on its active version", template.name),
+                        format!(
+                            "template {:?} has no preset {preset:?} on its active version",
+                            template.name
+                        ),
                     )
                 })?
                 .id,
@@ -150,9 +165,11 @@ fn create_in(
         _ => None,
     };
     let owner_id = match &body.owner {
-        Some(owner) => users::get(tx, owner)?
-            .ok_or_else(|| ApiError::bad_request("owner", format!("no user {owner:?}")))?
-            .id,
+        Some(owner) => {
+            users::get(tx, owner)?
+                .ok_or_else(|| ApiError::bad_request("owner", format!("no user {owner:?}")))?
+                .id
+        }
         None => subject.user_id.clone(),
     };
     if !subject.can(Permission::Create, &Object::workspace(&template.organization_id, &owner_id)) {
@@ -215,12 +232,18 @@ pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
 }
 
 pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
-    let parameters = query(request, &["owner", "template", "organization", "status", "dormant", "limit", "offset"])?;
+    let parameters = query(
+        request,
+        &["owner", "template", "organization", "status", "dormant", "limit", "offset"],
+    )?;
     let status = parameters.get("status").cloned();
     if let Some(status) = &status
         && !views::STATUSES.contains(&status.as_str())
     {
-        return Err(ApiError::bad_request("status", format!("use one of: {}", views::STATUSES.join(", "))));
+        return Err(ApiError::bad_request(
+            "status",
+            format!("use one of: {}", views::STATUSES.join(", ")),
+        ));
     }
     let dormant = parse_param::<bool>(&parameters, "dormant")?;
     let limit = parse_param::<usize>(&parameters, "limit")?.unwrap_or(100);
@@ -228,9 +251,9 @@ pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
         return Err(ApiError::bad_request("limit", "use 1 to 1000"));
     }
     let offset = parse_param::<usize>(&parameters, "offset")?.unwrap_or(0);
-    let owner = parameters.get("owner").map(|owner| {
-        if owner == "me" { ctx.subject.user_id.clone() } else { owner.clone() }
-    });
+    let owner = parameters
+        .get("owner")
+        .map(|owner| if owner == "me" { ctx.subject.user_id.clone() } else { owner.clone() });
     let template = parameters.get("template").cloned();
     let organization = parameters.get("organization").cloned();
     let found = ctx
@@ -239,7 +262,9 @@ pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
         .store
         .read(move |conn| -> Result<Option<Vec<WorkspaceView>>, StoreError> {
             let owner_id = match &owner {
-                Some(owner) if owner == crate::domain::PREBUILDS_USER_ID || owner == "prebuilds" => {
+                Some(owner)
+                    if owner == crate::domain::PREBUILDS_USER_ID || owner == "prebuilds" =>
+                {
                     Some(crate::domain::PREBUILDS_USER_ID.to_owned())
                 }
                 Some(owner) => match users::get(conn, owner)? {
@@ -251,7 +276,9 @@ pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
             let template_id = match &template {
                 Some(template) => {
                     let org = match &organization {
-                        Some(name) => users::organization(conn, name)?.map(|org| org.id).unwrap_or_default(),
+                        Some(name) => {
+                            users::organization(conn, name)?.map(|org| org.id).unwrap_or_default()
+                        }
                         None => DEFAULT_ORGANIZATION_ID.to_owned(),
                     };
                     match views::template(conn, template, &org)? {
@@ -283,7 +310,12 @@ pub async fn get(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResul
 }
 
 /// Enqueues a build of `transition` for the caller and records it in the audit log.
-async fn enqueue(ctx: &Ctx, workspace: &WorkspaceView, transition: Transition, refuse_protected: bool) -> ApiResult {
+async fn enqueue(
+    ctx: &Ctx,
+    workspace: &WorkspaceView,
+    transition: Transition,
+    refuse_protected: bool,
+) -> ApiResult {
     let (actor, now) = (ctx.actor.clone(), ctx.now);
     let (workspace_id, organization_id) = (workspace.id.clone(), workspace.organization_id.clone());
     let initiator = ctx.subject.user_id.clone();
@@ -295,7 +327,11 @@ async fn enqueue(ctx: &Ctx, workspace: &WorkspaceView, transition: Transition, r
             if refuse_protected {
                 // Re-read: protection may have changed since the request's first read.
                 let protected: bool = tx
-                    .query_row_cached("SELECT protected FROM workspaces WHERE id = ?1", [&workspace_id], |row| row.get(0))
+                    .query_row_cached(
+                        "SELECT protected FROM workspaces WHERE id = ?1",
+                        [&workspace_id],
+                        |row| row.get(0),
+                    )
                     .map_err(StoreError::from)?;
                 if protected {
                     return Err(ApiError::field(
@@ -305,7 +341,8 @@ async fn enqueue(ctx: &Ctx, workspace: &WorkspaceView, transition: Transition, r
                     ));
                 }
             }
-            let request = BuildRequest::new(&workspace_id, transition, BuildReason::Initiator, &initiator);
+            let request =
+                BuildRequest::new(&workspace_id, transition, BuildReason::Initiator, &initiator);
             let build = builds::enqueue(tx, &request, now).map_err(build_error)?;
             audit::record(
                 tx,
@@ -359,21 +396,33 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
         Action::Stop => enqueue(ctx, &workspace, Transition::Stop, false).await,
         Action::Protect | Action::Unprotect => {
             let protected = action == Action::Protect;
-            let (actor, now, workspace_id, organization_id) =
-                (ctx.actor.clone(), ctx.now, workspace.id.clone(), workspace.organization_id.clone());
+            let (actor, now, workspace_id, organization_id) = (
+                ctx.actor.clone(),
+                ctx.now,
+                workspace.id.clone(),
+                workspace.organization_id.clone(),
+            );
             ctx.state
                 .ctx
                 .store
                 .write(move |tx| {
                     tx.execute_cached(
                         "UPDATE workspaces SET protected = ?2, updated_at = ?3 WHERE id = ?1",
-                        rusqlite::params![workspace_id, protected, crate::store::time::to_millis(now)],
+                        rusqlite::params![
+                            workspace_id,
+                            protected,
+                            crate::store::time::to_millis(now)
+                        ],
                     )?;
                     audit::record(
                         tx,
                         &actor,
                         &Entry {
-                            action: if protected { "workspace.protect" } else { "workspace.unprotect" },
+                            action: if protected {
+                                "workspace.protect"
+                            } else {
+                                "workspace.unprotect"
+                            },
                             resource_type: "workspace",
                             resource_id: &workspace_id,
                             organization_id: Some(&organization_id),
@@ -394,9 +443,13 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
                 .write(move |tx| crate::lifecycle::report_activity(tx, &workspace_id, now))
                 .await?;
             let (recorded, extended) = match activity {
-                crate::lifecycle::Activity::Recorded { deadline_extended } => (true, deadline_extended),
+                crate::lifecycle::Activity::Recorded { deadline_extended } => {
+                    (true, deadline_extended)
+                }
                 crate::lifecycle::Activity::Coalesced => (false, false),
-                crate::lifecycle::Activity::NotFound => return Err(ApiError::not_found("workspace")),
+                crate::lifecycle::Activity::NotFound => {
+                    return Err(ApiError::not_found("workspace"));
+                }
             };
             json(StatusCode::OK, &json!({ "recorded": recorded, "deadline_extended": extended }))
         }
@@ -410,10 +463,14 @@ pub async fn builds(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiRe
     json(StatusCode::OK, &json!({ "builds": builds }))
 }
 
-async fn find_build(ctx: &Ctx, workspace: &WorkspaceView, number: &str) -> Result<views::BuildView, ApiError> {
-    let number: i64 = number
-        .parse()
-        .map_err(|_| ApiError::bad_request("build_number", format!("{number:?} is not a build number")))?;
+async fn find_build(
+    ctx: &Ctx,
+    workspace: &WorkspaceView,
+    number: &str,
+) -> Result<views::BuildView, ApiError> {
+    let number: i64 = number.parse().map_err(|_| {
+        ApiError::bad_request("build_number", format!("{number:?} is not a build number"))
+    })?;
     let workspace_id = workspace.id.clone();
     ctx.state
         .ctx
@@ -432,11 +489,24 @@ pub async fn logs(ctx: &Ctx, request: &Request<Incoming>, id: String, number: St
         return Ok(stream::follow_logs(ctx, build.job_id));
     }
     let job_id = build.job_id.clone();
-    let logs = ctx.state.ctx.store.read(move |conn| views::logs_after(conn, &job_id, 0, usize::MAX)).await?;
-    json(StatusCode::OK, &json!({ "job_id": build.job_id, "job_status": build.job_status, "logs": logs }))
+    let logs = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| views::logs_after(conn, &job_id, 0, usize::MAX))
+        .await?;
+    json(
+        StatusCode::OK,
+        &json!({ "job_id": build.job_id, "job_status": build.job_status, "logs": logs }),
+    )
 }
 
-pub async fn cancel(ctx: &Ctx, request: Request<Incoming>, id: String, number: String) -> ApiResult {
+pub async fn cancel(
+    ctx: &Ctx,
+    request: Request<Incoming>,
+    id: String,
+    number: String,
+) -> ApiResult {
     let workspace = readable(ctx, id).await?;
     if !ctx.subject.can(Permission::Update, &object(&workspace)) {
         return Err(ApiError::forbidden("cancel builds of this workspace"));

@@ -73,7 +73,9 @@ impl Store {
             self.inner.group_flusher.store(false, Ordering::Release);
             // A write queued between the check and the store found the role taken and
             // started no flusher: take the role back for it, unless a new flusher did.
-            if lock(&self.inner.group).is_empty() || self.inner.group_flusher.swap(true, Ordering::AcqRel) {
+            if lock(&self.inner.group).is_empty()
+                || self.inner.group_flusher.swap(true, Ordering::AcqRel)
+            {
                 break;
             }
         }

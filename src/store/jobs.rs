@@ -444,10 +444,11 @@ pub fn append_logs(
     cap_bytes: u64,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    let used: i64 =
-        conn.query_row_cached("SELECT log_bytes FROM provisioner_jobs WHERE id = ?1", [job_id], |row| {
-            row.get(0)
-        })?;
+    let used: i64 = conn.query_row_cached(
+        "SELECT log_bytes FROM provisioner_jobs WHERE id = ?1",
+        [job_id],
+        |row| row.get(0),
+    )?;
     let mut used = u64::try_from(used).unwrap_or(0);
     if used >= cap_bytes {
         return Ok(0);
@@ -520,9 +521,11 @@ pub fn status(
     job_id: &str,
 ) -> Result<Option<(JobStatus, Option<String>)>, StoreError> {
     Ok(conn
-        .query_row_cached("SELECT status, error FROM provisioner_jobs WHERE id = ?1", [job_id], |row| {
-            Ok((parse_text(row, 0)?, row.get(1)?))
-        })
+        .query_row_cached(
+            "SELECT status, error FROM provisioner_jobs WHERE id = ?1",
+            [job_id],
+            |row| Ok((parse_text(row, 0)?, row.get(1)?)),
+        )
         .optional()?)
 }
 

@@ -100,8 +100,10 @@ pub fn refresh_next_start(conn: &Connection, workspace_id: &str) -> Result<(), S
             .collect();
         next_allowed_autostart(&schedule, since, &days)
     });
+    // Only when it changed: most builds leave it as it was (NULL), and an unchanged write
+    // still costs a row rewrite.
     conn.execute_cached(
-        "UPDATE workspaces SET next_start_at = ?2 WHERE id = ?1",
+        "UPDATE workspaces SET next_start_at = ?2 WHERE id = ?1 AND next_start_at IS NOT ?2",
         params![workspace_id, next.map(to_millis)],
     )?;
     Ok(())

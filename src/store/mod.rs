@@ -10,8 +10,8 @@
 //! Domain SQL lives in the submodules; this module knows no table but the outbox.
 
 pub mod audit;
-pub mod group;
 pub mod builds;
+pub mod group;
 pub mod jobs;
 pub mod lifecycle;
 pub mod migrations;

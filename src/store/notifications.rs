@@ -14,7 +14,11 @@ use crate::store::time::to_millis;
 use crate::store::{StoreError, WriteTx};
 
 /// Turns up to `limit` pending notifications into `notification` events; returns how many.
-pub fn dispatch(tx: &mut WriteTx<'_>, limit: usize, now: DateTime<Utc>) -> Result<usize, StoreError> {
+pub fn dispatch(
+    tx: &mut WriteTx<'_>,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
     type Row = (i64, String, Option<String>, Option<String>, Option<String>, String);
     let pending: Vec<Row> = {
         let mut statement = tx.prepare_cached(

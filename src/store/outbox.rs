@@ -29,13 +29,18 @@ pub(crate) fn insert(
     Ok(conn.last_insert_rowid())
 }
 
-/// Committed events not yet delivered, oldest first, at most `limit`.
-pub fn undelivered(conn: &Connection, limit: usize) -> Result<Vec<PublishedEvent>, StoreError> {
+/// Committed events not yet delivered and after `after_id` (sent but not yet marked),
+/// oldest first, at most `limit`.
+pub fn undelivered(
+    conn: &Connection,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<PublishedEvent>, StoreError> {
     let mut statement = conn.prepare_cached(
-        "SELECT id, payload, created_at FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ?1",
+        "SELECT id, payload, created_at FROM outbox WHERE delivered_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement.query_map([limit], |row| {
+    let rows = statement.query_map(rusqlite::params![after_id, limit], |row| {
         Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
     })?;
     let mut events = Vec::new();
@@ -68,9 +73,10 @@ pub fn mark_delivered_through(
 
 /// How many committed events wait for delivery.
 pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 =
-        conn.query_row_cached("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |row| {
-            row.get(0)
-        })?;
+    let count: i64 = conn.query_row_cached(
+        "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+        [],
+        |row| row.get(0),
+    )?;
     Ok(u64::try_from(count).unwrap_or(0))
 }

@@ -382,9 +382,11 @@ pub fn preset_parameters(
 /// The template's active version id, if the template exists and has one.
 pub fn active_version(conn: &Connection, template_id: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row_cached("SELECT active_version_id FROM templates WHERE id = ?1", [template_id], |row| {
-            row.get::<_, Option<String>>(0)
-        })
+        .query_row_cached(
+            "SELECT active_version_id FROM templates WHERE id = ?1",
+            [template_id],
+            |row| row.get::<_, Option<String>>(0),
+        )
         .optional()?
         .flatten())
 }

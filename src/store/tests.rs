@@ -53,12 +53,18 @@ fn a_fresh_file_gets_the_whole_schema_in_wal_mode() {
         assert!(tables.iter().any(|t| t == table), "missing table {table} in {tables:?}");
     }
     let mode: String = store
-        .read_blocking(|conn| Ok(conn.query_row_cached("PRAGMA journal_mode", [], |row| row.get(0))?))
+        .read_blocking(|conn| {
+            Ok(conn.query_row_cached("PRAGMA journal_mode", [], |row| row.get(0))?)
+        })
         .unwrap();
     assert_eq!(mode, "wal");
     let prebuilds_user: String = store
         .read_blocking(|conn| {
-            Ok(conn.query_row_cached("SELECT username FROM users WHERE is_system = 1", [], |r| r.get(0))?)
+            Ok(conn.query_row_cached(
+                "SELECT username FROM users WHERE is_system = 1",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .unwrap();
     assert_eq!(prebuilds_user, "prebuilds");
@@ -123,8 +129,10 @@ fn a_failed_write_rolls_back_its_rows_and_events() {
 fn read_connections_cannot_write() {
     let (_dir, store) = fresh();
     let result = store.read_blocking(|conn| {
-        Ok(conn
-            .execute_cached("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)", [])?)
+        Ok(conn.execute_cached(
+            "INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 1)",
+            [],
+        )?)
     });
     assert!(result.is_err());
 }
@@ -184,9 +192,11 @@ fn concurrent_read_modify_write_transactions_lose_no_update() {
     }
     let value: i64 = store
         .read_blocking(|conn| {
-            Ok(conn.query_row_cached("SELECT created_at FROM organizations WHERE id = 'c'", [], |r| {
-                r.get(0)
-            })?)
+            Ok(conn.query_row_cached(
+                "SELECT created_at FROM organizations WHERE id = 'c'",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .unwrap();
     assert_eq!(value, 200);
@@ -235,7 +245,8 @@ fn cached_statements_are_not_re_prepared_on_every_execution_after_a_schema_chang
     // schema change made this statement re-prepare on every later execution.
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(StoreOptions::at(dir.path().join("db"))).unwrap();
-    let sql = "SELECT b.id, j.status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+    let sql =
+        "SELECT b.id, j.status FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
                 WHERE b.workspace_id = ?1 ORDER BY b.build_number DESC LIMIT 1";
     let run = |i: i32| {
         store
@@ -251,7 +262,9 @@ fn cached_statements_are_not_re_prepared_on_every_execution_after_a_schema_chang
     };
     assert_eq!(run(0), 0);
     store
-        .write_blocking(|tx| tx.execute_batch("CREATE TABLE probe (a); DROP TABLE probe").map_err(StoreError::from))
+        .write_blocking(|tx| {
+            tx.execute_batch("CREATE TABLE probe (a); DROP TABLE probe").map_err(StoreError::from)
+        })
         .unwrap();
     let after: Vec<i32> = (1..5).map(run).collect();
     assert_eq!(after, [1, 1, 1, 1], "re-prepared once for the schema change, then never again");

@@ -130,17 +130,16 @@ pub fn organizations(conn: &Connection) -> Result<Vec<Organization>, StoreError>
     let mut statement =
         conn.prepare_cached("SELECT id, name, created_at FROM organizations ORDER BY name")?;
     let rows = statement.query_map([], |row| {
-        Ok(Organization {
-            id: row.get(0)?,
-            name: row.get(1)?,
-            created_at: rfc3339(row.get(2)?),
-        })
+        Ok(Organization { id: row.get(0)?, name: row.get(1)?, created_at: rfc3339(row.get(2)?) })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The organization with this id or name.
-pub fn organization(conn: &Connection, id_or_name: &str) -> Result<Option<Organization>, StoreError> {
+pub fn organization(
+    conn: &Connection,
+    id_or_name: &str,
+) -> Result<Option<Organization>, StoreError> {
     Ok(conn
         .query_row_cached(
             "SELECT id, name, created_at FROM organizations WHERE id = ?1 OR name = ?1",
@@ -178,11 +177,7 @@ pub fn create_token(
 ) -> Result<IssuedToken, StoreError> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     // Two v4 UUIDs: 244 bits from the OS's CSPRNG.
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     conn.execute_cached(
         "INSERT INTO api_tokens (id, user_id, name, hashed_secret, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -227,7 +222,8 @@ pub fn authenticate(
     else {
         return Ok(Err(Refused::Malformed));
     };
-    let row: Option<(String, Vec<u8>, Option<i64>, Option<i64>, Option<i64>, String, String)> = conn
+    type TokenRow = (String, Vec<u8>, Option<i64>, Option<i64>, Option<i64>, String, String);
+    let row: Option<TokenRow> = conn
         .query_row_cached(
             "SELECT t.user_id, t.hashed_secret, t.expires_at, t.revoked_at, t.last_used_at,
                     u.username, u.status
@@ -247,7 +243,8 @@ pub fn authenticate(
             },
         )
         .optional()?;
-    let Some((user_id, stored, expires_at, revoked_at, last_used_at, username, status)) = row else {
+    let Some((user_id, stored, expires_at, revoked_at, last_used_at, username, status)) = row
+    else {
         return Ok(Err(Refused::Unknown));
     };
     if !constant_time_eq(&hash(secret), &stored) {
@@ -265,7 +262,8 @@ pub fn authenticate(
     }
     let mut statement =
         conn.prepare_cached("SELECT organization_id, role FROM user_roles WHERE user_id = ?1")?;
-    let rows = statement.query_map([&user_id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+    let rows = statement
+        .query_map([&user_id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
     let mut roles = Vec::new();
     for row in rows {
         let (organization, role) = row?;
@@ -282,7 +280,10 @@ pub fn authenticate(
 
 /// Records a token's use (coalesced by the caller through `needs_touch`).
 pub fn touch_token(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-    conn.execute_cached("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1", params![id, to_millis(now)])?;
+    conn.execute_cached(
+        "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+        params![id, to_millis(now)],
+    )?;
     Ok(())
 }
 

@@ -35,8 +35,16 @@ pub fn status(transition: Option<&str>, job_status: Option<&str>) -> &'static st
 
 /// Every status `status` can return (validates the list filter).
 pub const STATUSES: &[&str] = &[
-    "pending", "starting", "running", "stopping", "stopped", "deleting", "deleted", "failed",
-    "canceling", "canceled",
+    "pending",
+    "starting",
+    "running",
+    "stopping",
+    "stopped",
+    "deleting",
+    "deleted",
+    "failed",
+    "canceling",
+    "canceled",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,7 +80,8 @@ pub struct WorkspaceView {
     pub deleted: bool,
 }
 
-const WORKSPACE_VIEW: &str = "SELECT w.id, w.name, w.organization_id, w.owner_id, u.username, w.template_id, t.name,
+const WORKSPACE_VIEW: &str =
+    "SELECT w.id, w.name, w.organization_id, w.owner_id, u.username, w.template_id, t.name,
         w.preset_id, w.latest_build_number, w.latest_transition, w.latest_job_status,
         w.latest_build_created_at, w.latest_job_completed_at, w.latest_deadline,
         w.autostart_schedule, w.ttl_s, w.protected, w.dormant_at, w.deleting_at, w.gc_warned_at,
@@ -132,17 +141,18 @@ pub struct WorkspaceFilter {
 }
 
 /// Live workspaces matching `filter`, by owner name then workspace name.
-pub fn workspaces(conn: &Connection, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceView>, StoreError> {
+pub fn workspaces(
+    conn: &Connection,
+    filter: &WorkspaceFilter,
+) -> Result<Vec<WorkspaceView>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
         "{WORKSPACE_VIEW}
           WHERE w.deleted = 0 AND (?1 IS NULL OR w.owner_id = ?1) AND (?2 IS NULL OR w.template_id = ?2)
             AND (?3 IS NULL OR (w.dormant_at IS NOT NULL) = ?3)
           ORDER BY u.username, w.name"
     ))?;
-    let rows = statement.query_map(
-        params![filter.owner_id, filter.template_id, filter.dormant],
-        workspace_view,
-    )?;
+    let rows = statement
+        .query_map(params![filter.owner_id, filter.template_id, filter.dormant], workspace_view)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -166,7 +176,8 @@ pub struct BuildView {
     pub deadline: Option<String>,
 }
 
-const BUILD_VIEW: &str = "SELECT b.id, b.build_number, b.transition, b.reason, b.initiator_id, b.template_version_id,
+const BUILD_VIEW: &str =
+    "SELECT b.id, b.build_number, b.transition, b.reason, b.initiator_id, b.template_version_id,
         b.preset_id, b.is_prebuild, b.is_prebuild_claim, b.job_id, j.status, j.error, b.created_at,
         j.started_at, j.completed_at, b.deadline
    FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id";
@@ -202,7 +213,11 @@ pub fn builds(conn: &Connection, workspace_id: &str) -> Result<Vec<BuildView>, S
 }
 
 /// One build of a workspace by number.
-pub fn build(conn: &Connection, workspace_id: &str, number: i64) -> Result<Option<BuildView>, StoreError> {
+pub fn build(
+    conn: &Connection,
+    workspace_id: &str,
+    number: i64,
+) -> Result<Option<BuildView>, StoreError> {
     Ok(conn
         .query_row_cached(
             &format!("{BUILD_VIEW} WHERE b.workspace_id = ?1 AND b.build_number = ?2"),
@@ -222,7 +237,12 @@ pub struct LogView {
 }
 
 /// A job's log lines after `after_id`, at most `limit`.
-pub fn logs_after(conn: &Connection, job_id: &str, after_id: i64, limit: usize) -> Result<Vec<LogView>, StoreError> {
+pub fn logs_after(
+    conn: &Connection,
+    job_id: &str,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<LogView>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT id, created_at, level, stage, output FROM provisioner_job_logs
           WHERE job_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
@@ -261,7 +281,8 @@ pub struct TemplateView {
     pub updated_at: Option<String>,
 }
 
-const TEMPLATE_VIEW: &str = "SELECT t.id, t.organization_id, o.name, t.name, t.display_name, t.provisioner,
+const TEMPLATE_VIEW: &str =
+    "SELECT t.id, t.organization_id, o.name, t.name, t.display_name, t.provisioner,
         t.active_version_id, t.deprecated, t.default_ttl_s, t.max_ttl_s, t.autostart_enabled,
         t.autostop_enabled, t.failure_ttl_s, t.time_til_dormant_s, t.time_til_dormant_autodelete_s,
         t.created_at, t.updated_at
@@ -291,8 +312,8 @@ fn template_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateView> {
 
 /// Live templates by organization and name.
 pub fn templates(conn: &Connection) -> Result<Vec<TemplateView>, StoreError> {
-    let mut statement =
-        conn.prepare_cached(&format!("{TEMPLATE_VIEW} WHERE t.deleted = 0 ORDER BY o.name, t.name"))?;
+    let mut statement = conn
+        .prepare_cached(&format!("{TEMPLATE_VIEW} WHERE t.deleted = 0 ORDER BY o.name, t.name"))?;
     let rows = statement.query_map([], template_view)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -374,7 +395,10 @@ pub fn presets(conn: &Connection, version_id: &str) -> Result<Vec<PresetRow>, St
 }
 
 /// The organization and template of a preset (for authorization).
-pub fn preset_owner(conn: &Connection, preset_id: &str) -> Result<Option<(String, String)>, StoreError> {
+pub fn preset_owner(
+    conn: &Connection,
+    preset_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
     Ok(conn
         .query_row_cached(
             "SELECT t.organization_id, t.id FROM presets p
@@ -435,7 +459,11 @@ pub fn audit(
 }
 
 /// Committed outbox events after `after_id` (delivered or not), oldest first.
-pub fn events_after(conn: &Connection, after_id: i64, limit: usize) -> Result<Vec<PublishedEvent>, StoreError> {
+pub fn events_after(
+    conn: &Connection,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<PublishedEvent>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT id, payload, created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;

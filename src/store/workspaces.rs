@@ -132,7 +132,11 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Workspace> {
 /// The workspace with `id`, deleted or not.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Workspace>, StoreError> {
     Ok(conn
-        .query_row_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"), [id], from_row)
+        .query_row_cached(
+            &format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"),
+            [id],
+            from_row,
+        )
         .optional()?)
 }
 

@@ -93,7 +93,8 @@ async fn tokens_are_required_checked_and_revocable() {
         .write(move |tx| {
             let id = users::id_by_name(tx, "alice")?.unwrap();
             Ok::<_, StoreError>(
-                users::create_token(tx, &id, "short", Some(now + chrono::Duration::hours(1)), now)?.token,
+                users::create_token(tx, &id, "short", Some(now + chrono::Duration::hours(1)), now)?
+                    .token,
             )
         })
         .await
@@ -114,15 +115,26 @@ async fn tokens_are_required_checked_and_revocable() {
     let bob = issued["token"].as_str().unwrap().to_owned();
     let (status, listed) = api.as_user(&bob).get("/api/v1/tokens").await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = listed["tokens"].as_array().unwrap().iter().map(|t| t["username"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["username"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["bob", "bob"], "{listed}");
     assert!(listed.to_string().find(&bob[40..]).is_none(), "a listing never shows a secret");
     // Members cannot issue tokens, nor revoke others'.
     assert_eq!(api.as_user(&bob).post("/api/v1/tokens", json!({ "user": "bob" })).await.0, 403);
     let alice_token_id = alice.trim_start_matches("wsd_").split_once('_').unwrap().0.to_owned();
-    assert_eq!(api.as_user(&bob).call("DELETE", &format!("/api/v1/tokens/{alice_token_id}"), None).await.0, 404);
+    assert_eq!(
+        api.as_user(&bob).call("DELETE", &format!("/api/v1/tokens/{alice_token_id}"), None).await.0,
+        404
+    );
     let issued_id = issued["id"].as_str().unwrap();
-    assert_eq!(api.as_user(&bob).call("DELETE", &format!("/api/v1/tokens/{issued_id}"), None).await.0, 200);
+    assert_eq!(
+        api.as_user(&bob).call("DELETE", &format!("/api/v1/tokens/{issued_id}"), None).await.0,
+        200
+    );
     let (status, body) = api.as_user(&bob).get("/api/v1/workspaces").await;
     assert_eq!((status, body["error"].as_str()), (401, Some("token revoked")));
     assert_eq!(api.as_user(&bob_first).get("/api/v1/workspaces").await.0, 200);
@@ -130,7 +142,10 @@ async fn tokens_are_required_checked_and_revocable() {
     // Suspended users are refused.
     daemon
         .store
-        .write(|tx| tx.execute("UPDATE users SET status = 'suspended' WHERE username = 'bob'", []).map_err(StoreError::from))
+        .write(|tx| {
+            tx.execute("UPDATE users SET status = 'suspended' WHERE username = 'bob'", [])
+                .map_err(StoreError::from)
+        })
         .await
         .unwrap();
     assert_eq!(api.as_user(&bob_first).get("/api/v1/workspaces").await.0, 401);
@@ -147,7 +162,8 @@ async fn roles_decide_who_reads_changes_and_deletes_what() {
     let auditor = api.as_user(&user(&daemon, "audrey", Role::Auditor, "default").await);
     let outsider = api.as_user(&user(&daemon, "eve", Role::Owner, "other").await);
 
-    let (status, created) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "name": "mine" })).await;
+    let (status, created) =
+        alice.post("/api/v1/workspaces", json!({ "template": "dev", "name": "mine" })).await;
     assert_eq!(status, 201, "{created}");
     // No preset named: the preset whose parameters match (here: `small`, no parameters)
     // is used, and it had a ready prebuild.
@@ -193,11 +209,22 @@ async fn roles_decide_who_reads_changes_and_deletes_what() {
     // The other organization's owner sees only its own organization's entries.
     let (status, theirs) = outsider.get("/api/v1/audit").await;
     assert_eq!(status, 200);
-    assert!(theirs["entries"].as_array().unwrap().iter().all(|e| e["organization_id"] != DEFAULT_ORGANIZATION_ID));
+    assert!(
+        theirs["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["organization_id"] != DEFAULT_ORGANIZATION_ID)
+    );
 
     // Templates and organizations are filtered the same way.
     let names = |body: &Value, key: &str| -> Vec<String> {
-        body[key].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect()
+        body[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(names(&outsider.get("/api/v1/templates").await.1, "templates"), ["ops"]);
     assert_eq!(names(&alice.get("/api/v1/templates").await.1, "templates"), ["dev"]);
@@ -232,19 +259,30 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
 
     // With a preset that has ready prebuilds: a claim. Without any: a build.
     let (status, claimed) = alice
-        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "small", "name": "fast", "ttl_s": 3600 }))
+        .post(
+            "/api/v1/workspaces",
+            json!({ "template": "dev", "preset": "small", "name": "fast", "ttl_s": 3600 }),
+        )
         .await;
     assert_eq!((status, &claimed["claimed"]), (201, &json!(true)), "{claimed}");
     assert_eq!(claimed["build"]["reason"], "claim");
-    let (status, built) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "slow" })).await;
+    let (status, built) = alice
+        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "slow" }))
+        .await;
     assert_eq!((status, &built["claimed"]), (201, &json!(false)), "{built}");
     daemon.wait_idle().await;
     let slow = built["workspace"]["id"].as_str().unwrap().to_owned();
     let slow_path = format!("/api/v1/workspaces/{slow}");
 
     // List with filters.
-    let (_, mine) = alice.get("/api/v1/workspaces?owner=me&status=running&template=dev&dormant=false").await;
-    let names: HashSet<&str> = mine["workspaces"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    let (_, mine) =
+        alice.get("/api/v1/workspaces?owner=me&status=running&template=dev&dormant=false").await;
+    let names: HashSet<&str> = mine["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, HashSet::from(["fast", "slow"]), "{mine}");
     let (_, stopped) = alice.get("/api/v1/workspaces?status=stopped").await;
     assert_eq!(stopped["total"], 0);
@@ -259,7 +297,12 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
     assert_eq!(alice.post(&format!("{slow_path}/start"), json!({})).await.0, 202);
     daemon.wait_idle().await;
     let (_, builds) = alice.get(&format!("{slow_path}/builds")).await;
-    let transitions: Vec<&str> = builds["builds"].as_array().unwrap().iter().map(|b| b["transition"].as_str().unwrap()).collect();
+    let transitions: Vec<&str> = builds["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["transition"].as_str().unwrap())
+        .collect();
     assert_eq!(transitions, ["start", "stop", "start"]);
     assert!(builds["builds"].as_array().unwrap().iter().all(|b| b["job_status"] == "succeeded"));
 
@@ -268,7 +311,8 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
     assert_eq!(status, 200);
     let lines = logs["logs"].as_array().unwrap();
     assert!(!lines.is_empty(), "{logs}");
-    let (status, mut follow) = alice.stream(&format!("{slow_path}/builds/3/logs?follow=true"), &[]).await;
+    let (status, mut follow) =
+        alice.stream(&format!("{slow_path}/builds/3/logs?follow=true"), &[]).await;
     assert_eq!(status, 200);
     let mut followed = 0;
     while let Some(line) = follow.next_line(Duration::from_secs(10)).await {
@@ -283,13 +327,18 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
     // Follow a build while it runs, and cancel it.
     let build_duration = |secs| {
         let mut config = daemon.ctx.config.borrow().as_ref().clone();
-        config.provisioner.local.build_duration = workspaced::config::duration::HumanDuration::from_secs(secs);
+        config.provisioner.local.build_duration =
+            workspaced::config::duration::HumanDuration::from_secs(secs);
         config
     };
     daemon.reloader.apply(build_duration(30)).await.unwrap();
     assert_eq!(alice.post(&format!("{slow_path}/stop"), json!({})).await.0, 202);
-    let (_, mut follow) = alice.stream(&format!("{slow_path}/builds/4/logs?follow=true"), &[]).await;
-    assert!(follow.next_line(Duration::from_secs(10)).await.is_some(), "a line while the build runs");
+    let (_, mut follow) =
+        alice.stream(&format!("{slow_path}/builds/4/logs?follow=true"), &[]).await;
+    assert!(
+        follow.next_line(Duration::from_secs(10)).await.is_some(),
+        "a line while the build runs"
+    );
     let (status, cancel) = alice.post(&format!("{slow_path}/builds/4/cancel"), json!({})).await;
     assert_eq!(status, 202, "{cancel}");
     while follow.next_line(Duration::from_secs(15)).await.is_some() {}
@@ -325,16 +374,26 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
     let runs_before = daemon.metric("workspaced_gc_runs_total{result=\"ok\"}").await.unwrap_or(0.0);
     let (status, run) = owner.post("/api/v1/gc/run", json!({})).await;
     assert_eq!(status, 200, "{run}");
-    assert_eq!(daemon.metric("workspaced_gc_runs_total{result=\"ok\"}").await, Some(runs_before + 1.0));
+    assert_eq!(
+        daemon.metric("workspaced_gc_runs_total{result=\"ok\"}").await,
+        Some(runs_before + 1.0)
+    );
 
     // Preset reset (template admins and owners).
     let preset_id = small["id"].as_str().unwrap();
     assert_eq!(alice.post(&format!("/api/v1/presets/{preset_id}/reset"), json!({})).await.0, 403);
-    let (status, reset) = owner.post(&format!("/api/v1/presets/{preset_id}/reset"), json!({})).await;
+    let (status, reset) =
+        owner.post(&format!("/api/v1/presets/{preset_id}/reset"), json!({})).await;
     assert_eq!((status, &reset["previous_status"]), (200, &json!("healthy")), "{reset}");
 
     // Request metrics by route pattern.
-    assert!(daemon.metric("workspaced_api_requests_total{code=\"201\",route=\"/workspaces\"}").await.unwrap() >= 2.0);
+    assert!(
+        daemon
+            .metric("workspaced_api_requests_total{code=\"201\",route=\"/workspaces\"}")
+            .await
+            .unwrap()
+            >= 2.0
+    );
     daemon.shutdown().await;
 }
 
@@ -357,29 +416,56 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     let (status, _, body) = post_raw(r#"{"template": "dev"}"#).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("name"), "{body}");
-    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "name": "Bad Name" })).await;
+    let (status, body) =
+        alice.post("/api/v1/workspaces", json!({ "template": "dev", "name": "Bad Name" })).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("name")));
-    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "nope", "name": "x" })).await;
+    let (status, body) =
+        alice.post("/api/v1/workspaces", json!({ "template": "nope", "name": "x" })).await;
     assert_eq!((status, body["field"].as_str()), (404, Some("template")));
-    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "huge", "name": "x" })).await;
+    let (status, body) = alice
+        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "huge", "name": "x" }))
+        .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("preset")));
     let (status, body) = alice
-        .post("/api/v1/workspaces", json!({ "template": "dev", "name": "x", "autostart_schedule": "every day" }))
+        .post(
+            "/api/v1/workspaces",
+            json!({ "template": "dev", "name": "x", "autostart_schedule": "every day" }),
+        )
         .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("autostart_schedule")), "{body}");
-    let (status, body) = owner.post("/api/v1/users", json!({ "username": "bob", "roles": [{ "role": "boss" }] })).await;
+    let (status, body) = owner
+        .post("/api/v1/users", json!({ "username": "bob", "roles": [{ "role": "boss" }] }))
+        .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("roles[0].role")), "{body}");
     let (status, body) = owner
-        .post("/api/v1/users", json!({ "username": "bob", "roles": [{ "organization": "mars", "role": "member" }] }))
+        .post(
+            "/api/v1/users",
+            json!({ "username": "bob", "roles": [{ "organization": "mars", "role": "member" }] }),
+        )
         .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("roles[0].organization")), "{body}");
-    assert_eq!(daemon.count("SELECT COUNT(*) FROM users WHERE username = 'bob'").await, 0, "nothing half-made");
+    assert_eq!(
+        daemon.count("SELECT COUNT(*) FROM users WHERE username = 'bob'").await,
+        0,
+        "nothing half-made"
+    );
     assert_eq!(owner.post("/api/v1/users", json!({ "username": "bob" })).await.0, 201);
     let (status, body) = owner.post("/api/v1/users", json!({ "username": "bob" })).await;
     assert_eq!((status, body["field"].as_str()), (409, Some("username")));
     // Name taken: 409 naming the field.
-    assert_eq!(alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "x" })).await.0, 201);
-    let (status, body) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "x" })).await;
+    assert_eq!(
+        alice
+            .post(
+                "/api/v1/workspaces",
+                json!({ "template": "dev", "preset": "plain", "name": "x" })
+            )
+            .await
+            .0,
+        201
+    );
+    let (status, body) = alice
+        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "x" }))
+        .await;
     assert_eq!((status, body["field"].as_str()), (409, Some("name")));
 
     // Too large: 413, whether declared or streamed.
@@ -401,14 +487,19 @@ async fn bad_requests_get_json_errors_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_over_http_never_share_a_prebuild() {
-    let (daemon, api) = api_daemon(|config| config.templates = vec![template("dev", "default", 12)]).await;
+    let (daemon, api) =
+        api_daemon(|config| config.templates = vec![template("dev", "default", 12)]).await;
     fill_pools(&daemon).await;
     let token = user(&daemon, "alice", Role::Member, "default").await;
     let mut tasks = Vec::new();
     for client in 0..24 {
         let api = api.as_user(&token);
         tasks.push(tokio::spawn(async move {
-            api.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "small", "name": format!("w{client}") })).await
+            api.post(
+                "/api/v1/workspaces",
+                json!({ "template": "dev", "preset": "small", "name": format!("w{client}") }),
+            )
+            .await
         }));
     }
     let mut claimed = HashSet::new();
@@ -417,7 +508,10 @@ async fn concurrent_claims_over_http_never_share_a_prebuild() {
         let (status, body) = task.await.unwrap();
         assert_eq!(status, 201, "{body}");
         if body["claimed"] == true {
-            assert!(claimed.insert(body["workspace"]["id"].as_str().unwrap().to_owned()), "claimed twice: {body}");
+            assert!(
+                claimed.insert(body["workspace"]["id"].as_str().unwrap().to_owned()),
+                "claimed twice: {body}"
+            );
         } else {
             built += 1;
         }
@@ -427,6 +521,9 @@ async fn concurrent_claims_over_http_never_share_a_prebuild() {
         daemon.count("SELECT COUNT(DISTINCT workspace_id) FROM workspace_builds WHERE is_prebuild_claim = 1").await,
         12
     );
-    assert_eq!(daemon.count("SELECT COUNT(*) FROM workspace_builds WHERE is_prebuild_claim = 1").await, 12);
+    assert_eq!(
+        daemon.count("SELECT COUNT(*) FROM workspace_builds WHERE is_prebuild_claim = 1").await,
+        12
+    );
     daemon.shutdown().await;
 }

@@ -42,9 +42,8 @@ impl Api {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> (u16, hyper::HeaderMap, Value) {
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
+        let mut request =
+            hyper::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }

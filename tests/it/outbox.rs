@@ -121,7 +121,7 @@ async fn an_event_is_invisible_to_the_publisher_until_its_transaction_commits() 
         .unwrap();
     // The row is written but not committed: nothing to publish. (The publisher's own
     // "mark delivered" write is not reached, so the open transaction does not block it.)
-    let batch = h.store.read(|conn| outbox::undelivered(conn, 10)).await.unwrap();
+    let batch = h.store.read(|conn| outbox::undelivered(conn, 0, 10)).await.unwrap();
     assert!(batch.is_empty());
     commit_tx.send(()).unwrap();
     tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap().unwrap();

@@ -13,8 +13,8 @@ use workspaced::config::templates::{
 };
 use workspaced::domain::{PREBUILDS_USER_ID, ParameterType};
 use workspaced::loops::LoopKind;
-use workspaced::store::audit::Actor;
 use workspaced::prebuilds::{self, ClaimOutcome, ClaimRequest};
+use workspaced::store::audit::Actor;
 
 use crate::helpers::TestDaemon;
 
@@ -199,16 +199,15 @@ async fn a_claim_takes_a_ready_prebuild_and_the_pool_refills() {
     let mut other = request;
     other.name = "custom".into();
     other.parameters = BTreeMap::from([("cpu".to_owned(), "8".to_owned())]);
-    let outcome =
-        prebuilds::claim_workspace(
-            &daemon.store,
-            &clock,
-            &daemon.metrics.prebuilds,
-            other,
-            Actor::system("test"),
-        )
-            .await
-            .unwrap();
+    let outcome = prebuilds::claim_workspace(
+        &daemon.store,
+        &clock,
+        &daemon.metrics.prebuilds,
+        other,
+        Actor::system("test"),
+    )
+    .await
+    .unwrap();
     assert!(matches!(outcome, ClaimOutcome::Built { .. }), "{outcome:?}");
     daemon.shutdown().await;
 }
@@ -320,7 +319,13 @@ async fn a_failing_preset_backs_off_then_hard_limits_until_reset() {
     // (The fix made a new version whose preset starts clean; reset the old one anyway.)
     let now = daemon.clock.now();
     let id = preset_id.clone();
-    let report = daemon.store.write(move |tx| prebuilds::reset_preset(tx, &id, &workspaced::store::audit::Actor::system("test"), now)).await.unwrap();
+    let report = daemon
+        .store
+        .write(move |tx| {
+            prebuilds::reset_preset(tx, &id, &workspaced::store::audit::Actor::system("test"), now)
+        })
+        .await
+        .unwrap();
     assert_eq!(report.deletes_queued, 4);
     assert_eq!(report.previous_status, "hard_limited");
     daemon.wait_idle().await;

@@ -24,7 +24,8 @@ use crate::api::{api_daemon, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_filters_by_permission_and_resumes_after_a_disconnect() {
-    let (daemon, api) = api_daemon(|config| config.outbox.poll_interval = HumanDuration::from_secs(1)).await;
+    let (daemon, api) =
+        api_daemon(|config| config.outbox.poll_interval = HumanDuration::from_secs(1)).await;
     let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
     let bob = api.as_user(&user(&daemon, "bob", Role::Member, "default").await);
     assert_eq!(api.stream("/api/v1/events", &[]).await.0, 401);
@@ -33,7 +34,9 @@ async fn the_event_stream_filters_by_permission_and_resumes_after_a_disconnect()
     assert_eq!(status, 200);
     let (_, mut bob_stream) = bob.stream("/api/v1/events", &[]).await;
 
-    let (_, created) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "one" })).await;
+    let (_, created) = alice
+        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "one" }))
+        .await;
     let workspace_id = created["workspace"]["id"].as_str().unwrap().to_owned();
     let (first_id, kind, data) = alice_stream.next_event(Duration::from_secs(10)).await.unwrap();
     assert_eq!(kind, "workspace.created");
@@ -53,7 +56,10 @@ async fn the_event_stream_filters_by_permission_and_resumes_after_a_disconnect()
 
     // Disconnect; more happens meanwhile.
     drop(alice_stream);
-    assert_eq!(alice.post(&format!("/api/v1/workspaces/{workspace_id}/stop"), json!({})).await.0, 202);
+    assert_eq!(
+        alice.post(&format!("/api/v1/workspaces/{workspace_id}/stop"), json!({})).await.0,
+        202
+    );
     daemon.wait_idle().await;
     // A notification for alice only (GC warnings are queued this way).
     let alice_id = daemon.count("SELECT rowid FROM users WHERE username = 'alice'").await;
@@ -78,7 +84,9 @@ async fn the_event_stream_filters_by_permission_and_resumes_after_a_disconnect()
     let (status, mut resumed) = alice.stream("/api/v1/events", &[("Last-Event-ID", &last)]).await;
     assert_eq!(status, 200);
     let mut missed = Vec::new();
-    while missed.last().map(|(_, kind, _): &(i64, String, Value)| kind.as_str()) != Some("notification") {
+    while missed.last().map(|(_, kind, _): &(i64, String, Value)| kind.as_str())
+        != Some("notification")
+    {
         let event = resumed.next_event(Duration::from_secs(15)).await.unwrap();
         assert!(event.0 > last_seen, "no event is sent twice");
         last_seen = event.0;
@@ -91,9 +99,14 @@ async fn the_event_stream_filters_by_permission_and_resumes_after_a_disconnect()
 
     // Bob saw none of alice's workspace events nor her notification: his first event is
     // his own.
-    let (_, created) = bob.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "bobs" })).await;
+    let (_, created) = bob
+        .post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "bobs" }))
+        .await;
     let (_, kind, data) = bob_stream.next_event(Duration::from_secs(10)).await.unwrap();
-    assert_eq!((kind.as_str(), &data["workspace_id"]), ("workspace.created", &created["workspace"]["id"]));
+    assert_eq!(
+        (kind.as_str(), &data["workspace_id"]),
+        ("workspace.created", &created["workspace"]["id"])
+    );
     assert_eq!(daemon.metric("workspaced_api_event_streams").await, Some(2.0));
     daemon.shutdown().await;
 }
@@ -151,16 +164,14 @@ fn webhook(name: &str, addr: SocketAddr, events: &[&str], max_attempts: u32) -> 
     }
 }
 
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> impl std::future::Future<Output = T> {
-    async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(value) = probe() {
-                return value;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(value) = probe() {
+            return value;
         }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -189,7 +200,12 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
     }
     assert_eq!(registered, 2);
 
-    let (_, created) = alice.post("/api/v1/workspaces", json!({ "template": "dev", "preset": "plain", "name": "hooked" })).await;
+    let (_, created) = alice
+        .post(
+            "/api/v1/workspaces",
+            json!({ "template": "dev", "preset": "plain", "name": "hooked" }),
+        )
+        .await;
     let workspace_id = created["workspace"]["id"].as_str().unwrap().to_owned();
 
     // First attempt: 500.
@@ -203,7 +219,8 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
     assert_eq!(headers["idempotency-key"].to_str().unwrap(), payload["id"].to_string());
     // The signature: HMAC-SHA256(secret, "<timestamp>.<body>"), checked independently.
     let timestamp = headers["x-workspaced-timestamp"].to_str().unwrap();
-    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"a-long-shared-secret").unwrap();
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"a-long-shared-secret").unwrap();
     hmac::Mac::update(&mut mac, format!("{timestamp}.").as_bytes());
     hmac::Mac::update(&mut mac, &body);
     let expected: String =
@@ -216,7 +233,10 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
     daemon.clock.advance(chrono::Duration::seconds(61));
     wait_for("the retry", || (requests.lock().unwrap().len() == 2).then_some(())).await;
     let (retry_headers, retry_body) = flaky.requests.lock().unwrap()[1].clone();
-    assert_eq!(retry_headers["idempotency-key"], headers["idempotency-key"], "same idempotency key");
+    assert_eq!(
+        retry_headers["idempotency-key"], headers["idempotency-key"],
+        "same idempotency key"
+    );
     assert_eq!(retry_body, body);
     let delivered = async {
         for _ in 0..100 {
@@ -228,8 +248,17 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
         false
     };
     assert!(delivered.await);
-    assert_eq!(daemon.metric("workspaced_webhook_deliveries_total{result=\"retry\"}").await.map(|v| v >= 1.0), Some(true));
-    assert_eq!(daemon.metric("workspaced_webhook_deliveries_total{result=\"delivered\"}").await, Some(1.0));
+    assert_eq!(
+        daemon
+            .metric("workspaced_webhook_deliveries_total{result=\"retry\"}")
+            .await
+            .map(|v| v >= 1.0),
+        Some(true)
+    );
+    assert_eq!(
+        daemon.metric("workspaced_webhook_deliveries_total{result=\"delivered\"}").await,
+        Some(1.0)
+    );
 
     // The broken receiver: two attempts, then a dead letter visible in the API.
     daemon.clock.advance(chrono::Duration::seconds(61));
@@ -244,11 +273,24 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let letter = &dead["deliveries"][0];
-    assert_eq!((letter["webhook"].as_str(), letter["attempts"].as_u64()), (Some("broken"), Some(2)), "{dead}");
+    assert_eq!(
+        (letter["webhook"].as_str(), letter["attempts"].as_u64()),
+        (Some("broken"), Some(2)),
+        "{dead}"
+    );
     assert_eq!(letter["last_status"], 503);
-    assert!(daemon.metric("workspaced_webhook_deliveries_total{result=\"dead\"}").await.unwrap() >= 1.0);
+    assert!(
+        daemon.metric("workspaced_webhook_deliveries_total{result=\"dead\"}").await.unwrap() >= 1.0
+    );
     assert_eq!(alice.get("/api/v1/webhooks/deliveries").await.0, 403);
     // The filter: `flaky` only wanted workspace.created, so it got exactly one event.
-    assert!(flaky.requests.lock().unwrap().iter().all(|(h, _)| h["x-workspaced-event"] == "workspace.created"));
+    assert!(
+        flaky
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(h, _)| h["x-workspaced-event"] == "workspace.created")
+    );
     daemon.shutdown().await;
 }
