@@ -222,3 +222,59 @@ fn a_job_orphaned_by_kill_9_is_failed_on_restart_and_nothing_stays_running() {
     restarted.signal(Signal::SIGTERM);
     assert_eq!(restarted.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn tokens_from_the_command_line_work_against_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let config = config.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config]);
+        run_binary(&all, &[], Duration::from_secs(30))
+    };
+    let daemon = DaemonProcess::start(std::path::Path::new(config));
+
+    // Bad input: exit 2, one line naming the problem.
+    let output = cli(&["token", "create", "--user", "nobody"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no user \"nobody\""));
+    let output = cli(&["token", "create", "--user", "root", "--role", "boss"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--role"));
+    let output = cli(&["token", "create", "--user", "root", "--role", "owner", "--expires", "soon"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+
+    // Bootstrap: the first owner token, printed alone on stdout (while the daemon runs).
+    let output = cli(&["token", "create", "--user", "root", "--role", "owner", "--name", "ops"]);
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("wsd_"), "{token}");
+    let get = |path: &str, token: &str| {
+        let mut stream = std::net::TcpStream::connect(daemon.addr).unwrap();
+        use std::io::{Read, Write};
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        raw.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
+    };
+    assert_eq!(get("/api/v1/users", &token), 200);
+
+    assert!(cli(&["user", "create", "alice", "--role", "member"]).status.success());
+    assert_eq!(cli(&["user", "create", "alice"]).status.code(), Some(2), "exists");
+    let output = cli(&["token", "create", "--user", "alice", "--expires", "30d"]);
+    let alice = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(get("/api/v1/workspaces", &alice), 200);
+    assert_eq!(get("/api/v1/users", &alice), 403);
+
+    let output = cli(&["token", "list", "--user", "alice"]);
+    let listing = String::from_utf8(output.stdout).unwrap();
+    assert!(listing.contains("alice") && listing.contains("active"), "{listing}");
+    assert!(!listing.contains(alice.rsplit('_').next().unwrap()), "never the secret");
+    let id = alice.trim_start_matches("wsd_").split('_').next().unwrap();
+    assert!(cli(&["token", "revoke", id]).status.success());
+    assert_eq!(get("/api/v1/workspaces", &alice), 401);
+    assert_eq!(cli(&["token", "revoke", "no-such-id"]).status.code(), Some(2));
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+}

@@ -70,7 +70,12 @@ fn anyhow_is_only_used_by_the_binary_edge() {
 fn released_migrations_are_never_edited() {
     // refinery's checksum of each released migration. Editing one changes its checksum
     // (and an existing database would refuse to start): add a new V<n>__ file instead.
-    let released: &[(i64, &str, u64)] = &[(1, "initial", RELEASED_V1_CHECKSUM)];
+    let released: &[(i64, &str, u64)] = &[
+        (1, "initial", RELEASED_V1_CHECKSUM),
+        (2, "workspace_latest_build", 6_566_952_001_017_238_390),
+        (3, "lifecycle_candidates", 1_638_396_582_670_366_384),
+        (4, "api_and_webhooks", 8_606_780_246_448_497_332),
+    ];
     let runner = workspaced::store::migrations::migrations::runner();
     let migrations = runner.get_migrations();
     for (version, name, checksum) in released {
@@ -134,3 +139,4 @@ fn the_example_config_documents_the_defaults() {
     expected.storage.data_dir = PathBuf::from("./data");
     assert_eq!(example, expected);
 }
+
