@@ -192,3 +192,39 @@ fn a_port_in_use_is_named_and_the_database_untouched() {
     assert_eq!(std::fs::metadata(&database).unwrap().modified().unwrap(), modified);
     drop(taken);
 }
+
+#[test]
+fn bad_webhooks_and_api_settings_are_named_with_their_line() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[[webhooks]]\nname = \"ops\"\nurl = \"https://example.com/hook\"\nsecret = \"0123456789abcdef\"\n",
+            &["webhooks[0].url", "https is not supported", "line"],
+        ),
+        (
+            "[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"short\"\n",
+            &["webhooks[0].secret", "at least 16"],
+        ),
+        (
+            "[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef\"\nevents = [\"build.exploded\"]\n",
+            &["webhooks[0].events", "build.exploded"],
+        ),
+        (
+            "[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/a\"\nsecret = \"0123456789abcdef\"\n\
+             [[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/b\"\nsecret = \"0123456789abcdef\"\n",
+            &["webhooks[1].name", "duplicate"],
+        ),
+        ("[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/a\"\n", &["secret"]),
+        ("[api]\nmax_body_bytes = 10\n", &["api.max_body_bytes", "1024"]),
+    ];
+    for (fault, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(dir.path(), fault);
+        let output = run_binary(
+            &["check-config", "--config", config.to_str().unwrap()],
+            &[],
+            Duration::from_secs(30),
+        );
+        assert_one_line_error(&output, 2, needles);
+        assert_no_database(dir.path());
+    }
+}

@@ -242,7 +242,8 @@ fn tokens_from_the_command_line_work_against_the_running_daemon() {
     let output = cli(&["token", "create", "--user", "root", "--role", "boss"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--role"));
-    let output = cli(&["token", "create", "--user", "root", "--role", "owner", "--expires", "soon"]);
+    let output =
+        cli(&["token", "create", "--user", "root", "--role", "owner", "--expires", "soon"]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
 
     // Bootstrap: the first owner token, printed alone on stdout (while the daemon runs).

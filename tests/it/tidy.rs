@@ -139,4 +139,3 @@ fn the_example_config_documents_the_defaults() {
     expected.storage.data_dir = PathBuf::from("./data");
     assert_eq!(example, expected);
 }
-
