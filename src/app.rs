@@ -25,6 +25,7 @@ use crate::metrics::ConfigMetrics;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provisioner::runner::Runner;
 use crate::store::{OpenReport, Store, StoreError, StoreOptions, jobs};
+use crate::systemd::{LoopHealth, Notifier};
 use crate::telemetry::LogControl;
 use crate::templates::{self, ApplyReport};
 
@@ -66,6 +67,8 @@ pub struct App {
     runner: Runner,
     log: Option<LogControl>,
     gc_trigger: Arc<tokio::sync::Notify>,
+    notifier: Arc<Notifier>,
+    health: LoopHealth,
 }
 
 impl App {
@@ -115,6 +118,8 @@ impl App {
             runner,
             log: None,
             gc_trigger: Arc::new(tokio::sync::Notify::new()),
+            notifier: Arc::new(Notifier::disabled()),
+            health: LoopHealth::default(),
         })
     }
 
@@ -165,7 +170,15 @@ impl App {
             metrics: self.metrics.config.clone(),
             log: self.log.clone(),
             gc_trigger: Arc::clone(&self.gc_trigger),
+            notifier: Arc::clone(&self.notifier),
         }
+    }
+
+    /// Tells systemd about readiness, reloads and shutdown (`Type=notify`), and pings its
+    /// watchdog while the loops are alive.
+    pub fn with_notifier(mut self, notifier: Notifier) -> App {
+        self.notifier = Arc::new(notifier);
+        self
     }
 
     /// Lets reloads change the log level.
@@ -223,6 +236,7 @@ impl App {
                 ctx.clone(),
                 workers_cancel.clone(),
                 wake,
+                self.health.clone(),
             ));
         }
         log_gc_configuration(&config);
@@ -255,11 +269,21 @@ impl App {
             .run(workers_cancel.clone()),
         );
 
+        workers.spawn(crate::systemd::watchdog(
+            Arc::clone(&self.notifier),
+            self.health.clone(),
+            self.config.subscribe(),
+            self.metrics.loops.clone(),
+            workers_cancel.clone(),
+        ));
+
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(addr = %addr, database = %self.store.path().display(), "workspaced is ready");
+        self.notifier.ready();
 
         shutdown.cancelled().await;
         tracing::info!("shutting down");
+        self.notifier.stopping();
         http_state.ready.store(false, Ordering::Release);
         let deadline = tokio::time::Instant::now() + grace;
 
@@ -295,6 +319,7 @@ pub struct Reloader {
     metrics: ConfigMetrics,
     log: Option<LogControl>,
     gc_trigger: Arc<tokio::sync::Notify>,
+    notifier: Arc<Notifier>,
 }
 
 /// Why a reload was rejected.
@@ -315,10 +340,13 @@ impl Reloader {
     /// Loads and validates the config, applies its templates in one transaction, then
     /// switches to it. On any failure nothing changes: the old config stays in force.
     pub async fn reload(&self) -> Result<ApplyReport, ReloadError> {
+        self.notifier.reloading();
         let result = self.try_reload().await;
         if result.is_err() {
             self.metrics.reload_failures.inc();
         }
+        // Running again either way: on the new config, or on the old one.
+        self.notifier.ready();
         result
     }
 

@@ -514,7 +514,9 @@ fn serve(source: ConfigSource) -> Result<(), CliError> {
     let result = runtime.block_on(async move {
         // Before anything else: an early SIGHUP or SIGTERM must be handled, not fatal.
         let signals = Signals::register().map_err(CliError::Signals)?;
-        let app = App::build(config, source, Arc::new(SystemClock))?.with_log_control(log_control);
+        let app = App::build(config, source, Arc::new(SystemClock))?
+            .with_log_control(log_control)
+            .with_notifier(crate::systemd::Notifier::from_env());
         let report = app.open_report();
         tracing::info!(
             addr = %app.local_addr(),

@@ -42,6 +42,7 @@ pub mod prebuilds;
 pub mod provisioner;
 pub mod signals;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod templates;
 pub mod webhooks;

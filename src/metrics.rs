@@ -139,6 +139,8 @@ pub struct LoopMetrics {
     pub duration: HistogramVec,
     pub last_run: IntGaugeVec,
     pub last_success: IntGaugeVec,
+    /// Seconds since the loop last showed it is alive (see `systemd::LoopHealth`).
+    pub heartbeat_age: prometheus::GaugeVec,
 }
 
 /// Figures of the outbox publisher.
@@ -203,6 +205,13 @@ impl Metrics {
                 ),
                 &["loop"],
             )?,
+            heartbeat_age: prometheus::GaugeVec::new(
+                Opts::new(
+                    "workspaced_loop_heartbeat_age_seconds",
+                    "Seconds since the loop last showed it is alive; grows while an iteration runs, so a stuck loop shows here (and stops the systemd watchdog).",
+                ),
+                &["loop"],
+            )?,
         };
         // Create every loop's series up front, so a scrape before the first iteration
         // already shows them (at zero) and alerts on absent series stay meaningful.
@@ -210,7 +219,9 @@ impl Metrics {
             loops.runs.with_label_values(&[name]);
             loops.errors.with_label_values(&[name]);
             loops.duration.with_label_values(&[name]);
+            loops.heartbeat_age.with_label_values(&[name]);
         }
+        registry.register(Box::new(loops.heartbeat_age.clone()))?;
         registry.register(Box::new(loops.runs.clone()))?;
         registry.register(Box::new(loops.errors.clone()))?;
         registry.register(Box::new(loops.duration.clone()))?;

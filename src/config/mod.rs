@@ -55,6 +55,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long shutdown waits for requests and loops to finish before giving up.
     pub shutdown_grace: HumanDuration,
+    /// A loop iteration running longer than this counts as stuck: the systemd watchdog is
+    /// no longer pinged (so systemd restarts the service) and it shows in
+    /// `workspaced_loop_heartbeat_age_seconds`.
+    pub loop_stall_timeout: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2118)),
             shutdown_grace: HumanDuration::from_secs(8),
+            loop_stall_timeout: HumanDuration::from_secs(300),
         }
     }
 }
@@ -658,6 +663,9 @@ impl Config {
             if value.as_secs() < 1 {
                 return Err(fail(key, format!("{value} is too short; use at least 1s")));
             }
+        }
+        if self.server.loop_stall_timeout.as_secs() < 1 {
+            return Err(fail("server.loop_stall_timeout", "must be at least 1s".to_owned()));
         }
         if self.server.shutdown_grace.as_secs() < 1 {
             return Err(fail("server.shutdown_grace", "must be at least 1s".to_owned()));

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::systemd::LoopHealth;
 
 /// Everything a loop iteration may use. Cheap to clone.
 #[derive(Clone)]
@@ -129,7 +130,7 @@ pub async fn run_once(kind: LoopKind, ctx: &LoopCtx) -> Result<TickReport, LoopE
 /// Runs `kind` every interval until `cancel` fires. The first iteration runs one interval
 /// after start. A config reload that changes the interval restarts the timer.
 pub async fn run_every(kind: LoopKind, ctx: LoopCtx, cancel: CancellationToken) {
-    run_every_or_when_woken(kind, ctx, cancel, None).await;
+    run_every_or_when_woken(kind, ctx, cancel, None, LoopHealth::default()).await;
 }
 
 /// `run_every`, plus an immediate iteration whenever `wake` is notified (SIGUSR1 for GC).
@@ -138,8 +139,12 @@ pub async fn run_every_or_when_woken(
     ctx: LoopCtx,
     cancel: CancellationToken,
     wake: Option<Arc<tokio::sync::Notify>>,
+    health: LoopHealth,
 ) {
     let mut config = ctx.config.clone();
+    // Beats while waiting only: an iteration that hangs stops the beats (systemd watchdog).
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut period = kind.interval(&config.borrow_and_update());
     let mut ticker = ticker(period);
     let mut watching_config = true;
@@ -147,6 +152,7 @@ pub async fn run_every_or_when_woken(
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            _ = heartbeat.tick() => health.beat(kind),
             _ = ticker.tick() => {
                 // The iteration runs to completion even if shutdown starts meanwhile.
                 let _ = run_once(kind, &ctx).await;

@@ -67,6 +67,10 @@ impl ExecBackend {
         let mut command = Command::new(&self.config.command);
         command
             .args(&self.config.args)
+            // systemd's notify socket and watchdog are the daemon's, never a provisioner's.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .envs(&self.config.env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -19,5 +19,6 @@ mod plan;
 mod prebuilds;
 mod provisioner;
 mod stream;
+mod systemd;
 mod templates;
 mod tidy;
