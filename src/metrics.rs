@@ -125,6 +125,8 @@ pub struct ProvisionerMetrics {
     pub jobs: IntCounterVec,
     pub duration: HistogramVec,
     pub pending: IntGauge,
+    /// Unix time the oldest pending job was queued; 0 when none waits.
+    pub oldest_pending: IntGauge,
     pub running: IntGauge,
     pub timeouts: IntCounter,
     pub orphans_recovered: IntCounter,
@@ -276,6 +278,10 @@ impl Metrics {
                 "workspaced_provisioner_jobs_pending",
                 "Jobs waiting for a worker.",
             )?,
+            oldest_pending: IntGauge::new(
+                "workspaced_provisioner_oldest_pending_job_timestamp_seconds",
+                "Unix time at which the oldest job still waiting for a worker was queued; 0 when none waits.",
+            )?,
             running: IntGauge::new("workspaced_provisioner_jobs_running", "Jobs running now.")?,
             timeouts: IntCounter::new(
                 "workspaced_provisioner_job_timeouts_total",
@@ -296,6 +302,7 @@ impl Metrics {
         registry.register(Box::new(provisioner.jobs.clone()))?;
         registry.register(Box::new(provisioner.duration.clone()))?;
         registry.register(Box::new(provisioner.pending.clone()))?;
+        registry.register(Box::new(provisioner.oldest_pending.clone()))?;
         registry.register(Box::new(provisioner.running.clone()))?;
         registry.register(Box::new(provisioner.timeouts.clone()))?;
         registry.register(Box::new(provisioner.orphans_recovered.clone()))?;

@@ -144,5 +144,10 @@ fn update_gauges(ctx: &LoopCtx, snapshot: &Snapshot, plans: &[PresetPlan]) {
         metrics.running.with_label_values(&labels).set(gauge(plan.state.actual));
         metrics.eligible.with_label_values(&labels).set(gauge(plan.state.eligible));
         metrics.hard_limited.with_label_values(&labels).set(i64::from(plan.hard_limited));
+        // Counters start at 0 for every pooled preset, so `increase()` sees the first one.
+        for counter in [&metrics.created, &metrics.failed, &metrics.claimed] {
+            counter.with_label_values(&labels);
+        }
+        ctx.metrics.provisioner.resource_replacements.with_label_values(&labels);
     }
 }

@@ -405,9 +405,10 @@ impl Runner {
     }
 
     async fn update_pending(&self) {
-        match self.inner.store.read(jobs::pending_count).await {
-            Ok(pending) => {
-                self.inner.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX))
+        match self.inner.store.read(jobs::pending_summary).await {
+            Ok((pending, oldest)) => {
+                self.inner.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+                self.inner.metrics.oldest_pending.set(oldest.map_or(0, |ms| ms / 1000));
             }
             Err(error) => tracing::warn!(error = %error_chain(&error), "cannot count pending jobs"),
         }

@@ -531,12 +531,17 @@ pub fn status(
 
 /// Jobs waiting for a worker.
 pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
-    let count: i64 = conn.query_row_cached(
-        "SELECT COUNT(*) FROM provisioner_jobs WHERE status = 'pending'",
+    Ok(pending_summary(conn)?.0)
+}
+
+/// Jobs waiting for a worker, and when the oldest of them was queued (ms; `None` = none).
+pub fn pending_summary(conn: &Connection) -> Result<(u64, Option<i64>), StoreError> {
+    let (count, oldest): (i64, Option<i64>) = conn.query_row_cached(
+        "SELECT COUNT(*), MIN(created_at) FROM provisioner_jobs WHERE status = 'pending'",
         [],
-        |row| row.get(0),
+        |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    Ok(u64::try_from(count).unwrap_or(0))
+    Ok((u64::try_from(count).unwrap_or(0), oldest))
 }
 
 /// The message an orphaned job fails with.

@@ -134,9 +134,21 @@ fn version_prints_the_crate_version() {
 }
 
 #[test]
-fn the_optional_log_file_receives_the_daemon_log() {
+fn the_optional_log_file_receives_the_daemon_log_and_keeps_max_files() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // Five files from earlier hours, oldest first (retention goes by creation order), and
+    // one file that is not ours.
+    let old: Vec<String> =
+        (1..=5).map(|hour| format!("workspaced.2020-01-01-0{hour}.log")).collect();
+    let (_never, pause) = std::sync::mpsc::channel::<()>();
+    for name in &old {
+        std::fs::write(logs.join(name), "old\n").unwrap();
+        // File times are coarse (a few ms): keep the creation order visible.
+        let _ = pause.recv_timeout(Duration::from_millis(20));
+    }
+    std::fs::write(logs.join("other.txt"), "keep me\n").unwrap();
     let body = format!(
         "{}[log.file]\ndirectory = {logs:?}\nrotation = \"hourly\"\nmax_files = 3\n",
         binary_config(dir.path())
@@ -145,11 +157,24 @@ fn the_optional_log_file_receives_the_daemon_log() {
     let daemon = DaemonProcess::start(&config);
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
-    let files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("workspaced.") && name.ends_with(".log"), "{name}");
-    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // max_files = 3: the two newest old files and the current one; others untouched.
+    let current: Vec<&String> =
+        names.iter().filter(|n| !old.contains(n) && n.as_str() != "other.txt").collect();
+    assert_eq!(current.len(), 1, "{names:?}");
+    let current = current[0].clone();
+    // Hourly rotation names the file by the hour: workspaced.YYYY-MM-DD-HH.log.
+    let stamp = current.trim_start_matches("workspaced.").trim_end_matches(".log");
+    assert_eq!(stamp.len(), "2020-01-01-05".len(), "{current}");
+    let mut expected =
+        vec![old[3].clone(), old[4].clone(), current.clone(), "other.txt".to_owned()];
+    expected.sort();
+    assert_eq!(names, expected);
+    let text = std::fs::read_to_string(logs.join(&current)).unwrap();
     // The file writer is flushed on exit: the last line is there too.
     assert!(text.contains("http server listening"), "{text}");
     assert!(text.contains("\"stopped\""), "{text}");

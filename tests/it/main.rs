@@ -14,6 +14,7 @@ mod fixtures;
 mod gc;
 mod helpers;
 mod lifecycle;
+mod operations;
 mod outbox;
 mod plan;
 mod prebuilds;
