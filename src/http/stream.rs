@@ -24,7 +24,7 @@ use crate::auth::{Action, Object, Resource, Subject};
 use crate::events::{Event, PublishedEvent};
 use crate::http::api::{ApiError, ApiResult, Ctx, parse_param, query};
 use crate::http::{HttpResponse, HttpState};
-use crate::store::views;
+use crate::store::{outbox, views};
 
 /// A response body fed from a channel; the sender sees `closed()` when the client leaves.
 struct ChannelBody {
@@ -99,7 +99,7 @@ pub async fn events(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
     let live = state.events.subscribe();
     let start = match after {
         Some(id) => id,
-        None => state.ctx.store.read(views::last_event_id).await?,
+        None => state.ctx.store.read(outbox::last_id).await?,
     };
     let (sender, response) = streaming("text/event-stream");
     let subject = ctx.subject.clone();
@@ -160,12 +160,7 @@ async fn replay(
 ) -> bool {
     loop {
         let after = *last;
-        let batch = match state
-            .ctx
-            .store
-            .read(move |conn| views::events_after(conn, after, 500))
-            .await
-        {
+        let batch = match state.ctx.store.read(move |conn| outbox::after(conn, after, 500)).await {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(error = %crate::loops::error_chain(&error), "event stream cannot read the outbox; closing it");

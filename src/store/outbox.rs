@@ -36,9 +36,41 @@ pub fn undelivered(
     after_id: i64,
     limit: usize,
 ) -> Result<Vec<PublishedEvent>, StoreError> {
-    let mut statement = conn.prepare_cached(
+    events(
+        conn,
         "SELECT id, payload, created_at FROM outbox WHERE delivered_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
-    )?;
+        after_id,
+        limit,
+    )
+}
+
+/// Committed events after `after_id`, delivered or not, oldest first, at most `limit`
+/// (the event stream's replay after `Last-Event-ID`).
+pub fn after(
+    conn: &Connection,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<PublishedEvent>, StoreError> {
+    events(
+        conn,
+        "SELECT id, payload, created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+        after_id,
+        limit,
+    )
+}
+
+/// The newest outbox id (0 when empty).
+pub fn last_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row_cached("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |row| row.get(0))?)
+}
+
+fn events(
+    conn: &Connection,
+    sql: &str,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<PublishedEvent>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement.query_map(rusqlite::params![after_id, limit], |row| {
         Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))

@@ -1,13 +1,12 @@
 //! Read models for the HTTP API: workspaces with their status, builds, templates with
-//! versions and presets, audit entries, outbox ranges. Plain queries, serialized as the
+//! versions and presets, audit entries. Plain queries, serialized as the
 //! API's JSON; nothing here writes.
 
-use crate::store::CachedStatements;
-use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::events::PublishedEvent;
+use crate::store::CachedStatements;
+
 use crate::store::StoreError;
 use crate::store::time::from_millis;
 
@@ -456,35 +455,4 @@ pub fn audit(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Committed outbox events after `after_id` (delivered or not), oldest first.
-pub fn events_after(
-    conn: &Connection,
-    after_id: i64,
-    limit: usize,
-) -> Result<Vec<PublishedEvent>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, payload, created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement.query_map(params![after_id, limit], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
-    })?;
-    let mut events = Vec::new();
-    for row in rows {
-        let (id, payload, created_at) = row?;
-        let event = serde_json::from_str(&payload).map_err(|error| StoreError::Corrupt {
-            what: format!("outbox row {id}"),
-            reason: error.to_string(),
-        })?;
-        let created_at: DateTime<Utc> = from_millis(created_at).unwrap_or_default();
-        events.push(PublishedEvent { id, created_at, event });
-    }
-    Ok(events)
-}
-
-/// The newest outbox id (0 when empty).
-pub fn last_event_id(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row_cached("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |row| row.get(0))?)
 }
