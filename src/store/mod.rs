@@ -250,18 +250,7 @@ impl Store {
         let applied_migrations = migrations::run(&mut writer)
             .map_err(|source| StoreError::Migrate { path: path.clone(), source })?;
         let schema_version = migrations::applied_version(&writer).map_err(open_error)?;
-        let store = Store {
-            inner: Arc::new(Inner {
-                options,
-                writer: Mutex::new(writer),
-                readers: Mutex::new(ReaderPool::default()),
-                reader_freed: std::sync::Condvar::new(),
-                outbox_notify: Notify::new(),
-                jobs_notify: Notify::new(),
-                group: Mutex::new(Vec::new()),
-                group_flusher: std::sync::atomic::AtomicBool::new(false),
-            }),
-        };
+        let store = Store::over(options, writer);
         Ok((store, OpenReport { created: !existed, applied_migrations, schema_version }))
     }
 
@@ -287,11 +276,16 @@ impl Store {
         if database_version < binary_version {
             return Err(StoreError::TooOld { path, database_version, binary_version });
         }
-        Ok(Store {
+        // Writes through this store fail: the connection is read-only.
+        Ok(Store::over(options, conn))
+    }
+
+    /// A store whose writes go through `writer`.
+    fn over(options: StoreOptions, writer: Connection) -> Store {
+        Store {
             inner: Arc::new(Inner {
                 options,
-                // Writes through this store fail: the connection is read-only.
-                writer: Mutex::new(conn),
+                writer: Mutex::new(writer),
                 readers: Mutex::new(ReaderPool::default()),
                 reader_freed: std::sync::Condvar::new(),
                 outbox_notify: Notify::new(),
@@ -299,7 +293,7 @@ impl Store {
                 group: Mutex::new(Vec::new()),
                 group_flusher: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {
