@@ -42,6 +42,7 @@ pub enum AppError {
     #[error(transparent)]
     Metrics(#[from] MetricsError),
 }
+crate::has_store_error!(AppError);
 
 impl AppError {
     pub fn metric_label(&self) -> &'static str {

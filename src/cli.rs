@@ -172,6 +172,7 @@ pub enum CliError {
     )]
     GcNeedsDryRun,
 }
+crate::has_store_error!(CliError, App, Reset);
 
 impl CliError {
     /// 2 for input the operator must fix (config), 1 for everything else.
@@ -314,9 +315,12 @@ fn token_create(
         Some(text) => {
             let duration = crate::config::duration::parse_duration(text)
                 .map_err(|error| CliError::Input(format!("--expires: {error}")))?;
-            let duration = chrono::Duration::from_std(duration)
-                .map_err(|_| CliError::Input(format!("--expires: {text} is too long")))?;
-            Some(now + duration)
+            if duration > crate::store::users::MAX_TOKEN_LIFETIME {
+                return Err(CliError::Input(format!(
+                    "--expires: {text} is longer than the longest token lifetime, 3650d"
+                )));
+            }
+            Some(crate::domain::time::after(now, duration.as_secs()))
         }
         None => None,
     };

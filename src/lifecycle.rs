@@ -6,7 +6,7 @@
 //! The decision lives in `planner::lifecycle::decide`; this module only makes it so.
 
 use crate::store::CachedStatements;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use crate::domain::{BuildReason, Transition};
@@ -133,11 +133,11 @@ pub fn report_activity(
             [&latest.build_id],
             |row| row.get(0),
         )?;
-        let mut bumped = now + Duration::seconds(ttl);
+        let mut bumped = crate::domain::time::after_signed(now, ttl);
         if let Some(max) = max_deadline.and_then(from_millis) {
             bumped = bumped.min(max);
         }
-        if deadline - now < Duration::seconds(ttl) && bumped > deadline {
+        if deadline - now < crate::domain::time::signed_span(ttl) && bumped > deadline {
             tx.execute_cached(
                 "UPDATE workspace_builds SET deadline = ?2, updated_at = ?3 WHERE id = ?1",
                 params![latest.build_id, to_millis(bumped), to_millis(now)],
@@ -158,6 +158,7 @@ pub enum ScheduleError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+crate::has_store_error!(ScheduleError);
 
 /// Sets (or clears) a workspace's autostart schedule; it must be a valid weekly cron.
 pub fn set_autostart_schedule(

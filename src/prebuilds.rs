@@ -204,6 +204,7 @@ pub enum ResetError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+crate::has_store_error!(ResetError, Build);
 
 /// What `reset_preset` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +317,7 @@ pub enum ClaimError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+crate::has_store_error!(ClaimError, Build, NameTaken);
 
 /// Claims a ready, unexpired prebuild of the preset on the active version for the user
 /// (ownership, name, activity, dormancy, schedule), or builds a new workspace.
@@ -480,7 +482,8 @@ fn ready_prebuild(
     now: DateTime<Utc>,
 ) -> Result<Option<String>, StoreError> {
     let ttl_s = preset_row(tx, preset_id)?.and_then(|preset| preset.ttl_s).filter(|ttl| *ttl > 0);
-    let oldest_allowed = ttl_s.map_or(i64::MIN, |ttl| to_millis(now) - ttl * 1000);
+    let oldest_allowed = ttl_s
+        .map_or(i64::MIN, |ttl| to_millis(now).saturating_sub(crate::domain::time::millis(ttl)));
     let mut statement = tx.prepare_cached(CLAIMABLE)?;
     Ok(statement
         .query_row(params![PREBUILDS_USER_ID, preset_id, version_id, oldest_allowed], |row| {

@@ -22,7 +22,14 @@ pub enum DurationError {
     UnknownUnit { input: String, unit: String },
     #[error("duration {0:?} is too large")]
     Overflow(String),
+    #[error("duration {0:?} is longer than the longest allowed, 36500d (100 years)")]
+    TooLong(String),
 }
+
+/// The longest duration any setting accepts: 100 years. Every date computed from a
+/// setting (`now + ttl`, `now - lookback`) then stays far inside the calendar's range, and
+/// a timer built from one never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// Parses `"15s"`, `"72h30m"`, `"336h"`, `"14d"`, or `"0"`. Whitespace between parts is not
 /// allowed, so a typo like `"5 minutes"` is an error instead of a surprise.
@@ -65,7 +72,11 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             .ok_or_else(|| DurationError::Overflow(input.to_owned()))?;
         rest = after;
     }
-    Ok(Duration::from_secs(total))
+    let total = Duration::from_secs(total);
+    if total > MAX_DURATION {
+        return Err(DurationError::TooLong(input.to_owned()));
+    }
+    Ok(total)
 }
 
 /// Formats a whole-second duration the way the parser reads it back (`"1d2h3m4s"`).
@@ -168,6 +179,13 @@ mod tests {
         );
         assert!(matches!(parse_duration("99999999999999999999d"), Err(DurationError::Overflow(_))));
         assert!(matches!(parse_duration("999999999999999999d"), Err(DurationError::Overflow(_))));
+    }
+
+    #[test]
+    fn durations_are_bounded_at_one_hundred_years() {
+        check_ok("36500d", 36_500 * 86_400);
+        assert_eq!(parse_duration("36500d1s"), Err(DurationError::TooLong("36500d1s".into())));
+        assert_eq!(parse_duration("100000000d"), Err(DurationError::TooLong("100000000d".into())));
     }
 
     #[test]

@@ -664,6 +664,9 @@ impl Config {
                 return Err(fail(key, format!("{value} is too short; use at least 1s")));
             }
         }
+        if self.gc.ttl.as_secs() < templates::MIN_GC_TTL_SECS {
+            return Err(fail("gc.ttl", templates::gc_ttl_too_short(self.gc.ttl)));
+        }
         if self.server.loop_stall_timeout.as_secs() < 1 {
             return Err(fail("server.loop_stall_timeout", "must be at least 1s".to_owned()));
         }
@@ -813,6 +816,34 @@ mod tests {
     fn a_zero_interval_is_rejected() {
         let error = load_str("[gc]\ninterval = \"0s\"\n").unwrap_err();
         assert_eq!(error.key.as_deref(), Some("gc.interval"));
+    }
+
+    #[test]
+    fn durations_past_one_hundred_years_are_rejected_with_the_key() {
+        for (toml, key) in [
+            (
+                "[[templates]]\nname = \"t\"\ndefault_ttl = \"100000000d\"\n",
+                "templates[0].default_ttl",
+            ),
+            ("[gc]\ninterval = \"100000000d\"\n", "gc.interval"),
+            ("[reconciler]\nbackoff_lookback = \"36501d\"\n", "reconciler.backoff_lookback"),
+            ("[gc]\nttl = \"100000000d\"\n", "gc.ttl"),
+        ] {
+            let error = load_str(toml).unwrap_err();
+            assert_eq!(error.key.as_deref(), Some(key), "{error}");
+            assert!(error.reason.contains("100 years"), "{error}");
+        }
+        assert!(load_str("[gc]\ninterval = \"36500d\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_gc_ttl_below_an_hour_is_rejected() {
+        let error = load_str("[gc]\nttl = \"0s\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("gc.ttl"), "{error}");
+        let error =
+            load_str("[[templates]]\nname = \"t\"\n[templates.gc]\nttl = \"59m\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("templates[0].gc.ttl"), "{error}");
+        assert!(load_str("[gc]\nttl = \"1h\"\nwarn_before = \"30m\"\n").is_ok());
     }
 
     #[test]

@@ -179,6 +179,15 @@ pub struct TemplateProblem {
     pub reason: String,
 }
 
+/// The shortest GC TTL accepted (`[gc] ttl`, `templates[].gc.ttl`): one hour. A TTL of
+/// seconds would delete workspaces between two uses; nobody means that.
+pub const MIN_GC_TTL_SECS: u64 = 3_600;
+
+/// The reason a GC TTL below `MIN_GC_TTL_SECS` is rejected.
+pub fn gc_ttl_too_short(ttl: HumanDuration) -> String {
+    format!("{ttl} is too short for a GC TTL; use at least 1h")
+}
+
 /// Checks every template; the first problem found is returned.
 pub fn validate(
     templates: &[TemplateConfig],
@@ -210,6 +219,11 @@ pub fn validate(
                     template.provisioner, template.provisioner
                 ),
             ));
+        }
+        if let Some(ttl) = template.gc.ttl
+            && ttl.as_secs() < MIN_GC_TTL_SECS
+        {
+            return Err(fail(".gc.ttl", gc_ttl_too_short(ttl)));
         }
         if template.autostart_days_mask().is_none() {
             return Err(fail(

@@ -5,6 +5,7 @@
 //! schema's CHECK constraints and the wire formats use.
 
 pub mod parameters;
+pub mod time;
 
 /// The organization every installation has (created by the first migration).
 pub const DEFAULT_ORGANIZATION_ID: &str = "00000000-0000-0000-0000-000000000001";

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -70,18 +70,35 @@ impl ApiError {
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = self.status;
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Load and contention pass; a client should come back, not give up.
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
         response
     }
 }
 
+/// What a 503 asks a client to wait, in seconds.
+pub const RETRY_AFTER_SECS: &str = "1";
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         tracing::error!(error = %crate::loops::error_chain(&error), "api request failed on the database");
-        let status = match error.metric_label() {
-            "busy" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, "internal error (see the daemon's log)")
+        if error.is_transient() {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is busy; retry shortly",
+            );
+        }
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the daemon's log)")
+    }
+}
+
+/// An `ApiError` made from a `StoreError` has already logged and mapped it; storage
+/// failures of API writes are seen by the store at BEGIN and COMMIT.
+impl crate::store::HasStoreError for ApiError {
+    fn store_error(&self) -> Option<&StoreError> {
+        None
     }
 }
 

@@ -17,6 +17,7 @@ use crate::planner;
 use crate::planner::plan::PresetPlan;
 use crate::prebuilds::{self, ResetError};
 use crate::store::audit::{self, Entry};
+use crate::store::users::MAX_TOKEN_LIFETIME;
 use crate::store::views::{self, TemplateView};
 use crate::store::{StoreError, snapshot, templates, users};
 
@@ -195,9 +196,13 @@ pub async fn create_token(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
         Some(text) => {
             let duration = parse_duration(text)
                 .map_err(|error| ApiError::bad_request("expires_in", error.to_string()))?;
-            let duration = chrono::Duration::from_std(duration)
-                .map_err(|_| ApiError::bad_request("expires_in", "too long"))?;
-            Some(ctx.now + duration)
+            if duration > MAX_TOKEN_LIFETIME {
+                return Err(ApiError::bad_request(
+                    "expires_in",
+                    format!("{text} is longer than the longest token lifetime, 3650d"),
+                ));
+            }
+            Some(crate::domain::time::after(ctx.now, duration.as_secs()))
         }
         None => None,
     };

@@ -132,6 +132,15 @@ async fn readyz(state: &HttpState) -> HttpResponse {
         .store
         .read(|conn| Ok(conn.query_row_cached("SELECT 1", [], |row| row.get::<_, i64>(0))?))
         .await;
+    if let Some(reason) = state.ctx.store.write_failure() {
+        // Reads still work, but nothing the daemon decides can be recorded.
+        let mut response = Response::new(full(format!("database writes failing: {reason}\n")));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        return response;
+    }
     match probe {
         Ok(_) => text(StatusCode::OK, "ready\n"),
         Err(error) => {

@@ -40,10 +40,7 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     metrics.safety_valve_tripped.set(i64::from(report.safety_valve_tripped));
     metrics.last_run.set(now.timestamp());
     metrics.duration.observe(started.elapsed().as_secs_f64());
-    let next_run = now
-        + chrono::Duration::seconds(
-            i64::try_from(config.gc.interval.as_secs()).unwrap_or(i64::MAX / 1000),
-        );
+    let next_run = crate::domain::time::after(now, config.gc.interval.as_secs());
     tracing::info!(
         candidates = report.candidates,
         warned = report.warned,

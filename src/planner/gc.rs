@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::domain::JobStatus;
+use crate::domain::{JobStatus, time};
 use crate::planner::plan::{GcAction, GcActionKind, GcPlan, GcSkipReason};
 use crate::planner::snapshot::{GcBasis, GcSettings, Index, Template, Workspace};
 
@@ -40,7 +40,7 @@ impl Policy {
 }
 
 fn seconds(value: u64) -> Duration {
-    Duration::seconds(i64::try_from(value).unwrap_or(i64::MAX / 1000))
+    time::span(value)
 }
 
 /// The GC plan; empty when `settings.gc` is absent or disabled.
@@ -100,14 +100,14 @@ pub fn due_bound(
     templates: &[Template],
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    let offset = |policy: Policy| policy.ttl_s as i64 - policy.warn_before_s as i64;
+    let offset = |policy: Policy| seconds(policy.ttl_s) - seconds(policy.warn_before_s);
     let smallest = templates
         .iter()
         .map(|template| offset(Policy::for_template(settings, Some(template))))
         .chain(std::iter::once(offset(Policy::for_template(settings, None))))
         .min()
-        .unwrap_or(0);
-    now - Duration::seconds(smallest)
+        .unwrap_or_default();
+    time::add(now, -smallest)
 }
 
 /// The basis time the workspace's age is measured from.
@@ -152,13 +152,17 @@ pub fn judge(
         return Some(action(GcActionKind::Skip, Some(GcSkipReason::InProgress), None));
     }
     // A warning from before the current due period does not count.
-    let due_since = basis + ttl - warn_before;
+    let due_since = time::add(basis, ttl - warn_before);
     let warned_at = workspace.gc_warned_at.filter(|warned| *warned >= due_since);
     let Some(warned_at) = warned_at else {
-        return Some(action(GcActionKind::Warn, None, Some(now + warn_before)));
+        return Some(action(GcActionKind::Warn, None, Some(time::add(now, warn_before))));
     };
     if age > ttl && now - warned_at >= warn_before {
         return Some(action(GcActionKind::Delete, None, None));
     }
-    Some(action(GcActionKind::Skip, Some(GcSkipReason::WarnWindow), Some(warned_at + warn_before)))
+    Some(action(
+        GcActionKind::Skip,
+        Some(GcSkipReason::WarnWindow),
+        Some(time::add(warned_at, warn_before)),
+    ))
 }

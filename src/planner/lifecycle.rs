@@ -89,7 +89,7 @@ pub fn decide(
 }
 
 fn seconds(value: u64) -> Duration {
-    Duration::seconds(i64::try_from(value).unwrap_or(i64::MAX / 1000))
+    crate::domain::time::span(value)
 }
 
 /// Rule 1: a started workspace past its deadline, or whose owner is suspended.
@@ -128,7 +128,7 @@ pub fn next_allowed_autostart(
     since: DateTime<Utc>,
     days: &[Weekday],
 ) -> Option<DateTime<Utc>> {
-    let week_later = since + Duration::days(7);
+    let week_later = crate::domain::time::after(since, 7 * 86_400);
     let mut next = schedule.next(since).ok()?;
     loop {
         let weekday = Weekday::from_sunday(weekday_in(next, schedule.zone()))?;

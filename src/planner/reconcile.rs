@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::domain::{JobStatus, Transition};
 use crate::planner::plan::{DeleteReason, PoolAction, PresetPlan, PresetState, ReconcilerPlan};
@@ -111,7 +111,7 @@ fn plan_preset(
         && !template.deleted
         && !template.deprecated;
     let base = preset.desired_instances.unwrap_or(0);
-    let ttl = preset.ttl_s.filter(|ttl| *ttl > 0).map(seconds);
+    let ttl = preset.ttl_s.filter(|ttl| *ttl > 0).map(crate::domain::time::span);
     let is_expired =
         |prebuild: &Running<'_>| ttl.is_some_and(|ttl| now - prebuild.created_at > ttl);
 
@@ -195,10 +195,6 @@ fn plan_preset(
     PresetPlan { preset_id: preset.id.clone(), active, state, backoff_until, hard_limited, actions }
 }
 
-fn seconds(value: u64) -> Duration {
-    Duration::seconds(i64::try_from(value).unwrap_or(i64::MAX / 1000))
-}
-
 /// The instances wanted now: the first schedule whose time range contains `now`, else the
 /// base value (§5.3). Scheduling is ignored altogether when the zone is empty or unknown,
 /// or when the schedules overlap or cannot be checked for overlap; a schedule that is not
@@ -238,7 +234,7 @@ fn backoff_until(
     if template.deleted {
         return None;
     }
-    let window_start = now - seconds(settings.backoff_lookback_s);
+    let window_start = crate::domain::time::before(now, settings.backoff_lookback_s);
     let in_window_failure =
         |build: &Build| build.job_status == JobStatus::Failed && build.created_at >= window_start;
     let top = usize::try_from(base).unwrap_or(usize::MAX);
@@ -247,9 +243,9 @@ fn backoff_until(
         .take(top)
         .map(|(build, _)| *build)
         .find(|build| in_window_failure(build))?;
-    let failures = candidates.iter().filter(|(build, _)| in_window_failure(build)).count() as i64;
-    let interval = seconds(settings.backoff_interval_s);
-    let until = last_failed.created_at + interval * i32::try_from(failures).unwrap_or(i32::MAX);
+    let failures = candidates.iter().filter(|(build, _)| in_window_failure(build)).count() as u64;
+    let backoff = crate::domain::time::span_times(settings.backoff_interval_s, failures);
+    let until = crate::domain::time::add(last_failed.created_at, backoff);
     (now <= until).then_some(until)
 }
 

@@ -487,3 +487,36 @@ fn a_template_can_exempt_its_workspaces_and_gc_off_plans_nothing() {
     let off = snapshot(json!({}), vec![template(json!({}))], vec![], vec![old()]);
     assert!(plan(&off).gc.actions.is_empty() && !plan(&off).gc.safety_valve_tripped);
 }
+
+#[test]
+fn extreme_durations_and_dates_plan_without_panicking() {
+    // Every duration at u64::MAX and dates at the calendar's edges: the planner saturates
+    // ("never", "since always") instead of overflowing chrono's arithmetic.
+    let huge = u64::MAX;
+    let settings = json!({
+        "reconciler": { "backoff_interval_s": huge, "backoff_lookback_s": huge },
+        "gc": { "ttl_s": huge, "warn_before_s": 1, "active_grace_s": huge },
+    });
+    let (failed, failed_build) =
+        prebuild("ws-f", "2025-06-02T11:00:00Z", json!({ "job_status": "failed" }));
+    let (user, mut user_build) = prebuild("ws-u", "9999-12-31T00:00:00Z", json!({}));
+    merge(&mut user_build, json!({ "initiator": "user", "preset_id": null }));
+    let mut user = user;
+    merge(&mut user, json!({ "owner": "user:u1", "last_used_at": "0001-01-01T00:00:00Z" }));
+    let templates = vec![template(json!({
+        "schedule": { "failure_ttl_s": huge, "time_til_dormant_s": huge,
+                      "time_til_dormant_autodelete_s": huge, "default_ttl_s": huge },
+        "gc": { "ttl_s": huge, "warn_before_s": huge }
+    }))];
+    let document = snapshot(
+        settings,
+        templates,
+        vec![preset(json!({ "ttl_s": huge }))],
+        vec![(failed, failed_build), (user, user_build)],
+    );
+    let planned = plan(&document);
+    let pool = &planned.reconciler.presets[0];
+    // The failed build starts a backoff that lasts "forever" (saturated), not a panic.
+    assert!(matches!(pool.actions.as_slice(), [PoolAction::Backoff { .. }]), "{pool:?}");
+    assert!(pool.backoff_until.is_some());
+}

@@ -70,6 +70,7 @@ pub enum BuildError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+crate::has_store_error!(BuildError);
 
 impl BuildError {
     pub fn metric_label(&self) -> &'static str {

@@ -16,9 +16,12 @@ use tokio::sync::oneshot;
 use crate::store::{CachedStatements, Store, StoreError, WriteTx, lock};
 
 /// Runs one queued write in the open transaction and returns how to report its result
-/// once the fate of the transaction is known (`None` = committed).
-pub(crate) type GroupedWrite =
-    Box<dyn FnOnce(&mut WriteTx<'_>) -> Box<dyn FnOnce(Option<&StoreError>) + Send> + Send>;
+/// once the fate of the transaction is known (`None` = committed). Handed `Err` when the
+/// transaction could not begin: the write then reports that error without running.
+pub(crate) type GroupedWrite = Box<
+    dyn FnOnce(Result<&mut WriteTx<'_>, &StoreError>) -> Box<dyn FnOnce(Option<&StoreError>) + Send>
+        + Send,
+>;
 
 /// At most this many writes share one transaction (bounds the latency of the first).
 const MAX_GROUP: usize = 256;
@@ -33,8 +36,11 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         let (sender, receiver) = oneshot::channel::<Result<T, E>>();
-        let write: GroupedWrite = Box::new(move |tx: &mut WriteTx<'_>| {
-            let result = run_in_savepoint(tx, f);
+        let write: GroupedWrite = Box::new(move |tx: Result<&mut WriteTx<'_>, &StoreError>| {
+            let result = match tx {
+                Ok(tx) => run_in_savepoint(tx, f),
+                Err(error) => Err(E::from(StoreError::GroupCommit { reason: error.to_string() })),
+            };
             Box::new(move |commit_error: Option<&StoreError>| {
                 let result = match (commit_error, result) {
                     (Some(error), Ok(_)) => {
@@ -97,19 +103,30 @@ impl Store {
             let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
                 Ok(tx) => tx,
                 Err(error) => {
+                    // Every write queued now hears the failure at once: after one bounded
+                    // wait (busy_timeout) the next group would only wait as long again.
                     let error = StoreError::from(error);
+                    self.record_write_failure(&error);
+                    tracing::warn!(error = %error, "cannot begin the grouped transaction");
+                    let mut writes = writes;
+                    writes.extend(lock(&self.inner.group).drain(..));
                     for write in writes {
-                        fail_unrun(write, &error);
+                        write(Err(&error))(None);
                     }
                     return;
                 }
             };
             let mut write_tx = WriteTx { tx, emitted: 0, jobs_enqueued: false };
-            let reporters: Vec<_> = writes.into_iter().map(|write| write(&mut write_tx)).collect();
+            let reporters: Vec<_> =
+                writes.into_iter().map(|write| write(Ok(&mut write_tx))).collect();
             let (emitted, jobs_enqueued) = (write_tx.emitted, write_tx.jobs_enqueued);
             (reporters, emitted, jobs_enqueued, write_tx.tx.commit().map_err(StoreError::from))
         };
         let error = committed.err();
+        match &error {
+            Some(error) => self.record_write_failure(error),
+            None => self.record_write_success(),
+        }
         for report in reporters {
             report(error.as_ref());
         }
@@ -157,13 +174,6 @@ where
         Ok(_) => result,
         Err(error) => Err(E::from(error.into())),
     }
-}
-
-/// A write that never ran because the transaction could not begin: dropping it drops its
-/// result channel, so its caller gets an error; the cause is logged here.
-fn fail_unrun(write: GroupedWrite, error: &StoreError) {
-    tracing::error!(error = %error, "cannot begin the grouped transaction");
-    drop(write);
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::time;
 use crate::domain::{
     JobPriority, JobStatus, LogLevel, LogLine, Replacement, Resource, Timing, Transition,
     agents_ready,
@@ -348,8 +349,8 @@ fn set_deadline(tx: &WriteTx<'_>, job: &AcquiredJob, now: DateTime<Utc>) -> Resu
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )?;
     let ttl = ttl_s.unwrap_or(default_ttl_s);
-    let deadline = (autostop_enabled && ttl > 0).then(|| now + chrono::Duration::seconds(ttl));
-    let max_deadline = (max_ttl_s > 0).then(|| now + chrono::Duration::seconds(max_ttl_s));
+    let deadline = (autostop_enabled && ttl > 0).then(|| time::after_signed(now, ttl));
+    let max_deadline = (max_ttl_s > 0).then(|| time::after_signed(now, max_ttl_s));
     let deadline = match (deadline, max_deadline) {
         (Some(deadline), Some(max)) => Some(deadline.min(max)),
         (None, Some(max)) => Some(max),

@@ -6,7 +6,7 @@
 //! the executor's write transaction.
 
 use crate::store::CachedStatements;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::PREBUILDS_USER_ID;
@@ -136,8 +136,7 @@ pub fn mark_dormant(
     now: DateTime<Utc>,
     autodelete_s: u64,
 ) -> Result<(), StoreError> {
-    let deleting_at = (autodelete_s > 0)
-        .then(|| now + Duration::seconds(i64::try_from(autodelete_s).unwrap_or(i64::MAX / 1000)));
+    let deleting_at = (autodelete_s > 0).then(|| crate::domain::time::after(now, autodelete_s));
     conn.execute_cached(
         "UPDATE workspaces SET dormant_at = ?2, deleting_at = ?3, updated_at = ?2 WHERE id = ?1",
         params![workspace_id, to_millis(now), deleting_at.map(to_millis)],

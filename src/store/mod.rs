@@ -96,6 +96,8 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
     #[error("the grouped transaction failed to commit: {reason}")]
     GroupCommit { reason: String },
+    #[error("no {what} became free within {waited:?}; the database is overloaded")]
+    Exhausted { what: &'static str, waited: Duration },
 }
 
 impl StoreError {
@@ -118,9 +120,81 @@ impl StoreError {
             StoreError::Encode(_) => "encode",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Task(_) => "task",
+            StoreError::GroupCommit { reason } if reason.contains("database is locked") => "busy",
             StoreError::GroupCommit { .. } => "group_commit",
+            StoreError::Exhausted { .. } => "busy",
         }
     }
+
+    /// Whether the failure is load or contention that goes away by itself (answer 503 with
+    /// `Retry-After`, retry later), rather than a defect.
+    pub fn is_transient(&self) -> bool {
+        self.metric_label() == "busy"
+    }
+
+    /// Whether the failure says the database cannot take writes right now (full disk,
+    /// read-only file, IO error, corruption, a lock held elsewhere), as opposed to a
+    /// rejected statement. Such failures make `/readyz` answer 503 until a write succeeds.
+    pub fn is_storage_failure(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                DiskFull
+                    | ReadOnly
+                    | SystemIoFailure
+                    | DatabaseBusy
+                    | DatabaseLocked
+                    | CannotOpen
+                    | DatabaseCorrupt
+                    | NotADatabase
+                    | OutOfMemory
+            ),
+            StoreError::Exhausted { .. } => true,
+            StoreError::GroupCommit { reason } => reason.contains("database is locked"),
+            _ => false,
+        }
+    }
+}
+
+/// Errors of the closures run by `Store::write`: the store looks inside them for storage
+/// failures (a full disk fails the closure's INSERT before COMMIT is reached).
+pub trait HasStoreError {
+    fn store_error(&self) -> Option<&StoreError>;
+}
+
+impl HasStoreError for StoreError {
+    fn store_error(&self) -> Option<&StoreError> {
+        Some(self)
+    }
+}
+
+/// Implements `HasStoreError` for an error enum whose `Store` variant wraps a `StoreError`;
+/// the variants listed after it wrap another `HasStoreError` error.
+#[macro_export]
+macro_rules! has_store_error {
+    ($type:ty $(, $nested:ident)*) => {
+        impl $crate::store::HasStoreError for $type {
+            fn store_error(&self) -> Option<&$crate::store::StoreError> {
+                match self {
+                    Self::Store(error) => Some(error),
+                    $(Self::$nested(error) => $crate::store::HasStoreError::store_error(error),)*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+/// The writer's recent history, for `/readyz` and for failing queued writes fast.
+#[derive(Default)]
+struct WriteHealth {
+    /// Why the last write that touched the disk failed, until one succeeds.
+    failing: Option<String>,
+    /// When a write last gave up on a lock held by another process.
+    last_busy: Option<std::time::Instant>,
+    failures: u64,
 }
 
 /// Settings for opening the store, taken from `[storage]`.
@@ -180,6 +254,38 @@ struct Inner {
     group: Mutex<Vec<group::GroupedWrite>>,
     /// True while a task flushes the group queue.
     group_flusher: std::sync::atomic::AtomicBool,
+    health: Mutex<WriteHealth>,
+}
+
+/// A read-only connection on loan from the pool. Dropping it returns the connection; after
+/// a panic the connection is closed instead (it may hold an open statement or read
+/// transaction) and its slot freed, so the pool never shrinks.
+struct ReaderGuard<'a> {
+    conn: Option<Connection>,
+    inner: &'a Inner,
+}
+
+impl ReaderGuard<'_> {
+    fn conn(&self) -> &Connection {
+        // Always `Some` until `drop`.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!("reader taken before drop"))
+    }
+}
+
+impl Drop for ReaderGuard<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let mut pool = lock(&self.inner.readers);
+        if std::thread::panicking() || !conn.is_autocommit() {
+            pool.opened -= 1;
+            drop(pool);
+            drop(conn);
+        } else {
+            pool.idle.push(conn);
+            drop(pool);
+        }
+        self.inner.reader_freed.notify_one();
+    }
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`). Derefs to the connection for queries; events
@@ -292,12 +398,47 @@ impl Store {
                 jobs_notify: Notify::new(),
                 group: Mutex::new(Vec::new()),
                 group_flusher: std::sync::atomic::AtomicBool::new(false),
+                health: Mutex::new(WriteHealth::default()),
             }),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.options.path
+    }
+
+    /// Why writes are failing, while they are: the last write that reached the disk
+    /// failed with a storage failure and none has succeeded since. `/readyz` says this.
+    pub fn write_failure(&self) -> Option<String> {
+        lock(&self.inner.health).failing.clone()
+    }
+
+    /// Storage failures of writes since the store was opened.
+    pub fn write_failures(&self) -> u64 {
+        lock(&self.inner.health).failures
+    }
+
+    pub(crate) fn record_write_failure(&self, error: &StoreError) {
+        if !error.is_storage_failure() {
+            return;
+        }
+        let mut health = lock(&self.inner.health);
+        health.failures += 1;
+        health.failing = Some(error_text(error));
+        if error.is_transient() && !matches!(error, StoreError::Exhausted { .. }) {
+            health.last_busy = Some(std::time::Instant::now());
+        }
+    }
+
+    pub(crate) fn record_write_success(&self) {
+        let mut health = lock(&self.inner.health);
+        health.failing = None;
+        health.last_busy = None;
+    }
+
+    fn failed_write(&self, error: StoreError) -> StoreError {
+        self.record_write_failure(&error);
+        error
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer, on the blocking pool.
@@ -307,7 +448,7 @@ impl Store {
     where
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
+        E: From<StoreError> + HasStoreError + Send + 'static,
     {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.write_blocking(f))
@@ -320,17 +461,40 @@ impl Store {
     pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
-        E: From<StoreError>,
+        E: From<StoreError> + HasStoreError,
     {
+        let queued_at = std::time::Instant::now();
         let (value, emitted, jobs_enqueued) = {
             let mut conn = lock(&self.inner.writer);
+            // A write that queued behind one that already waited out `busy_timeout` on a
+            // lock held by another process fails at once: one bounded wait, not a chain.
+            if lock(&self.inner.health).last_busy.is_some_and(|busy| busy >= queued_at) {
+                return Err(E::from(StoreError::Exhausted {
+                    what: "write lock (another process holds it)",
+                    waited: self.inner.options.busy_timeout,
+                }));
+            }
+            let changes_before = conn.total_changes();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|error| E::from(StoreError::from(error)))?;
+                .map_err(|error| E::from(self.failed_write(StoreError::from(error))))?;
             let mut write_tx = WriteTx { tx, emitted: 0, jobs_enqueued: false };
-            let value = f(&mut write_tx)?;
-            let (emitted, jobs_enqueued) = (write_tx.emitted, write_tx.jobs_enqueued);
-            write_tx.tx.commit().map_err(|error| E::from(StoreError::from(error)))?;
+            let value = match f(&mut write_tx) {
+                Ok(value) => value,
+                Err(error) => {
+                    if let Some(store_error) = error.store_error() {
+                        self.record_write_failure(store_error);
+                    }
+                    return Err(error);
+                }
+            };
+            let WriteTx { tx, emitted, jobs_enqueued } = write_tx;
+            let changed = tx.total_changes() != changes_before;
+            tx.commit().map_err(|error| E::from(self.failed_write(error.into())))?;
+            // Only a commit that wrote something proves the disk takes writes again.
+            if changed {
+                self.record_write_success();
+            }
             (value, emitted, jobs_enqueued)
         };
         if emitted > 0 {
@@ -360,29 +524,44 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
-        let conn = self.take_reader()?;
-        let result = f(&conn);
-        lock(&self.inner.readers).idle.push(conn);
-        self.inner.reader_freed.notify_one();
-        result
+        let reader = self.take_reader()?;
+        f(reader.conn())
     }
 
     /// An idle reader, a new one while fewer than `read_connections` exist, or the next one
-    /// returned.
-    fn take_reader(&self) -> Result<Connection, StoreError> {
+    /// returned within `busy_timeout`; after that the caller hears `Exhausted` (HTTP 503)
+    /// instead of queueing without end. The guard gives the connection back when dropped,
+    /// also when the closure using it panics.
+    fn take_reader(&self) -> Result<ReaderGuard<'_>, StoreError> {
+        let waited = self.inner.options.busy_timeout;
+        let deadline = std::time::Instant::now() + waited;
         let mut pool = lock(&self.inner.readers);
         loop {
             if let Some(conn) = pool.idle.pop() {
-                return Ok(conn);
+                return Ok(ReaderGuard { conn: Some(conn), inner: &self.inner });
             }
             if pool.opened < self.inner.options.read_connections.max(1) {
                 pool.opened += 1;
                 drop(pool);
-                return self.open_reader().inspect_err(|_| {
-                    lock(&self.inner.readers).opened -= 1;
-                });
+                return match self.open_reader() {
+                    Ok(conn) => Ok(ReaderGuard { conn: Some(conn), inner: &self.inner }),
+                    Err(error) => {
+                        lock(&self.inner.readers).opened -= 1;
+                        self.inner.reader_freed.notify_one();
+                        Err(error)
+                    }
+                };
             }
-            pool = self.inner.reader_freed.wait(pool).unwrap_or_else(PoisonError::into_inner);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Exhausted { what: "read connection", waited });
+            }
+            pool = self
+                .inner
+                .reader_freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -460,6 +639,18 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Statements kept prepared per connection (the default, 16, is smaller than one claim).
 const STATEMENT_CACHE: usize = 256;
+
+/// An error with its causes, on one line.
+fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a closure drops its Transaction, which rolls back, so the connection

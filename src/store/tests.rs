@@ -269,3 +269,67 @@ fn cached_statements_are_not_re_prepared_on_every_execution_after_a_schema_chang
     let after: Vec<i32> = (1..5).map(run).collect();
     assert_eq!(after, [1, 1, 1, 1], "re-prepared once for the schema change, then never again");
 }
+
+fn with_readers(readers: usize, busy_ms: u64) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::at(dir.path().join("w.db"));
+    options.read_connections = readers;
+    options.busy_timeout = Duration::from_millis(busy_ms);
+    let (store, _) = Store::open(options).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_panicking_read_gives_its_connection_back() {
+    let (_dir, store) = with_readers(2, 2_000);
+    for _ in 0..3 {
+        let store = store.clone();
+        let joined = std::thread::spawn(move || {
+            store.read_blocking(|_conn| -> Result<(), StoreError> { panic!("reader bug") })
+        })
+        .join();
+        assert!(joined.is_err(), "the closure panicked");
+    }
+    // Both slots are free again: two readers at once, each answering at once.
+    let started = std::time::Instant::now();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                store.read_blocking(|conn| {
+                    barrier.wait();
+                    Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?)
+                })
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap().unwrap(), 1);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "no reader waited for a leaked slot");
+}
+
+#[test]
+fn a_read_that_finds_no_free_connection_gives_up_with_a_transient_error() {
+    let (_dir, store) = with_readers(1, 200);
+    let (hold, release) = std::sync::mpsc::channel::<()>();
+    let (held, is_held) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.read_blocking(|_conn| {
+                held.send(()).unwrap();
+                release.recv().ok();
+                Ok(())
+            })
+        })
+    };
+    is_held.recv().unwrap();
+    let error = store.read_blocking(|_conn| Ok(())).unwrap_err();
+    assert!(matches!(error, StoreError::Exhausted { .. }), "{error}");
+    assert!(error.is_transient());
+    hold.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    store.read_blocking(|_conn| Ok(())).unwrap();
+}

@@ -167,6 +167,9 @@ fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// The longest lifetime a token may be issued with (`--expires`, `expires_in`): 10 years.
+pub const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
 /// Issues a token for `user_id`, valid until `expires_at` (`None` = until revoked).
 pub fn create_token(
     conn: &Connection,

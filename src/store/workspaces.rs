@@ -52,6 +52,7 @@ pub enum CreateWorkspaceError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+crate::has_store_error!(CreateWorkspaceError);
 
 /// Inserts a workspace; `last_used_at` starts at `now`. Returns its id.
 pub fn insert(
