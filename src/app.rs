@@ -72,6 +72,32 @@ pub struct App {
     health: LoopHealth,
 }
 
+async fn resume_interrupted(
+    store: &Store,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<crate::store::builds::Resumed>, AppError> {
+    let resumed = store
+        .write(move |tx| crate::store::builds::resume_interrupted(tx, now))
+        .await
+        .map_err(|error| match error {
+            crate::store::builds::BuildError::Store(error) => AppError::Store(error),
+            other => AppError::Store(StoreError::Corrupt {
+                what: "an interrupted build".to_owned(),
+                reason: other.to_string(),
+            }),
+        })?;
+    for build in &resumed {
+        tracing::info!(
+            interrupted_job_id = %build.interrupted_job_id,
+            workspace_id = %build.queued.workspace_id,
+            transition = %build.queued.transition,
+            cleaned_up = build.cleaned_up,
+            "interrupted build re-queued"
+        );
+    }
+    Ok(resumed)
+}
+
 impl App {
     /// Binds the listener, then opens and migrates the store.
     pub fn build(
@@ -188,6 +214,13 @@ impl App {
         self
     }
 
+    /// Re-queues the builds a crash or shutdown interrupted (a user's start, a claim, a
+    /// stop, a delete) and cleans up interrupted prebuild creates. Runs at start, before
+    /// any worker; tests call it after simulating a crash.
+    pub async fn resume_interrupted(&self) -> Result<Vec<crate::store::builds::Resumed>, AppError> {
+        resume_interrupted(&self.store, self.clock.now()).await
+    }
+
     /// Runs the HTTP server, the loops and the publisher until `shutdown` fires, then stops
     /// them in order.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -241,9 +274,10 @@ impl App {
             ));
         }
         log_gc_configuration(&config);
-        // Jobs a previous process left running can never finish: fail them before any
-        // worker starts, so nothing hangs forever.
+        // Jobs a previous process left running can never finish: mark them interrupted
+        // before any worker starts, then carry on with what they were doing.
         self.runner.recover_orphans(true).await?;
+        resume_interrupted(&self.store, self.clock.now()).await?;
         self.runner.spawn(&workers, workers_cancel.clone());
 
         let publisher_tasks = TaskTracker::new();

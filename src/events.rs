@@ -55,6 +55,8 @@ pub enum Event {
     BuildFailed { build: BuildRef, error: String },
     #[serde(rename = "build.canceled")]
     BuildCanceled { build: BuildRef },
+    #[serde(rename = "build.interrupted")]
+    BuildInterrupted { build: BuildRef, reason: String },
     /// A build that claimed a prebuild had to replace a resource: the template defeats
     /// the prebuild (template admins are notified).
     #[serde(rename = "prebuild.resource_replaced")]
@@ -128,6 +130,7 @@ impl Event {
             Event::BuildSucceeded { .. } => "build.succeeded",
             Event::BuildFailed { .. } => "build.failed",
             Event::BuildCanceled { .. } => "build.canceled",
+            Event::BuildInterrupted { .. } => "build.interrupted",
             Event::ResourceReplaced { .. } => "prebuild.resource_replaced",
             Event::LifecycleTransition { .. } => "lifecycle.transition",
             Event::GcWarning { .. } => "gc.warning",
@@ -148,6 +151,7 @@ impl Event {
         "build.succeeded",
         "build.failed",
         "build.canceled",
+        "build.interrupted",
         "prebuild.resource_replaced",
         "lifecycle.transition",
         "gc.warning",
@@ -163,6 +167,7 @@ impl Event {
             | Event::BuildSucceeded { build }
             | Event::BuildFailed { build, .. }
             | Event::BuildCanceled { build }
+            | Event::BuildInterrupted { build, .. }
             | Event::ResourceReplaced { build, .. } => Some(build),
             _ => None,
         }

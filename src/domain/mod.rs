@@ -92,6 +92,9 @@ string_enum! {
         /// Cancellation requested while running; the backend is being stopped.
         Canceling => "canceling",
         Canceled => "canceled",
+        /// The daemon stopped during the job (crash, kill, restart or shutdown): neither a
+        /// failure of the template nor a cancel. Planners see it as `canceled`.
+        Interrupted => "interrupted",
     }
 }
 
@@ -103,7 +106,19 @@ impl JobStatus {
 
     /// Finished one way or another.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled | JobStatus::Interrupted
+        )
+    }
+
+    /// The status as the planner contract names it: `interrupted` is not one of its
+    /// values and reads as `canceled` (not running, not failed).
+    pub fn for_planner(self) -> JobStatus {
+        match self {
+            JobStatus::Interrupted => JobStatus::Canceled,
+            other => other,
+        }
     }
 }
 

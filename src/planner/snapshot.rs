@@ -570,6 +570,13 @@ impl Snapshot {
                     format!("unknown workspace {:?}", build.workspace_id),
                 );
             }
+            if build.job_status == crate::domain::JobStatus::Interrupted {
+                // The store's own status; the contract's documents say `canceled`.
+                return fail(
+                    format!("builds[{index}].job_status"),
+                    "unknown job status \"interrupted\"; expected one of: pending, running, succeeded, failed, canceling, canceled".to_owned(),
+                );
+            }
             if !builds.insert((build.workspace_id.as_str(), build.build_number)) {
                 return fail(
                     format!("builds[{index}].build_number"),

@@ -61,7 +61,7 @@ impl ExecBackend {
     async fn execute(
         &self,
         request: &JobRequest,
-        io: JobIo,
+        mut io: JobIo,
     ) -> Result<SuccessReport, ProvisionerError> {
         let command_name = self.config.command.display().to_string();
         let mut command = Command::new(&self.config.command);
@@ -83,8 +83,13 @@ impl ExecBackend {
         let mut child = command
             .spawn()
             .map_err(|source| ProvisionerError::Spawn { command: command_name.clone(), source })?;
-        let group =
-            GroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw));
+        let leader = child.id().and_then(|pid| i32::try_from(pid).ok());
+        let group = GroupGuard(leader.map(Pid::from_raw));
+        if let (Some(pid), Some(report)) = (leader, io.process_group.take())
+            && let Some(started) = crate::provisioner::process::start_time(pid)
+        {
+            let _ = report.send((pid, started));
+        }
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

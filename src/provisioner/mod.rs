@@ -7,6 +7,7 @@
 
 pub mod exec;
 pub mod local;
+pub mod process;
 pub mod protocol;
 pub mod runner;
 
@@ -38,6 +39,9 @@ pub struct JobIo {
     /// Fires when the job must stop (timeout, cancel request, shutdown). The backend stops
     /// its work (gracefully, then forcibly) and returns `ProvisionerError::Canceled`.
     pub cancel: CancellationToken,
+    /// Where a backend that starts a process group reports it (group id, leader start
+    /// time), so a crashed daemon's successor can kill what is left of it.
+    pub process_group: Option<tokio::sync::oneshot::Sender<(i32, u64)>>,
 }
 
 /// Runs builds.

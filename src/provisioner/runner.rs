@@ -7,7 +7,7 @@
 //! `max_prebuild_jobs` workers) and orphan recovery (jobs a dead process left running are
 //! failed at start and periodically). It decides nothing about *which* builds exist.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,7 +47,27 @@ struct Inner {
     instance_id: String,
     running_prebuilds: AtomicUsize,
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Workers inside `run_one`, from before they acquire a job until its completion is
+    /// written (or given up): a running job of a worker not in here is an orphan.
+    busy: Mutex<HashSet<String>>,
 }
+
+/// Marks a worker busy for as long as it lives.
+struct BusyWorker<'a> {
+    inner: &'a Inner,
+    worker_id: String,
+}
+
+impl Drop for BusyWorker<'_> {
+    fn drop(&mut self) {
+        self.inner.busy.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.worker_id);
+    }
+}
+
+/// Delays between attempts of a job's completion write; after the last one the job is
+/// failed in a minimal transaction.
+const COMPLETION_RETRIES: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(3)];
 
 /// Releases a prebuild slot when the job ends.
 struct PrebuildSlot<'a>(&'a AtomicUsize);
@@ -76,31 +96,47 @@ impl Runner {
                 instance_id: uuid::Uuid::new_v4().to_string(),
                 running_prebuilds: AtomicUsize::new(0),
                 running: Mutex::new(HashMap::new()),
+                busy: Mutex::new(HashSet::new()),
             }),
         }
     }
 
-    /// Fails jobs left running by a previous process: at start (`all`: every running job,
-    /// since this process runs none yet) and periodically (jobs of other instances).
+    /// Marks `interrupted` the running jobs no worker of this process holds: at start
+    /// (`all`: every running job, since this process runs none yet; what is left of their
+    /// exec provisioners is killed) and periodically (a job whose completion could not be
+    /// written). An interrupted job is not a failure of its template.
     pub async fn recover_orphans(&self, all: bool) -> Result<Vec<CompletedJob>, StoreError> {
-        let prefix = (!all).then(|| self.inner.instance_id.clone());
         let now = self.inner.clock.now();
-        let failed = self
+        let inner = Arc::clone(&self.inner);
+        let orphans = self
             .inner
             .store
-            .write(move |tx| jobs::fail_orphans(tx, prefix.as_deref(), now))
+            .write(move |tx| {
+                // Read inside the write transaction: no worker can acquire a job meanwhile,
+                // and a worker registers itself busy before it tries.
+                let live = (!all)
+                    .then(|| inner.busy.lock().unwrap_or_else(PoisonError::into_inner).clone());
+                jobs::interrupt_orphans(tx, live.as_ref(), now)
+            })
             .await?;
-        for job in &failed {
+        let mut interrupted = Vec::with_capacity(orphans.len());
+        for orphan in orphans {
+            let job = orphan.job;
             self.inner.metrics.orphans_recovered.inc();
-            self.record_finished(job, None);
+            self.record_finished(&job, None);
+            let killed = orphan.process_group.is_some_and(|(group, started)| {
+                crate::provisioner::process::kill_recorded_group(group, started)
+            });
             tracing::warn!(
                 job_id = %job.build.job_id,
                 workspace_id = %job.build.workspace_id,
                 transition = %job.build.transition,
-                "job was left running by a previous process; marked failed"
+                provisioner_killed = killed,
+                "job was left running without a worker; marked interrupted"
             );
+            interrupted.push(job);
         }
-        Ok(failed)
+        Ok(interrupted)
     }
 
     /// Starts `provisioner.concurrency` workers and the periodic orphan check on `tracker`;
@@ -155,6 +191,8 @@ impl Runner {
         worker_id: &str,
         shutdown: &CancellationToken,
     ) -> Result<Option<CompletedJob>, StoreError> {
+        self.inner.busy.lock().unwrap_or_else(PoisonError::into_inner).insert(worker_id.to_owned());
+        let _busy = BusyWorker { inner: &self.inner, worker_id: worker_id.to_owned() };
         let config = Arc::clone(&self.inner.config.borrow());
         let max_prebuild = config.provisioner.max_prebuild_jobs();
         // Reserve a prebuild slot before asking, so two workers cannot both take the last one.
@@ -212,19 +250,12 @@ impl Runner {
             JobOutcome::Canceled { reason } => {
                 LogLine::new(LogLevel::Warn, "done", format!("build canceled: {reason}"))
             }
+            JobOutcome::Interrupted { reason } => {
+                LogLine::new(LogLevel::Warn, "done", format!("build interrupted: {reason}"))
+            }
         };
-        let job_id = job.job_id.clone();
         let cap = config.provisioner.max_log_bytes;
-        let now = self.inner.clock.now();
-        let completed = self
-            .inner
-            .store
-            .write(move |tx| {
-                // The closing line may pass the cap: it says how the job ended, which matters most.
-                jobs::append_logs(tx, &job_id, &[final_line], cap.saturating_add(4096), now)?;
-                jobs::complete(tx, &job_id, &outcome, now)
-            })
-            .await?;
+        let completed = self.write_completion(&job.job_id, final_line, outcome, cap).await?;
         if let Some(completed) = &completed {
             self.record_finished(completed, Some(started.elapsed()));
             match completed.status {
@@ -246,6 +277,58 @@ impl Runner {
         Ok(completed)
     }
 
+    /// Writes the job's completion, retrying (the disk may be full for a moment, another
+    /// process may hold the lock, the write may even panic); when every attempt failed, the
+    /// job is failed in a minimal transaction so it never stays `running`.
+    async fn write_completion(
+        &self,
+        job_id: &str,
+        final_line: LogLine,
+        outcome: JobOutcome,
+        cap: u64,
+    ) -> Result<Option<CompletedJob>, StoreError> {
+        let mut last_error = None;
+        for delay in std::iter::once(Duration::ZERO).chain(COMPLETION_RETRIES) {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let (id, line, outcome) = (job_id.to_owned(), final_line.clone(), outcome.clone());
+            let now = self.inner.clock.now();
+            let written = self
+                .inner
+                .store
+                .write(move |tx| {
+                    // The closing line may pass the cap: it says how the job ended.
+                    jobs::append_logs(tx, &id, &[line], cap.saturating_add(4096), now)?;
+                    jobs::complete(tx, &id, &outcome, now)
+                })
+                .await;
+            match written {
+                Ok(completed) => return Ok(completed),
+                Err(error) => {
+                    tracing::warn!(job_id, error = %error_chain(&error), "cannot record the job's completion; retrying");
+                    last_error = Some(error);
+                }
+            }
+        }
+        let reason = format!(
+            "the job's completion could not be recorded: {}",
+            last_error.as_ref().map(|error| error_chain(error)).unwrap_or_default()
+        );
+        let (id, now) = (job_id.to_owned(), self.inner.clock.now());
+        let failed =
+            self.inner.store.write(move |tx| jobs::fail_minimal(tx, &id, &reason, now)).await;
+        match failed {
+            Ok(_) => tracing::error!(job_id, "job failed: its completion could not be recorded"),
+            // The periodic orphan check marks it interrupted once this worker lets go.
+            Err(error) => {
+                tracing::error!(job_id, error = %error_chain(&error), "cannot fail the job either; the orphan check will")
+            }
+        }
+        Err(last_error
+            .unwrap_or(StoreError::GroupCommit { reason: "completion not written".to_owned() }))
+    }
+
     async fn execute(
         &self,
         job: &AcquiredJob,
@@ -264,11 +347,26 @@ impl Runner {
         };
         let request = JobRequest::from_job(job);
         let (logs, log_lines) = mpsc::channel(256);
+        let (process_group, reported_group) = tokio::sync::oneshot::channel();
+        let record_group = async {
+            if let Ok(group) = reported_group.await {
+                let id = job.job_id.clone();
+                let written = self
+                    .inner
+                    .store
+                    .write(move |tx| jobs::set_process_group(tx, &id, Some(group)))
+                    .await;
+                if let Err(error) = written {
+                    tracing::warn!(error = %error_chain(&error), "cannot record the provisioner's process group");
+                }
+            }
+        };
         let pump = self.pump_logs(job.job_id.clone(), log_lines, config.provisioner.max_log_bytes);
         let timeout = config.provisioner.job_timeout.as_duration();
         let finished = CancellationToken::new();
         let run = async {
-            let run = backend.run(&request, JobIo { logs, cancel: token.clone() });
+            let io = JobIo { logs, cancel: token.clone(), process_group: Some(process_group) };
+            let run = backend.run(&request, io);
             tokio::pin!(run);
             let outcome = tokio::select! {
                 result = &mut run => (result, false),
@@ -300,7 +398,7 @@ impl Runner {
                 }
             }
         };
-        let ((result, timed_out), (), ()) = tokio::join!(run, pump, watch);
+        let ((result, timed_out), (), (), ()) = tokio::join!(run, pump, watch, record_group);
         match result {
             Ok(report) => JobOutcome::Succeeded(report),
             Err(_) if timed_out => {
@@ -308,7 +406,7 @@ impl Runner {
                 failed(&ProvisionerError::TimedOut(timeout))
             }
             Err(ProvisionerError::Canceled) if shutdown.is_cancelled() => {
-                JobOutcome::Canceled { reason: "the daemon shut down during the job".to_owned() }
+                JobOutcome::Interrupted { reason: "the daemon shut down during the job".to_owned() }
             }
             Err(ProvisionerError::Canceled) => {
                 JobOutcome::Canceled { reason: "canceled by request".to_owned() }

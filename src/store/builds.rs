@@ -260,7 +260,9 @@ pub fn refresh_latest(conn: &Connection, workspace_id: &str) -> Result<(), Store
             latest_preset_id, latest_initiator_id, latest_build_created_at, latest_job_completed_at,
             latest_deadline
          ) = (
-            SELECT b.build_number, b.transition, j.status, b.template_version_id, b.preset_id,
+            SELECT b.build_number, b.transition,
+                   CASE j.status WHEN 'interrupted' THEN 'canceled' ELSE j.status END,
+                   b.template_version_id, b.preset_id,
                    b.initiator_id, b.created_at, j.completed_at, b.deadline
               FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
              WHERE b.workspace_id = ?1
@@ -270,4 +272,128 @@ pub fn refresh_latest(conn: &Connection, workspace_id: &str) -> Result<(), Store
         [workspace_id],
     )?;
     crate::store::lifecycle::refresh_next_start(conn, workspace_id)
+}
+
+/// What start-up did with a build the previous process left interrupted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    pub interrupted_job_id: String,
+    pub queued: BuildRef,
+    /// A prebuild's interrupted create is cleaned up (deleted), not retried: the
+    /// reconciler builds a fresh one if the pool still wants it.
+    pub cleaned_up: bool,
+}
+
+/// Re-queues every interrupted build that is still its workspace's latest: the same
+/// transition on the same version with the same parameters, reason and initiator; an
+/// interrupted prebuild create becomes a delete instead. Idempotent (the new build is the
+/// latest one afterwards), so a crash in between only repeats the look.
+pub fn resume_interrupted(
+    tx: &mut WriteTx<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Resumed>, BuildError> {
+    struct Interrupted {
+        job_id: String,
+        build_id: String,
+        workspace_id: String,
+        transition: Transition,
+        reason: BuildReason,
+        initiator_id: String,
+        version_id: String,
+        preset_id: Option<String>,
+        is_prebuild: bool,
+        is_prebuild_claim: bool,
+        owner_id: String,
+    }
+    let found: Vec<Interrupted> = {
+        let mut statement = tx
+            .prepare_cached(
+                "SELECT j.id, b.id, b.workspace_id, b.transition, b.reason, b.initiator_id,
+                        b.template_version_id, b.preset_id, b.is_prebuild, b.is_prebuild_claim,
+                        w.owner_id
+                   FROM provisioner_jobs j
+                   JOIN workspace_builds b ON b.job_id = j.id
+                   JOIN workspaces w ON w.id = b.workspace_id
+                  WHERE j.status = 'interrupted' AND w.deleted = 0
+                    AND b.build_number = w.latest_build_number
+                  ORDER BY j.created_at, j.id",
+            )
+            .map_err(StoreError::from)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Interrupted {
+                    job_id: row.get(0)?,
+                    build_id: row.get(1)?,
+                    workspace_id: row.get(2)?,
+                    transition: crate::store::parse_text(row, 3)?,
+                    reason: crate::store::parse_text(row, 4)?,
+                    initiator_id: row.get(5)?,
+                    version_id: row.get(6)?,
+                    preset_id: row.get(7)?,
+                    is_prebuild: row.get(8)?,
+                    is_prebuild_claim: row.get(9)?,
+                    owner_id: row.get(10)?,
+                })
+            })
+            .map_err(StoreError::from)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::from)?
+    };
+    let mut resumed = Vec::with_capacity(found.len());
+    for build in found {
+        let prebuild_create = build.transition == Transition::Start
+            && build.is_prebuild
+            && build.owner_id == crate::domain::PREBUILDS_USER_ID;
+        let request = if prebuild_create {
+            BuildRequest {
+                template_version_id: Some(build.version_id),
+                preset_id: build.preset_id,
+                is_prebuild: true,
+                ..BuildRequest::new(
+                    &build.workspace_id,
+                    Transition::Delete,
+                    BuildReason::Prebuild,
+                    crate::domain::PREBUILDS_USER_ID,
+                )
+            }
+        } else {
+            BuildRequest {
+                template_version_id: Some(build.version_id),
+                parameters: parameters(tx, &build.build_id)?,
+                preset_id: build.preset_id,
+                is_prebuild: build.is_prebuild,
+                is_prebuild_claim: build.is_prebuild_claim,
+                ..BuildRequest::new(
+                    &build.workspace_id,
+                    build.transition,
+                    build.reason,
+                    &build.initiator_id,
+                )
+            }
+        };
+        // One build that cannot be re-queued (its version's parameters changed, say) is
+        // logged and left as it is; it must not keep the others, or the daemon, down.
+        tx.execute_cached("SAVEPOINT resume_interrupted", []).map_err(StoreError::from)?;
+        match enqueue(tx, &request, now) {
+            Ok(queued) => {
+                tx.execute_cached("RELEASE resume_interrupted", []).map_err(StoreError::from)?;
+                resumed.push(Resumed {
+                    interrupted_job_id: build.job_id,
+                    queued: queued.build,
+                    cleaned_up: prebuild_create,
+                });
+            }
+            Err(BuildError::Store(error)) => return Err(BuildError::Store(error)),
+            Err(error) => {
+                tx.execute_batch("ROLLBACK TO resume_interrupted; RELEASE resume_interrupted")
+                    .map_err(StoreError::from)?;
+                tracing::warn!(
+                    job_id = %build.job_id,
+                    workspace_id = %build.workspace_id,
+                    error = %error,
+                    "cannot re-queue an interrupted build; left as it is"
+                );
+            }
+        }
+    }
+    Ok(resumed)
 }

@@ -52,8 +52,17 @@ pub struct AcquiredJob {
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
     Succeeded(SuccessReport),
-    Failed { error: String, code: String },
-    Canceled { reason: String },
+    Failed {
+        error: String,
+        code: String,
+    },
+    Canceled {
+        reason: String,
+    },
+    /// The daemon stopped during the job (shutdown, or a crash found at the next start).
+    Interrupted {
+        reason: String,
+    },
 }
 
 /// What a successful build reported.
@@ -281,6 +290,18 @@ pub fn complete(
             )?;
             completed.status = JobStatus::Canceled;
             tx.emit(&Event::BuildCanceled { build: job.build.clone() }, now)?;
+        }
+        JobOutcome::Interrupted { reason } => {
+            tx.execute_cached(
+                "UPDATE provisioner_jobs SET status = 'interrupted', completed_at = ?2, updated_at = ?2,
+                        error = ?3, error_code = 'interrupted' WHERE id = ?1",
+                params![job_id, now_ms, reason],
+            )?;
+            completed.status = JobStatus::Interrupted;
+            tx.emit(
+                &Event::BuildInterrupted { build: job.build.clone(), reason: reason.clone() },
+                now,
+            )?;
         }
     }
     builds::refresh_latest(tx, &job.build.workspace_id)?;
@@ -545,45 +566,103 @@ pub fn pending_summary(conn: &Connection) -> Result<(u64, Option<i64>), StoreErr
     Ok((u64::try_from(count).unwrap_or(0), oldest))
 }
 
-/// The message an orphaned job fails with.
-pub const ORPHANED_ERROR: &str = "daemon restarted during job";
+/// The message an orphaned job is interrupted with.
+pub const ORPHANED_ERROR: &str = "the daemon stopped during the job (crash, kill or restart)";
 
-/// Fails every running or canceling job not held by a worker whose id starts with
-/// `live_worker_prefix` (`None`: fail them all, as at startup). Returns the failed jobs.
-pub fn fail_orphans(
+/// A running job found without a live worker, with the process group its exec
+/// provisioner ran in (to kill what may still run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orphan {
+    pub job: CompletedJob,
+    pub process_group: Option<(i32, u64)>,
+}
+
+/// Marks `interrupted` every running or canceling job whose worker is not in `live`
+/// (`None`: every one, as at start, when this process runs none yet). Returns them.
+pub fn interrupt_orphans(
     tx: &mut WriteTx<'_>,
-    live_worker_prefix: Option<&str>,
+    live: Option<&std::collections::HashSet<String>>,
     now: DateTime<Utc>,
-) -> Result<Vec<CompletedJob>, StoreError> {
-    let ids: Vec<String> = {
+) -> Result<Vec<Orphan>, StoreError> {
+    let found: Vec<(String, Option<(i32, u64)>)> = {
         let mut statement = tx.prepare_cached(
-            "SELECT id, worker_id FROM provisioner_jobs WHERE status IN ('running', 'canceling')",
+            "SELECT id, worker_id, process_group, process_started FROM provisioner_jobs
+              WHERE status IN ('running', 'canceling')",
         )?;
         let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, Option<i32>>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+            ))
         })?;
-        let mut ids = Vec::new();
+        let mut found = Vec::new();
         for row in rows {
-            let (id, worker) = row?;
-            let live = match (live_worker_prefix, worker) {
-                (Some(prefix), Some(worker)) => worker.starts_with(prefix),
+            let (id, worker, group, started) = row?;
+            let held = match (live, worker) {
+                (Some(live), Some(worker)) => live.contains(&worker),
                 _ => false,
             };
-            if !live {
-                ids.push(id);
+            if !held {
+                let group = group.zip(started.and_then(|s| u64::try_from(s).ok()));
+                found.push((id, group));
             }
         }
-        ids
+        found
     };
-    let outcome =
-        JobOutcome::Failed { error: ORPHANED_ERROR.to_owned(), code: "orphaned".to_owned() };
-    let mut failed = Vec::new();
-    for id in ids {
+    let outcome = JobOutcome::Interrupted { reason: ORPHANED_ERROR.to_owned() };
+    let mut interrupted = Vec::new();
+    for (id, process_group) in found {
         if let Some(job) = complete(tx, &id, &outcome, now)? {
-            failed.push(job);
+            interrupted.push(Orphan { job, process_group });
         }
     }
-    Ok(failed)
+    Ok(interrupted)
+}
+
+/// Records the process group an exec provisioner runs the job in, and the group leader's
+/// start time (so a later recovery can tell it from a process that reused the id).
+pub fn set_process_group(
+    conn: &Connection,
+    job_id: &str,
+    process_group: Option<(i32, u64)>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE provisioner_jobs SET process_group = ?2, process_started = ?3 WHERE id = ?1",
+        params![
+            job_id,
+            process_group.map(|(group, _)| group),
+            process_group.map(|(_, started)| i64::try_from(started).unwrap_or(i64::MAX))
+        ],
+    )?;
+    Ok(())
+}
+
+/// Fails a running job in the smallest transaction there is: the runner's completion
+/// write failed (and its retries), so nothing of the outcome is applied; the job must not
+/// stay `running` and block its workspace. Returns whether the job was still running.
+pub fn fail_minimal(
+    conn: &Connection,
+    job_id: &str,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let changed = conn.execute_cached(
+        "UPDATE provisioner_jobs SET status = 'failed', completed_at = ?2, updated_at = ?2,
+                error = ?3, error_code = 'completion_failed'
+          WHERE id = ?1 AND status IN ('running', 'canceling', 'pending')",
+        params![job_id, to_millis(now), error],
+    )?;
+    if changed > 0 {
+        let workspace_id: String = conn.query_row_cached(
+            "SELECT workspace_id FROM workspace_builds WHERE job_id = ?1",
+            [job_id],
+            |row| row.get(0),
+        )?;
+        builds::refresh_latest(conn, &workspace_id)?;
+    }
+    Ok(changed > 0)
 }
 
 /// What a cancel request did.

@@ -341,20 +341,36 @@ impl Store {
         writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         stable_plans(&writer).map_err(open_error)?;
         if existed {
-            // Read-only look before any pragma: switching to WAL would already write.
+            // Read-only looks before any pragma: switching to WAL would already write.
             let database_version = migrations::applied_version(&writer).map_err(open_error)?;
             let binary_version = migrations::latest_known_version();
             if database_version > binary_version {
                 return Err(StoreError::TooNew { path, database_version, binary_version });
             }
+            check_integrity(&writer, &path)?;
         }
         writer.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
         writer
             .pragma_update(None, "synchronous", options.synchronous.pragma_value())
             .map_err(open_error)?;
-        writer.pragma_update(None, "foreign_keys", "ON").map_err(open_error)?;
+        // Foreign keys stay off while migrations run: a migration that rebuilds a table
+        // (the only way to change a CHECK in SQLite) must drop the old one while other
+        // tables still reference it. Every reference is checked before they go back on.
+        writer.pragma_update(None, "foreign_keys", "OFF").map_err(open_error)?;
         let applied_migrations = migrations::run(&mut writer)
             .map_err(|source| StoreError::Migrate { path: path.clone(), source })?;
+        let dangling: i64 = writer
+            .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| row.get(0))
+            .map_err(open_error)?;
+        if dangling > 0 {
+            return Err(StoreError::Corrupt {
+                what: format!("database {}", path.display()),
+                reason: format!(
+                    "{dangling} rows reference rows that do not exist (PRAGMA foreign_key_check); restore a backup"
+                ),
+            });
+        }
+        writer.pragma_update(None, "foreign_keys", "ON").map_err(open_error)?;
         let schema_version = migrations::applied_version(&writer).map_err(open_error)?;
         let store = Store::over(options, writer);
         Ok((store, OpenReport { created: !existed, applied_migrations, schema_version }))
@@ -656,6 +672,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a closure drops its Transaction, which rolls back, so the connection
     // behind a poisoned lock is still in a clean state.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `PRAGMA quick_check` on an existing file before anything is written: a damaged
+/// database is refused with SQLite's first findings instead of being written to (which
+/// can spread the damage). Costs one pass over the file at start.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: format!("database {}", path.display()),
+        reason: format!(
+            "{reason}; the file was not changed: restore a backup or repair it with the sqlite3 shell's .recover"
+        ),
+    };
+    let findings: Vec<String> = (|| {
+        let mut statement = conn.prepare("PRAGMA quick_check(5)")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })()
+    .map_err(|error| corrupt(format!("integrity check failed: {error}")))?;
+    if findings.len() == 1 && findings[0] == "ok" {
+        return Ok(());
+    }
+    Err(corrupt(format!("integrity check found: {}", findings.join("; "))))
 }
 
 /// Returns whether a database file exists at `path`, after checking that a non-empty

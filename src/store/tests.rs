@@ -333,3 +333,105 @@ fn a_read_that_finds_no_free_connection_gives_up_with_a_transient_error() {
     holder.join().unwrap().unwrap();
     store.read_blocking(|_conn| Ok(())).unwrap();
 }
+
+#[test]
+fn a_database_at_v4_keeps_every_job_and_reference_through_the_v5_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrations::migrations::runner()
+            .set_grouped(true)
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (id, username, created_at, updated_at) VALUES ('u', 'alice', 0, 0);
+             INSERT INTO templates (id, organization_id, name, created_at, updated_at)
+                  VALUES ('t', '00000000-0000-0000-0000-000000000001', 't', 0, 0);
+             INSERT INTO template_versions (id, template_id, name, provisioner, content_hash, created_at)
+                  VALUES ('v', 't', 'v1', 'local', 'h', 0);
+             INSERT INTO workspaces (id, organization_id, owner_id, template_id, name, created_at, updated_at, last_used_at)
+                  VALUES ('w', '00000000-0000-0000-0000-000000000001', 'u', 't', 'dev', 0, 0, 0);
+             INSERT INTO provisioner_jobs (id, status, backend, created_at, updated_at, error)
+                  VALUES ('j', 'failed', 'local', 5, 6, 'boom');
+             INSERT INTO workspace_builds (id, workspace_id, build_number, template_version_id,
+                  transition, reason, initiator_id, job_id, created_at, updated_at)
+                  VALUES ('b', 'w', 1, 'v', 'start', 'initiator', 'u', 'j', 5, 5);
+             INSERT INTO provisioner_job_logs (job_id, created_at, level, stage, output)
+                  VALUES ('j', 5, 'info', 'init', 'hello');",
+        )
+        .unwrap();
+    }
+    let (store, report) = Store::open(StoreOptions::at(&path)).unwrap();
+    assert_eq!(report.applied_migrations, vec![5]);
+    store
+        .write_blocking(|tx| {
+            let (status, error): (String, String) = tx.query_row(
+                "SELECT status, error FROM provisioner_jobs WHERE id = 'j'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            assert_eq!((status.as_str(), error.as_str()), ("failed", "boom"));
+            tx.execute("UPDATE provisioner_jobs SET status = 'interrupted' WHERE id = 'j'", [])?;
+            // The references from builds and logs still point at the rebuilt table.
+            let dangling: i64 =
+                tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
+                    row.get(0)
+                })?;
+            assert_eq!(dangling, 0);
+            let orphan = tx.execute(
+                "INSERT INTO provisioner_job_logs (job_id, created_at, level, stage, output)
+                 VALUES ('no-such-job', 0, 'info', 's', 'x')",
+                [],
+            );
+            assert!(orphan.is_err(), "foreign keys are on again after the migration");
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_damaged_database_is_refused_at_open_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    {
+        let (store, _) = Store::open(StoreOptions::at(&path)).unwrap();
+        store
+            .write_blocking(|tx| {
+                for i in 0..2000 {
+                    tx.execute(
+                        "INSERT INTO audit_log (time, actor, action, resource_type, resource_id)
+                         VALUES (0, 'a', 'x', 'y', ?1)",
+                        [format!("r{i}-{}", "z".repeat(200))],
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        store
+            .write_blocking(|tx| {
+                tx.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+                Ok::<_, StoreError>(())
+            })
+            .ok();
+    }
+    // Scribble over one page in the middle of the file (not the header): SQLite opens it
+    // happily, and only an integrity check notices.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    let target = (bytes.len() / page / 2) * page;
+    for byte in &mut bytes[target + 8..target + 400] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let _ = std::fs::remove_file(dir.path().join("w.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("w.db-shm"));
+    let error = match Store::open(StoreOptions::at(&path)) {
+        Ok(_) => panic!("a damaged database was accepted"),
+        Err(error) => error,
+    };
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("integrity check"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was not touched");
+}

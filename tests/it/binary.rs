@@ -181,13 +181,14 @@ fn the_optional_log_file_receives_the_daemon_log_and_keeps_max_files() {
 }
 
 #[test]
-fn a_job_orphaned_by_kill_9_is_failed_on_restart_and_nothing_stays_running() {
+fn a_job_orphaned_by_kill_9_is_interrupted_on_restart_its_provisioner_killed_and_the_build_requeued()
+ {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("provisioner.pid");
     let script = dir.path().join("hang.sh");
     std::fs::write(
         &script,
-        format!("#!/bin/sh\necho $$ > {}\nexec sleep 120\n", pid_file.display()),
+        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 120\n", pid_file.display()),
     )
     .unwrap();
     let mut permissions = std::fs::metadata(&script).unwrap().permissions();
@@ -215,29 +216,53 @@ fn a_job_orphaned_by_kill_9_is_failed_on_restart_and_nothing_stays_running() {
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(status(), workspaced::domain::JobStatus::Running, "the crash left the job running");
-    // The provisioner outlived the daemon (its own process group); stop it.
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    // The provisioner outlived the daemon (its own process group).
+    let first_pid = || -> i32 {
+        std::fs::read_to_string(&pid_file).unwrap().lines().next().unwrap().trim().parse().unwrap()
+    };
+    let pid = first_pid();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+    };
+    assert!(alive(pid), "the provisioner outlived the daemon");
 
     let restarted = DaemonProcess::start(&config);
     restarted.wait_for_log("workspaced is ready", Duration::from_secs(10));
+    eventually(Duration::from_secs(10), "the restarted daemon to kill the old provisioner", || {
+        (!alive(pid)).then_some(())
+    });
     let (final_status, error) = workspaced::store::jobs::status(
         &rusqlite::Connection::open(dir.path().join("data/workspaced.db")).unwrap(),
         &job.job_id,
     )
     .unwrap()
     .unwrap();
-    assert_eq!(final_status, workspaced::domain::JobStatus::Failed);
+    assert_eq!(final_status, workspaced::domain::JobStatus::Interrupted);
     assert_eq!(error.as_deref(), Some(workspaced::store::jobs::ORPHANED_ERROR));
-    let running: i64 = store
+    // The user's start is carried on: build 2, same transition, queued at start.
+    let (requeued_number, requeued_transition, requeued_job): (i64, String, String) = store
         .read_blocking(|conn| {
             Ok(conn.query_row(
-                "SELECT COUNT(*) FROM provisioner_jobs WHERE status IN ('running', 'canceling', 'pending')",
-                [],
+                "SELECT build_number, transition, job_id FROM workspace_builds
+                  WHERE workspace_id = ?1 ORDER BY build_number DESC LIMIT 1",
+                [&ws],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!((requeued_number, requeued_transition.as_str()), (2, "start"));
+    let in_progress: i64 = store
+        .read_blocking(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM provisioner_jobs WHERE status IN ('running', 'canceling', 'pending')
+                    AND id <> ?1",
+                [&requeued_job],
                 |row| row.get(0),
             )?)
         })
         .unwrap();
+    let running = in_progress;
     assert_eq!(running, 0);
     let (_, scrape) = http_get(restarted.addr, "/metrics");
     assert_eq!(

@@ -558,7 +558,7 @@ async fn the_oldest_most_urgent_job_is_taken_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_cancels_running_jobs_and_records_them() {
+async fn shutdown_interrupts_running_jobs_and_records_them() {
     let dir = tempfile::tempdir().unwrap();
     let hang = script(dir.path(), "hang.sh", "cat >/dev/null; sleep 60");
     let daemon = TestDaemon::spawn_with(|config| {
@@ -573,7 +573,156 @@ async fn shutdown_cancels_running_jobs_and_records_them() {
     status_where(&store, &job.job_id, |s| s == JobStatus::Running, Duration::from_secs(10)).await;
     daemon.shutdown().await;
     let (status, error) = fixtures::status_now_with_error(&store, &job.job_id);
-    assert_eq!(status, JobStatus::Canceled);
+    assert_eq!(status, JobStatus::Interrupted, "a shutdown is not the template's failure");
     assert_eq!(error.as_deref(), Some("the daemon shut down during the job"));
     fixtures::assert_latest_summaries_consistent(&store);
+}
+
+/// A store of its own (no daemon) with a job marked running by a worker that is gone.
+fn running_by_a_dead_worker(store: &workspaced::store::Store, request: BuildRequest) -> String {
+    let job = enqueue(store, request);
+    let acquired = store
+        .write_blocking(|tx| {
+            workspaced::store::jobs::acquire(
+                tx,
+                "dead-process/worker-0",
+                true,
+                crate::helpers::start_time(),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(acquired.job_id, job.job_id);
+    job.job_id
+}
+
+#[test]
+fn interrupted_builds_are_requeued_and_an_interrupted_prebuild_create_is_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = workspaced::store::Store::open(workspaced::store::StoreOptions::at(
+        dir.path().join("w.db"),
+    ))
+    .unwrap();
+    let (template_id, _) = template(&store, "t", "local", &[parameter("size", "s", true)]);
+    let alice = user(&store, "alice");
+    let users_ws = workspace(&store, &alice, &template_id, "dev");
+    let mut start = BuildRequest::new(&users_ws, Transition::Start, BuildReason::Initiator, &alice);
+    start.parameters = params(&[("size", "l")]);
+    let user_job = running_by_a_dead_worker(&store, start);
+    let prebuild_ws = workspace(&store, PREBUILDS_USER_ID, &template_id, "prebuild-1");
+    let mut create = BuildRequest::new(
+        &prebuild_ws,
+        Transition::Start,
+        BuildReason::Prebuild,
+        PREBUILDS_USER_ID,
+    );
+    create.is_prebuild = true;
+    let prebuild_job = running_by_a_dead_worker(&store, create);
+
+    let now = crate::helpers::start_time() + chrono::Duration::minutes(1);
+    let orphans = store
+        .write_blocking(|tx| workspaced::store::jobs::interrupt_orphans(tx, None, now))
+        .unwrap();
+    assert_eq!(orphans.len(), 2);
+    assert_eq!(fixtures::status_now(&store, &user_job), JobStatus::Interrupted);
+    assert_eq!(fixtures::status_now(&store, &prebuild_job), JobStatus::Interrupted);
+
+    let resumed =
+        store.write_blocking(|tx| workspaced::store::builds::resume_interrupted(tx, now)).unwrap();
+    let by_workspace: BTreeMap<_, _> =
+        resumed.iter().map(|r| (r.queued.workspace_id.clone(), r)).collect();
+    let user_again = by_workspace[&users_ws];
+    assert_eq!(user_again.queued.transition, Transition::Start);
+    assert_eq!(user_again.queued.build_number, 2);
+    assert!(!user_again.cleaned_up);
+    let values = store
+        .read_blocking(|conn| {
+            workspaced::store::builds::parameters(conn, &user_again.queued.build_id)
+        })
+        .unwrap();
+    assert_eq!(values.get("size").map(String::as_str), Some("l"), "same parameters");
+    let prebuild_again = by_workspace[&prebuild_ws];
+    assert_eq!(prebuild_again.queued.transition, Transition::Delete);
+    assert!(prebuild_again.cleaned_up);
+
+    // Once re-queued, nothing is re-queued twice.
+    let again =
+        store.write_blocking(|tx| workspaced::store::builds::resume_interrupted(tx, now)).unwrap();
+    assert!(again.is_empty());
+    fixtures::assert_latest_summaries_consistent(&store);
+}
+
+/// Makes every change of a job's status to one of `statuses` fail (as a full disk or a
+/// held lock would) while the table `block_completion` has a row.
+fn block_job_status_changes(store: &workspaced::store::Store, statuses: &str) {
+    let sql = format!(
+        "CREATE TABLE block_completion (x);
+         INSERT INTO block_completion VALUES (1);
+         CREATE TRIGGER completion_fails BEFORE UPDATE OF status ON provisioner_jobs
+           WHEN NEW.status IN ({statuses}) AND EXISTS (SELECT 1 FROM block_completion)
+           BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;"
+    );
+    store
+        .write_blocking(move |tx| {
+            tx.execute_batch(&sql)?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_completion_cannot_be_written_is_failed_in_a_minimal_transaction() {
+    let daemon = TestDaemon::spawn().await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "t", "local", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "dev");
+    block_job_status_changes(&store, "'succeeded'");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    let (status, error) = finished(&store, &job.job_id).await;
+    assert_eq!(status, JobStatus::Failed);
+    assert!(error.as_deref().is_some_and(|e| e.contains("could not be recorded")), "{error:?}");
+    // The workspace is not stuck: it takes the next build.
+    let next = build(&store, &ws, Transition::Start, &alice);
+    let (status, _) = finished(&store, &next.job_id).await;
+    assert_eq!(status, JobStatus::Failed, "still blocked, but the build ran and ended");
+    fixtures::assert_latest_summaries_consistent(&store);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_no_worker_holds_is_interrupted_by_the_periodic_check() {
+    let daemon = TestDaemon::spawn().await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "t", "local", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "dev");
+    block_job_status_changes(&store, "'succeeded', 'failed'");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    status_where(&store, &job.job_id, |s| s == JobStatus::Running, Duration::from_secs(10)).await;
+    // While the worker retries its completion it holds the job: the check leaves it alone.
+    // Once the worker gives up (and cannot fail it either), the check interrupts it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let recovered = loop {
+        let recovered = daemon.runner.recover_orphans(false).await.unwrap();
+        if !recovered.is_empty() {
+            break recovered;
+        }
+        assert_eq!(fixtures::status_now(&store, &job.job_id), JobStatus::Running);
+        assert!(tokio::time::Instant::now() < deadline, "the worker never let go");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(recovered.len(), 1);
+    store
+        .write_blocking(|tx| {
+            tx.execute_batch("DELETE FROM block_completion")?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    assert_eq!(fixtures::status_now(&store, &job.job_id), JobStatus::Interrupted);
+    // A job a live worker holds is never touched by the same check.
+    let slow = build(&store, &ws, Transition::Start, &alice);
+    let _ = finished(&store, &slow.job_id).await;
+    assert!(daemon.runner.recover_orphans(false).await.unwrap().is_empty());
+    daemon.shutdown().await;
 }
