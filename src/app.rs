@@ -40,6 +40,8 @@ pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Lock(#[from] crate::store::lock::LockError),
+    #[error(transparent)]
     Metrics(#[from] MetricsError),
 }
 crate::has_store_error!(AppError);
@@ -49,6 +51,7 @@ impl AppError {
         match self {
             AppError::Bind { .. } => "bind",
             AppError::Store(error) => error.metric_label(),
+            AppError::Lock(_) => "lock",
             AppError::Metrics(_) => "metrics",
         }
     }
@@ -70,6 +73,8 @@ pub struct App {
     gc_trigger: Arc<tokio::sync::Notify>,
     notifier: Arc<Notifier>,
     health: LoopHealth,
+    /// Held until the app is dropped (after shutdown).
+    _lock: crate::store::lock::DataDirLock,
 }
 
 async fn resume_interrupted(
@@ -110,6 +115,8 @@ impl App {
         let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        // One daemon per data directory, before the database is touched.
+        let lock = crate::store::lock::DataDirLock::acquire(&config.storage.data_dir)?;
         let (store, open_report) = Store::open(StoreOptions::from_config(&config.storage))?;
         let metrics = Metrics::new()?;
         // Counters that must survive restarts start from what the database recorded.
@@ -147,6 +154,7 @@ impl App {
             gc_trigger: Arc::new(tokio::sync::Notify::new()),
             notifier: Arc::new(Notifier::disabled()),
             health: LoopHealth::default(),
+            _lock: lock,
         })
     }
 

@@ -545,6 +545,9 @@ fn serve(source: ConfigSource) -> Result<(), CliError> {
 
 fn migrate(source: ConfigSource) -> Result<(), CliError> {
     let config = config::load(&source)?;
+    // Never migrate under a running daemon.
+    let _lock = crate::store::lock::DataDirLock::acquire(&config.storage.data_dir)
+        .map_err(AppError::from)?;
     let (store, report) = Store::open(StoreOptions::from_config(&config.storage))?;
     let applied = if report.applied_migrations.is_empty() {
         "nothing to apply".to_owned()

@@ -37,6 +37,12 @@ pub struct ApiMetrics {
     /// By `result`: delivered, retry, dead.
     pub webhook_deliveries: IntCounterVec,
     pub webhook_pending: IntGauge,
+    /// Connections closed at accept because `server.max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Open HTTP connections.
+    pub connections: IntGauge,
+    /// Database writes that failed on the storage (full disk, read-only, IO, lock).
+    pub store_errors: IntCounter,
 }
 
 /// Figures of the garbage collector.
@@ -539,6 +545,15 @@ impl Metrics {
                 "workspaced_webhook_pending_deliveries",
                 "Webhook deliveries waiting for their next attempt.",
             )?,
+            connections_refused: IntCounter::new(
+                "workspaced_http_connections_refused_total",
+                "Connections closed at once because server.max_connections were open.",
+            )?,
+            connections: IntGauge::new("workspaced_http_connections", "Open HTTP connections.")?,
+            store_errors: IntCounter::new(
+                "workspaced_store_errors_total",
+                "Database writes that failed on the storage: full disk, read-only file, I/O error, a lock held elsewhere.",
+            )?,
         };
         for collector in [
             Box::new(api.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -546,6 +561,9 @@ impl Metrics {
             Box::new(api.event_streams.clone()),
             Box::new(api.webhook_deliveries.clone()),
             Box::new(api.webhook_pending.clone()),
+            Box::new(api.connections_refused.clone()),
+            Box::new(api.connections.clone()),
+            Box::new(api.store_errors.clone()),
         ] {
             registry.register(collector)?;
         }

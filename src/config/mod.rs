@@ -59,6 +59,12 @@ pub struct ServerConfig {
     /// no longer pinged (so systemd restarts the service) and it shows in
     /// `workspaced_loop_heartbeat_age_seconds`.
     pub loop_stall_timeout: HumanDuration,
+    /// A connection that has not sent a complete request head within this time (a new
+    /// one, an idle keep-alive one, or one sending a byte a second) is closed.
+    pub header_read_timeout: HumanDuration,
+    /// Open connections at most; more are closed at once. Keep it well below the file
+    /// descriptor limit (the unit sets LimitNOFILE=65536).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +73,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2118)),
             shutdown_grace: HumanDuration::from_secs(8),
             loop_stall_timeout: HumanDuration::from_secs(300),
+            header_read_timeout: HumanDuration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -669,6 +677,15 @@ impl Config {
         }
         if self.server.loop_stall_timeout.as_secs() < 1 {
             return Err(fail("server.loop_stall_timeout", "must be at least 1s".to_owned()));
+        }
+        if self.server.header_read_timeout.as_secs() < 1 {
+            return Err(fail("server.header_read_timeout", "must be at least 1s".to_owned()));
+        }
+        if !(16..=1_000_000).contains(&self.server.max_connections) {
+            return Err(fail(
+                "server.max_connections",
+                format!("{} is out of range; use 16 to 1000000", self.server.max_connections),
+            ));
         }
         if self.server.shutdown_grace.as_secs() < 1 {
             return Err(fail("server.shutdown_grace", "must be at least 1s".to_owned()));

@@ -64,6 +64,10 @@ pub async fn serve(
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    let server = state.ctx.config.borrow().server.clone();
+    let max_connections = effective_connection_cap(server.max_connections);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut refused_logged = false;
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
@@ -78,23 +82,85 @@ pub async fn serve(
                 continue;
             }
         };
-        let state = Arc::clone(&state);
+        // Past the cap the connection is closed at once: it costs a descriptor for a
+        // moment, not for as long as the client likes.
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            state.ctx.metrics.api.connections_refused.inc();
+            if !refused_logged {
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached; refusing new connections (server.max_connections)"
+                );
+                refused_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        refused_logged = false;
+        let open = state.ctx.metrics.api.connections.clone();
+        let service_state = Arc::clone(&state);
         let service = service_fn(move |request| {
-            let state = Arc::clone(&state);
+            let state = Arc::clone(&service_state);
             async move { Ok::<_, Infallible>(route(&state, request, peer).await) }
         });
-        let connection =
-            graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        let mut builder = http1::Builder::new();
+        // Without a timer hyper enforces no header timeout: idle and slow (a byte a
+        // second) clients would hold their connection forever.
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout.as_duration());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        open.inc();
         tracker.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "http connection ended with an error");
             }
+            open.dec();
+            drop(permit);
         });
     }
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("http connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("http connections still open after the grace period"),
+    }
+}
+
+/// `max_connections`, lowered to leave room for the database, logs and provisioner pipes
+/// when the process may open fewer files than that (its soft limit is raised to the hard
+/// one first, see `raise_file_limit`).
+fn effective_connection_cap(max_connections: usize) -> usize {
+    let limit = raise_file_limit();
+    let room =
+        usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX).max(16);
+    if max_connections > room {
+        tracing::warn!(
+            max_connections,
+            file_limit = limit,
+            cap = room,
+            "server.max_connections is above what the file descriptor limit leaves; capped (raise LimitNOFILE)"
+        );
+        return room;
+    }
+    max_connections
+}
+
+/// Descriptors kept for everything but connections: SQLite (writer, readers, WAL, shm),
+/// the log file, provisioner pipes (three per running job).
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit (allowed without privileges) and
+/// returns the soft limit in force.
+fn raise_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                return hard;
+            }
+            soft
+        }
+        Err(_) => 1024,
     }
 }
 
@@ -151,6 +217,9 @@ async fn readyz(state: &HttpState) -> HttpResponse {
 }
 
 fn metrics(state: &HttpState) -> HttpResponse {
+    // The store counts its own failures; the counter follows it at every scrape.
+    let errors = &state.ctx.metrics.api.store_errors;
+    errors.inc_by(state.ctx.store.write_failures().saturating_sub(errors.get()));
     match state.ctx.metrics.render() {
         Ok(body) => {
             let mut response = Response::new(full(body));

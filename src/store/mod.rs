@@ -14,6 +14,7 @@ pub mod builds;
 pub mod group;
 pub mod jobs;
 pub mod lifecycle;
+pub mod lock;
 pub mod migrations;
 pub mod notifications;
 pub mod outbox;

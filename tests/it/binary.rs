@@ -329,3 +329,29 @@ fn tokens_from_the_command_line_work_against_the_running_daemon() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_second_daemon_on_the_same_data_directory_refuses_to_start_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let first = DaemonProcess::start(&config);
+    first.wait_for_log("workspaced is ready", Duration::from_secs(10));
+    let pid = first.pid_for_tests();
+    for command in ["serve", "migrate"] {
+        let second = run_binary(
+            &[command, "--config", config.to_str().unwrap()],
+            &[],
+            Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "{command}: {stderr}");
+        assert!(stderr.contains(&format!("in use by another workspaced (pid {pid})")), "{stderr}");
+    }
+    assert!(first.is_running());
+    assert_eq!(http_get(first.addr, "/readyz").0, 200);
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    // The lock went with the process: the next start takes it.
+    let again = DaemonProcess::start(&config);
+    again.wait_for_log("workspaced is ready", Duration::from_secs(10));
+}

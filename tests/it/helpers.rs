@@ -237,6 +237,10 @@ impl DaemonProcess {
         })
     }
 
+    pub fn pid_for_tests(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(self.exit.try_recv(), Err(mpsc::TryRecvError::Empty))
     }

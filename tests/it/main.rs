@@ -19,6 +19,7 @@ mod outbox;
 mod plan;
 mod prebuilds;
 mod provisioner;
+mod reliability;
 mod stream;
 mod systemd;
 mod templates;

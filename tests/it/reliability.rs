@@ -1,0 +1,125 @@
+//! What the daemon survives: hostile clients, failing storage, crashes. Each test here
+//! reproduces a way the daemon used to go down or hang, and asserts it no longer does.
+
+use std::io::{Read, Write};
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use workspaced::config::duration::HumanDuration;
+
+use crate::helpers::TestDaemon;
+
+/// Whether the server closed `stream` (a read sees EOF or a reset) within `within`.
+fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 512];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            // A 408 or error response before the close is fine: read on.
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_cut_off_and_others_are_served_meanwhile() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.server.header_read_timeout = HumanDuration::from_secs(2);
+    })
+    .await;
+    let addr = daemon.addr;
+    // 200 slowloris clients (a header byte every half second) and 50 that say nothing.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let header = b"GET /healthz HTTP/1.1\r\nHost: x\r\n";
+    for (round, byte) in header.iter().enumerate().take(4) {
+        for stream in &mut slow {
+            let _ = stream.write_all(&[*byte]).await;
+        }
+        // Everyone else is served while they dribble.
+        assert_eq!(daemon.get("/healthz").await.0, 200, "round {round}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for stream in slow.iter_mut().chain(idle.iter_mut()) {
+        let mut buffer = [0u8; 512];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a connection outlived the header read timeout");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_at_once_and_counted() {
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.server.max_connections = 16;
+        config.server.header_read_timeout = HumanDuration::from_secs(30);
+    })
+    .await;
+    let addr = daemon.addr;
+    let held = tokio::task::spawn_blocking(move || {
+        let held: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        held
+    })
+    .await
+    .unwrap();
+    let open = daemon.metrics.api.connections.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::helpers::eventually(Duration::from_secs(5), "16 accepted connections", || {
+            (open.get() == 16).then_some(())
+        })
+    })
+    .await
+    .unwrap();
+    let held = tokio::task::spawn_blocking(move || {
+        let mut extra = TcpStream::connect(addr).unwrap();
+        assert!(closed_by_server(&mut extra, Duration::from_secs(2)), "the 17th was kept");
+        held
+    })
+    .await
+    .unwrap();
+    assert!(daemon.metrics.api.connections_refused.get() >= 1);
+    drop(held);
+    // Once they are gone, new connections are served again.
+    let addr = daemon.addr;
+    tokio::task::spawn_blocking(move || {
+        crate::helpers::eventually(Duration::from_secs(5), "a free connection slot", || {
+            try_healthz(addr).filter(|status| *status == 200)
+        })
+    })
+    .await
+    .unwrap();
+    daemon.shutdown().await;
+}
+
+/// `GET /healthz` that reports a refused or reset connection as `None`.
+fn try_healthz(addr: std::net::SocketAddr) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
