@@ -213,6 +213,20 @@ fn a_job_orphaned_by_kill_9_is_interrupted_on_restart_its_provisioner_killed_and
         (status() == workspaced::domain::JobStatus::Running).then_some(())
     });
 
+    // The provisioner's process group is on record (the window before that is the one
+    // crash recovery cannot close: nothing is known to kill yet).
+    eventually(Duration::from_secs(15), "the process group to be recorded", || {
+        store
+            .read_blocking(|conn| {
+                Ok(conn.query_row(
+                    "SELECT process_group IS NOT NULL FROM provisioner_jobs WHERE id = ?1",
+                    [&job.job_id],
+                    |row| row.get::<_, bool>(0),
+                )?)
+            })
+            .unwrap()
+            .then_some(())
+    });
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(status(), workspaced::domain::JobStatus::Running, "the crash left the job running");
