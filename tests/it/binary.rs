@@ -234,6 +234,9 @@ fn a_job_orphaned_by_kill_9_is_interrupted_on_restart_its_provisioner_killed_and
     let first_pid = || -> i32 {
         std::fs::read_to_string(&pid_file).unwrap().lines().next().unwrap().trim().parse().unwrap()
     };
+    eventually(Duration::from_secs(10), "the provisioner to write its pid", || {
+        std::fs::read_to_string(&pid_file).ok().filter(|text| text.ends_with('\n')).map(|_| ())
+    });
     let pid = first_pid();
     let alive = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
