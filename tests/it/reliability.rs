@@ -123,3 +123,125 @@ fn try_healthz(addr: std::net::SocketAddr) -> Option<u16> {
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_clearly_keeps_reads_and_metrics_and_recovers() {
+    use workspaced::store::StoreError;
+    let daemon = TestDaemon::spawn().await;
+    let store = daemon.store.clone();
+    // The database may not grow (as on a full disk): the writer's page budget is what it
+    // uses now.
+    let pages: i64 = store
+        .read(|conn| Ok(conn.query_row("PRAGMA page_count", [], |row| row.get(0))?))
+        .await
+        .unwrap();
+    store
+        .write_blocking(move |tx| {
+            tx.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let fill = |store: &workspaced::store::Store| {
+        store.write_blocking(|tx| {
+            for i in 0..200 {
+                tx.execute(
+                    "INSERT INTO audit_log (time, actor, action, resource_type, resource_id)
+                     VALUES (0, 'test', 'fill', 'x', ?1)",
+                    [format!("{i}{}", "x".repeat(4000))],
+                )?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    };
+    let error = fill(&store).unwrap_err();
+    assert!(error.is_storage_failure(), "{error}");
+    assert!(error.to_string().contains("full") || format!("{error:?}").contains("DiskFull"));
+
+    let (status, body) = daemon.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("database writes failing"), "{body}");
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let (status, scrape) = daemon.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        crate::helpers::metric_value(&scrape, "workspaced_store_errors_total")
+            .is_some_and(|count| count >= 1.0),
+        "the failure is counted"
+    );
+    // Reads keep answering.
+    let users: i64 = store
+        .read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?))
+        .await
+        .unwrap();
+    assert!(users >= 1);
+
+    // Space comes back: the next write that reaches the disk clears the failure.
+    store
+        .write_blocking(|tx| {
+            tx.query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    fill(&store).unwrap();
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_held_by_another_process_costs_queued_writes_one_wait_not_a_chain() {
+    use workspaced::store::StoreError;
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.storage.busy_timeout = HumanDuration::from_secs(1);
+    })
+    .await;
+    let store = daemon.store.clone();
+    let path = store.path().to_path_buf();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        released.recv().unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    is_locked.recv().unwrap();
+    let started = Instant::now();
+    let mut writes = Vec::new();
+    for i in 0..6 {
+        let store = store.clone();
+        writes.push(tokio::spawn(async move {
+            store
+                .write(move |tx| {
+                    tx.execute(
+                        "INSERT INTO audit_log (time, actor, action, resource_type, resource_id)
+                         VALUES (0, 'test', 'w', 'x', ?1)",
+                        [i.to_string()],
+                    )?;
+                    Ok::<_, StoreError>(())
+                })
+                .await
+        }));
+    }
+    for write in writes {
+        let error = write.await.unwrap().unwrap_err();
+        assert!(error.is_transient(), "{error}");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(3500), "six queued writes waited {waited:?}");
+    assert_eq!(daemon.get("/readyz").await.0, 503);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    store
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO audit_log (time, actor, action, resource_type) VALUES (0, 't', 'w', 'x')",
+                [],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+    daemon.shutdown().await;
+}
