@@ -129,17 +129,16 @@ fn create_in(
     actor: &crate::store::audit::Actor,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(ClaimOutcome, String, String, String), ApiError> {
+    let not_found = || ApiError::field(StatusCode::NOT_FOUND, "template", "no such template");
+    // An organization that does not exist and one the caller has no role in answer alike,
+    // so organization names cannot be probed from outside.
     let organization_id = match &body.organization {
-        Some(name) => {
-            users::organization(tx, name)?
-                .ok_or_else(|| {
-                    ApiError::bad_request("organization", format!("no organization {name:?}"))
-                })?
-                .id
-        }
+        Some(name) => users::organization(tx, name)?
+            .map(|organization| organization.id)
+            .filter(|id| subject.roles.iter().any(|(organization, _)| organization == id))
+            .ok_or_else(not_found)?,
         None => DEFAULT_ORGANIZATION_ID.to_owned(),
     };
-    let not_found = || ApiError::field(StatusCode::NOT_FOUND, "template", "no such template");
     let template = views::template(tx, &body.template, &organization_id)?.ok_or_else(not_found)?;
     let template_object =
         Object::new(crate::auth::Resource::Template, Some(&template.organization_id), None);
@@ -164,10 +163,20 @@ fn create_in(
         ),
         _ => None,
     };
+    // A workspace's owner belongs to the template's organization; a user of another
+    // organization answers exactly like a user that does not exist.
     let owner_id = match &body.owner {
         Some(owner) => {
             users::get(tx, owner)?
-                .ok_or_else(|| ApiError::bad_request("owner", format!("no user {owner:?}")))?
+                .filter(|user| {
+                    user.roles.iter().any(|role| role.organization_id == template.organization_id)
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "owner",
+                        format!("no user {owner:?} in the template's organization"),
+                    )
+                })?
                 .id
         }
         None => subject.user_id.clone(),

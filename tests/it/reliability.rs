@@ -245,3 +245,37 @@ async fn a_lock_held_by_another_process_costs_queued_writes_one_wait_not_a_chain
     assert_eq!(daemon.get("/readyz").await.0, 200);
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_owner_cannot_hand_workspaces_to_outsiders_or_probe_names() {
+    use workspaced::auth::Role;
+    let (daemon, api) = crate::api::api_daemon(|_| {}).await;
+    let _alice = crate::api::user(&daemon, "alice", Role::Member, "default").await;
+    let eve = api.as_user(&crate::api::user(&daemon, "eve", Role::Owner, "other").await);
+    let before = daemon.count("SELECT COUNT(*) FROM workspaces").await;
+
+    // alice is a user, but not of eve's organization: answered like a user who does not exist.
+    let outsider = serde_json::json!({ "template": "ops", "organization": "other", "name": "x", "owner": "alice" });
+    let nobody = serde_json::json!({ "template": "ops", "organization": "other", "name": "x", "owner": "nobody" });
+    let (status, body) = eve.post("/api/v1/workspaces", outsider).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("owner")), "{body}");
+    let (status_nobody, body_nobody) = eve.post("/api/v1/workspaces", nobody).await;
+    assert_eq!(status_nobody, status);
+    assert_eq!(
+        body["error"].as_str().unwrap().replace("alice", "?"),
+        body_nobody["error"].as_str().unwrap().replace("nobody", "?")
+    );
+
+    // An organization eve has no role in answers exactly like one that does not exist.
+    let probe = |organization: &str| serde_json::json!({ "template": "dev", "organization": organization, "name": "y" });
+    let existing = eve.post("/api/v1/workspaces", probe("default")).await;
+    let missing = eve.post("/api/v1/workspaces", probe("no-such-org")).await;
+    assert_eq!(existing, missing);
+    assert_eq!(existing.0, 404);
+    assert_eq!(
+        daemon.count("SELECT COUNT(*) FROM workspaces").await,
+        before,
+        "nothing was created"
+    );
+    daemon.shutdown().await;
+}
