@@ -238,7 +238,13 @@ async fn roles_decide_who_reads_changes_and_deletes_what() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
-    let (daemon, api) = api_daemon(|config| config.gc.enabled = true).await;
+    let (daemon, api) = api_daemon(|config| {
+        config.gc.enabled = true;
+        // Long enough that "a second build while one is queued" is never a race.
+        config.provisioner.local.build_duration =
+            workspaced::config::duration::HumanDuration::from_secs(1);
+    })
+    .await;
     fill_pools(&daemon).await;
     let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
     let owner = api.as_user(&user(&daemon, "root", Role::Owner, "default").await);
