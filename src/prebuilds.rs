@@ -142,6 +142,62 @@ pub fn delete_prebuild(
     builds::enqueue(tx, &request, now).map(Some)
 }
 
+/// Carries out one housekeeping action (`planner::housekeeping`), re-checked here:
+/// canceled and old failed prebuilds get a delete build; an unwanted create that still has
+/// not started is canceled and its workspace removed in this transaction, with no backend
+/// call (nothing was built). Returns whether anything was done.
+pub fn clean_up(
+    tx: &mut WriteTx<'_>,
+    leftover: &crate::planner::housekeeping::Leftover,
+    now: DateTime<Utc>,
+) -> Result<bool, BuildError> {
+    use crate::planner::housekeeping::LeftoverReason;
+    match leftover.reason {
+        LeftoverReason::Canceled | LeftoverReason::Failed => {
+            Ok(delete_prebuild(tx, &leftover.workspace_id, now)?.is_some())
+        }
+        LeftoverReason::Unwanted => Ok(cancel_unstarted_create(tx, &leftover.workspace_id, now)?),
+    }
+}
+
+/// Cancels a prebuild's first build if it is still pending and removes the workspace.
+fn cancel_unstarted_create(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let Some(workspace) = workspaces::get(tx, workspace_id)? else { return Ok(false) };
+    if workspace.deleted || workspace.owner_id != PREBUILDS_USER_ID {
+        return Ok(false);
+    }
+    let Some(latest) = builds::latest(tx, workspace_id)? else { return Ok(false) };
+    if latest.build_number != 1
+        || latest.transition != Transition::Start
+        || latest.job_status != crate::domain::JobStatus::Pending
+    {
+        return Ok(false);
+    }
+    let outcome = crate::store::jobs::JobOutcome::Canceled {
+        reason: "the pool no longer wants this prebuild (desired count lowered)".to_owned(),
+    };
+    if crate::store::jobs::complete(tx, &latest.job_id, &outcome, now)?.is_none() {
+        return Ok(false);
+    }
+    tx.execute_cached(
+        "UPDATE workspaces SET deleted = 1, updated_at = ?2 WHERE id = ?1",
+        params![workspace_id, to_millis(now)],
+    )?;
+    tx.emit(
+        &Event::WorkspaceDeleted {
+            workspace_id: workspace_id.to_owned(),
+            organization_id: workspace.organization_id.clone(),
+            owner_id: workspace.owner_id.clone(),
+        },
+        now,
+    )?;
+    Ok(true)
+}
+
 /// Persists whether a preset is hard-limited. The first time it becomes limited (since the
 /// last reset) one `preset.hard_limited` notification is queued for template admins; the
 /// return value says whether that happened.

@@ -38,6 +38,7 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     pub lifecycle: LifecycleConfig,
     pub gc: GcConfig,
+    pub retention: RetentionConfig,
     pub provisioner: ProvisionerConfig,
     pub api: ApiConfig,
     /// Webhooks (`[[webhooks]]`): events POSTed, signed, to HTTP receivers.
@@ -45,6 +46,44 @@ pub struct Config {
     /// Templates and presets (`[[templates]]`), applied to the database on start and on
     /// every reload.
     pub templates: Vec<templates::TemplateConfig>,
+}
+
+/// How long history is kept (`[retention]`): nothing the daemon writes grows without
+/// bound. Rows are pruned in bounded batches by a periodic task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Time between pruning runs.
+    pub interval: HumanDuration,
+    /// Rows deleted per statement (each batch is its own short write transaction).
+    pub batch_size: u32,
+    /// Delivered outbox events (the event stream's replay window).
+    pub events: HumanDuration,
+    /// Logs, timings and resources of finished jobs.
+    pub job_logs: HumanDuration,
+    /// The audit log.
+    pub audit_log: HumanDuration,
+    /// Sent or failed notifications and delivered or dead webhook deliveries.
+    pub deliveries: HumanDuration,
+    /// Deleted workspaces' rows and build history.
+    pub deleted_workspaces: HumanDuration,
+    /// Failed prebuilds beyond the newest few of each preset are deleted after this.
+    pub failed_prebuilds: HumanDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            interval: HumanDuration::from_secs(600),
+            batch_size: 1000,
+            events: HumanDuration::from_secs(7 * 86_400),
+            job_logs: HumanDuration::from_secs(30 * 86_400),
+            audit_log: HumanDuration::from_secs(365 * 86_400),
+            deliveries: HumanDuration::from_secs(30 * 86_400),
+            deleted_workspaces: HumanDuration::from_secs(90 * 86_400),
+            failed_prebuilds: HumanDuration::from_secs(86_400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +245,10 @@ pub struct ReconcilerConfig {
     pub interval: HumanDuration,
     /// Upper bound for any preset's (or schedule's) prebuild instances.
     pub max_instances_per_preset: u32,
+    /// Prebuild creates queued but not started, at most, over all presets: a cycle
+    /// queues only what fits, so a big pool fills at the runner's pace instead of
+    /// queueing thousands of jobs (which a lowered count would then have to cancel).
+    pub max_queued_creates: u32,
     /// Backoff after failed prebuild builds: this long per failure in the lookback window.
     pub backoff_interval: HumanDuration,
     /// How far back failed prebuild builds count for the backoff.
@@ -221,6 +264,7 @@ impl Default for ReconcilerConfig {
         ReconcilerConfig {
             interval: HumanDuration::from_secs(60),
             max_instances_per_preset: 100,
+            max_queued_creates: 32,
             backoff_interval: HumanDuration::from_secs(60),
             backoff_lookback: HumanDuration::from_secs(3600),
             failure_hard_limit: 3,
@@ -397,6 +441,12 @@ impl ProvisionerConfig {
         // Truncation is intended: the share is a ceiling, and at least one worker builds
         // prebuilds so a pool can fill on a one-worker host.
         ((self.concurrency as f64 * self.prebuild_share) as usize).max(1)
+    }
+
+    /// Workers that take a pending prebuild job before anyone else's: one when there are
+    /// two or more workers (the rest serve people first), none on a one-worker host.
+    pub fn reserved_prebuild_jobs(&self) -> usize {
+        usize::from(self.concurrency >= 2).min(self.max_prebuild_jobs())
     }
 }
 
@@ -662,6 +712,7 @@ impl Config {
             ("reconciler.interval", self.reconciler.interval),
             ("lifecycle.interval", self.lifecycle.interval),
             ("gc.interval", self.gc.interval),
+            ("retention.interval", self.retention.interval),
             ("outbox.poll_interval", self.outbox.poll_interval),
             ("provisioner.job_timeout", self.provisioner.job_timeout),
             ("provisioner.poll_interval", self.provisioner.poll_interval),
@@ -670,6 +721,25 @@ impl Config {
         for (key, value) in at_least_one_second {
             if value.as_secs() < 1 {
                 return Err(fail(key, format!("{value} is too short; use at least 1s")));
+            }
+        }
+        if !(1..=100_000).contains(&self.retention.batch_size) {
+            return Err(fail(
+                "retention.batch_size",
+                format!("{} is out of range; use 1 to 100000", self.retention.batch_size),
+            ));
+        }
+        let retention = &self.retention;
+        for (key, value) in [
+            ("retention.events", retention.events),
+            ("retention.job_logs", retention.job_logs),
+            ("retention.audit_log", retention.audit_log),
+            ("retention.deliveries", retention.deliveries),
+            ("retention.deleted_workspaces", retention.deleted_workspaces),
+            ("retention.failed_prebuilds", retention.failed_prebuilds),
+        ] {
+            if value.as_secs() < 3_600 {
+                return Err(fail(key, format!("{value} is too short; keep history at least 1h")));
             }
         }
         if self.gc.ttl.as_secs() < templates::MIN_GC_TTL_SECS {
@@ -744,6 +814,12 @@ impl Config {
             if exec.max_output_bytes < 1024 {
                 return Err(fail(&key("max_output_bytes"), "must be at least 1024".to_owned()));
             }
+        }
+        if !(1..=10_000).contains(&self.reconciler.max_queued_creates) {
+            return Err(fail(
+                "reconciler.max_queued_creates",
+                format!("{} is out of range; use 1 to 10000", self.reconciler.max_queued_creates),
+            ));
         }
         let max_instances = self.reconciler.max_instances_per_preset;
         if max_instances > 10_000 {

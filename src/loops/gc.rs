@@ -31,6 +31,9 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     metrics.deleted.inc_by(report.deleted);
     metrics.warned.inc_by(report.warned);
     metrics.failures.inc_by(report.failures);
+    // Every failed action counts as a loop error too, so WorkspacedLoopFailing sees a loop
+    // whose iterations "succeed" while each of their actions fails.
+    ctx.metrics.loops.errors.with_label_values(&["gc"]).inc_by(report.failures);
     metrics.orphans_removed.inc_by(report.orphans_removed);
     for (reason, count) in &report.skipped {
         metrics.skipped.with_label_values(&[reason]).inc_by(*count);

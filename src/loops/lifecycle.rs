@@ -60,11 +60,13 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
             Ok((workspace_id, Err(error))) => {
                 errors += 1;
                 metrics.errors.inc();
+                ctx.metrics.loops.errors.with_label_values(&["lifecycle"]).inc();
                 tracing::error!(workspace_id = %workspace_id, error = %error_chain(&error), "lifecycle action failed; retried next tick");
             }
             Err(error) => {
                 errors += 1;
                 metrics.errors.inc();
+                ctx.metrics.loops.errors.with_label_values(&["lifecycle"]).inc();
                 tracing::error!(error = %error, "lifecycle task failed");
             }
         }

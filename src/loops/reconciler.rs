@@ -33,19 +33,25 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     let presets: HashMap<&str, &Preset> =
         snapshot.presets.iter().map(|preset| (preset.id.as_str(), preset)).collect();
     let mut actions = 0;
+    // Creates this cycle may queue: the cap less what is already queued or building.
+    let in_progress: u64 = plan.presets.iter().map(|preset| preset.state.starting).sum();
+    let mut budget =
+        u64::from(ctx.config.borrow().reconciler.max_queued_creates).saturating_sub(in_progress);
     for preset_plan in &plan.presets {
         let Some(preset) = presets.get(preset_plan.preset_id.as_str()) else { continue };
         if let Some(problem) = reconcile::schedule_problem(preset) {
             tracing::warn!(preset_id = %preset.id, preset = %preset.name, problem = %problem, "preset schedules ignored; using the base instances");
         }
-        match execute(ctx, preset_plan, now).await {
+        match execute(ctx, preset_plan, now, &mut budget).await {
             Ok(done) => actions += done,
             Err(error) => {
                 metrics.preset_errors.inc();
+                ctx.metrics.loops.errors.with_label_values(&["reconciler"]).inc();
                 tracing::error!(preset_id = %preset.id, error = %error_chain(&error), "reconciling preset failed; other presets go on");
             }
         }
     }
+    actions += clean_up(ctx, &index, &plan, now).await;
     update_gauges(ctx, &snapshot, &plan.presets);
     match ctx.store.read(prebuilds::lifetime_counts).await {
         Ok(totals) => metrics.sync_counters(&totals),
@@ -56,8 +62,60 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     Ok(TickReport { examined: plan.presets.len() as u64, actions })
 }
 
+/// The pool's housekeeping (`planner::housekeeping`): canceled and old failed prebuilds
+/// deleted, unstarted creates beyond a lowered desired count canceled. Each in its own
+/// transaction; a failure is logged and counted, and the rest go on.
+async fn clean_up(
+    ctx: &LoopCtx,
+    index: &Index<'_>,
+    plan: &crate::planner::plan::ReconcilerPlan,
+    now: Now,
+) -> u64 {
+    let retention = {
+        let config = ctx.config.borrow();
+        crate::planner::housekeeping::Retention {
+            // Never inside the backoff window: those failures still count there.
+            failed_after_s: config
+                .retention
+                .failed_prebuilds
+                .as_secs()
+                .max(config.reconciler.backoff_lookback.as_secs()),
+            keep_failed: usize::try_from(config.reconciler.failure_hard_limit)
+                .unwrap_or(usize::MAX)
+                .max(3),
+        }
+    };
+    let mut done = 0;
+    for leftover in crate::planner::housekeeping::leftovers(index, plan, retention, now) {
+        let action = leftover.clone();
+        match ctx.store.write(move |tx| prebuilds::clean_up(tx, &action, now)).await {
+            Ok(true) => {
+                done += 1;
+                tracing::info!(
+                    workspace_id = %leftover.workspace_id,
+                    preset_id = leftover.preset_id.as_deref().unwrap_or(""),
+                    reason = leftover.reason.as_str(),
+                    "prebuild cleaned up"
+                );
+            }
+            Ok(false) => {}
+            Err(error) => {
+                ctx.metrics.prebuilds.preset_errors.inc();
+                ctx.metrics.loops.errors.with_label_values(&["reconciler"]).inc();
+                tracing::error!(workspace_id = %leftover.workspace_id, error = %error_chain(&error), "prebuild cleanup failed; retried next cycle");
+            }
+        }
+    }
+    done
+}
+
 /// Executes one preset's actions in order; returns how many builds were enqueued.
-async fn execute(ctx: &LoopCtx, plan: &PresetPlan, now: Now) -> Result<u64, BuildError> {
+async fn execute(
+    ctx: &LoopCtx,
+    plan: &PresetPlan,
+    now: Now,
+    budget: &mut u64,
+) -> Result<u64, BuildError> {
     let preset_id = plan.preset_id.clone();
     let limited = plan.hard_limited;
     let id = preset_id.clone();
@@ -95,9 +153,15 @@ async fn execute(ctx: &LoopCtx, plan: &PresetPlan, now: Now) -> Result<u64, Buil
                 }
             }
             PoolAction::Create { count } => {
-                // Never more than the pool wants, whatever the arithmetic said.
-                let count = (*count).min(plan.state.desired);
+                // Never more than the pool wants, whatever the arithmetic said, and never
+                // more than the queue has room for (the rest come next cycles).
+                let wanted = (*count).min(plan.state.desired);
+                let count = wanted.min(*budget);
+                if count < wanted {
+                    tracing::info!(preset_id = %preset_id, queued = count, wanted, "prebuild creation paced (reconciler.max_queued_creates)");
+                }
                 for _ in 0..count {
+                    *budget = budget.saturating_sub(1);
                     let id = preset_id.clone();
                     match ctx
                         .store

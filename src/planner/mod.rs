@@ -5,6 +5,7 @@
 //! rusqlite, hyper, kube or `crate::store`, or reads a clock. Time is a parameter.
 
 pub mod gc;
+pub mod housekeeping;
 pub mod lifecycle;
 pub mod plan;
 pub mod reconcile;

@@ -520,3 +520,103 @@ fn extreme_durations_and_dates_plan_without_panicking() {
     assert!(matches!(pool.actions.as_slice(), [PoolAction::Backoff { .. }]), "{pool:?}");
     assert!(pool.backoff_until.is_some());
 }
+
+mod housekeeping {
+    use super::*;
+    use crate::planner::housekeeping::{LeftoverReason, Retention, leftovers};
+    use crate::planner::snapshot::Index;
+
+    fn clean(snapshot: &Snapshot, retention: Retention) -> Vec<(String, LeftoverReason)> {
+        let index = Index::new(snapshot);
+        let plan = crate::planner::reconcile::plan(&index);
+        leftovers(&index, &plan, retention, snapshot.now)
+            .into_iter()
+            .map(|leftover| (leftover.workspace_id, leftover.reason))
+            .collect()
+    }
+
+    const DAY: Retention = Retention { failed_after_s: 86_400, keep_failed: 2 };
+
+    #[test]
+    fn canceled_creates_are_cleaned_up_and_running_ones_are_not() {
+        let document = snapshot(
+            json!({}),
+            vec![template(json!({}))],
+            vec![preset(json!({ "desired_instances": 1 }))],
+            vec![
+                prebuild("ok", "2025-06-02T10:00:00Z", json!({})),
+                prebuild("gone", "2025-06-02T10:00:00Z", json!({ "job_status": "canceled" })),
+            ],
+        );
+        assert_eq!(clean(&document, DAY), vec![("gone".to_owned(), LeftoverReason::Canceled)]);
+    }
+
+    #[test]
+    fn failed_prebuilds_beyond_the_newest_kept_are_deleted_only_after_the_retention() {
+        let failed = |id: &str, at: &str| {
+            prebuild(id, at, json!({ "job_status": "failed", "job_completed_at": at }))
+        };
+        let document = snapshot(
+            json!({}),
+            vec![template(json!({}))],
+            vec![preset(json!({}))],
+            vec![
+                failed("f1", "2025-05-30T12:00:00Z"),
+                failed("f2", "2025-05-31T12:00:00Z"),
+                failed("f3", "2025-06-02T11:00:00Z"),
+                failed("f4", "2025-06-02T11:30:00Z"),
+                failed("f5", "2025-06-02T11:45:00Z"),
+            ],
+        );
+        // f5 and f4 are kept as evidence; f3 is too young; f1 and f2 go.
+        let mut cleaned = clean(&document, DAY);
+        cleaned.sort();
+        assert_eq!(
+            cleaned,
+            vec![
+                ("f1".to_owned(), LeftoverReason::Failed),
+                ("f2".to_owned(), LeftoverReason::Failed)
+            ]
+        );
+        let keep_all = Retention { failed_after_s: 86_400, keep_failed: 5 };
+        assert!(clean(&document, keep_all).is_empty());
+    }
+
+    #[test]
+    fn a_lowered_desired_count_cancels_the_newest_unstarted_creates() {
+        let pending = |id: &str, at: &str| prebuild(id, at, json!({ "job_status": "pending" }));
+        let document = snapshot(
+            json!({}),
+            vec![template(json!({}))],
+            vec![preset(json!({ "desired_instances": 2 }))],
+            vec![
+                prebuild("ready", "2025-06-02T10:00:00Z", json!({})),
+                pending("q1", "2025-06-02T11:00:00Z"),
+                pending("q2", "2025-06-02T11:10:00Z"),
+                pending("q3", "2025-06-02T11:20:00Z"),
+                prebuild("busy", "2025-06-02T11:30:00Z", json!({ "job_status": "running" })),
+            ],
+        );
+        // Desired 2, one running: one more is wanted, four are in progress (one already
+        // building): the three newest unstarted are canceled... but only three exist and
+        // the excess is 3, so q1, q2, q3 go, newest first; `busy` builds on.
+        assert_eq!(
+            clean(&document, DAY),
+            vec![
+                ("q3".to_owned(), LeftoverReason::Unwanted),
+                ("q2".to_owned(), LeftoverReason::Unwanted),
+                ("q1".to_owned(), LeftoverReason::Unwanted),
+            ]
+        );
+        let enough = snapshot(
+            json!({}),
+            vec![template(json!({}))],
+            vec![preset(json!({ "desired_instances": 3 }))],
+            vec![
+                prebuild("ready", "2025-06-02T10:00:00Z", json!({})),
+                pending("q1", "2025-06-02T11:00:00Z"),
+            ],
+        );
+        assert!(clean(&enough, DAY).is_empty());
+    }
+}

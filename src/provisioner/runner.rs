@@ -196,14 +196,21 @@ impl Runner {
         let config = Arc::clone(&self.inner.config.borrow());
         let max_prebuild = config.provisioner.max_prebuild_jobs();
         // Reserve a prebuild slot before asking, so two workers cannot both take the last one.
-        let reserved = self.inner.running_prebuilds.fetch_add(1, Ordering::AcqRel) < max_prebuild;
+        let before = self.inner.running_prebuilds.fetch_add(1, Ordering::AcqRel);
+        let reserved = before < max_prebuild;
+        // With two workers or more, one is the pool's while it has work: people's builds
+        // go first everywhere else, but a backlog of them never stops the pool refilling.
+        let prefer_prebuild = reserved && before < config.provisioner.reserved_prebuild_jobs();
         if !reserved {
             self.inner.running_prebuilds.fetch_sub(1, Ordering::AcqRel);
         }
         let now = self.inner.clock.now();
         let worker = worker_id.to_owned();
-        let acquired =
-            self.inner.store.write(move |tx| jobs::acquire(tx, &worker, reserved, now)).await;
+        let acquired = self
+            .inner
+            .store
+            .write(move |tx| jobs::acquire_with(tx, &worker, reserved, prefer_prebuild, now))
+            .await;
         let job = match acquired {
             Ok(Some(job)) => job,
             other => {

@@ -102,19 +102,45 @@ pub fn acquire(
     allow_prebuild: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<AcquiredJob>, StoreError> {
+    acquire_with(tx, worker_id, allow_prebuild, false, now)
+}
+
+/// `acquire`, taking the oldest pending prebuild job first when `prefer_prebuild`: the
+/// worker reserved for the pool, so a backlog of people's builds never starves it.
+pub fn acquire_with(
+    tx: &mut WriteTx<'_>,
+    worker_id: &str,
+    allow_prebuild: bool,
+    prefer_prebuild: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<AcquiredJob>, StoreError> {
     let max_priority = if allow_prebuild {
         JobPriority::Prebuild.as_i64()
     } else {
         JobPriority::Lifecycle.as_i64()
     };
-    let job_id: Option<String> = tx
-        .query_row_cached(
-            "SELECT id FROM provisioner_jobs WHERE status = 'pending' AND priority <= ?1
+    let preferred: Option<String> = if allow_prebuild && prefer_prebuild {
+        tx.query_row_cached(
+            "SELECT id FROM provisioner_jobs WHERE status = 'pending' AND priority = ?1
               ORDER BY priority, created_at, id LIMIT 1",
-            [max_priority],
+            [JobPriority::Prebuild.as_i64()],
             |row| row.get(0),
         )
-        .optional()?;
+        .optional()?
+    } else {
+        None
+    };
+    let job_id: Option<String> = match preferred {
+        Some(id) => Some(id),
+        None => tx
+            .query_row_cached(
+                "SELECT id FROM provisioner_jobs WHERE status = 'pending' AND priority <= ?1
+                  ORDER BY priority, created_at, id LIMIT 1",
+                [max_priority],
+                |row| row.get(0),
+            )
+            .optional()?,
+    };
     let Some(job_id) = job_id else { return Ok(None) };
     tx.execute_cached(
         "UPDATE provisioner_jobs SET status = 'running', worker_id = ?2, started_at = ?3, updated_at = ?3

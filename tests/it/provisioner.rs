@@ -726,3 +726,33 @@ async fn a_running_job_no_worker_holds_is_interrupted_by_the_periodic_check() {
     assert!(daemon.runner.recover_orphans(false).await.unwrap().is_empty());
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_user_builds_does_not_starve_the_pool() {
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.concurrency = 2;
+        config.provisioner.local.build_duration = HumanDuration::from_secs(1);
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "t", "local", &[]);
+    let alice = user(&store, "alice");
+    let mut users_jobs = Vec::new();
+    for n in 0..6 {
+        let ws = workspace(&store, &alice, &template_id, &format!("mine-{n}"));
+        users_jobs.push(build(&store, &ws, Transition::Start, &alice).job_id);
+    }
+    let ws = workspace(&store, PREBUILDS_USER_ID, &template_id, "prebuild-0");
+    let mut request =
+        BuildRequest::new(&ws, Transition::Start, BuildReason::Prebuild, PREBUILDS_USER_ID);
+    request.is_prebuild = true;
+    let prebuild = enqueue(&store, request).job_id;
+    assert_eq!(finished(&store, &prebuild).await.0, JobStatus::Succeeded);
+    let unfinished =
+        users_jobs.iter().filter(|job| !fixtures::status_now(&store, job).is_terminal()).count();
+    assert!(unfinished >= 2, "the prebuild waited for the whole backlog ({unfinished} left)");
+    for job in &users_jobs {
+        assert_eq!(finished(&store, job).await.0, JobStatus::Succeeded);
+    }
+    daemon.shutdown().await;
+}

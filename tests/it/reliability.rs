@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use workspaced::config::Config;
 use workspaced::config::duration::HumanDuration;
 
 use crate::helpers::TestDaemon;
@@ -277,5 +278,80 @@ async fn an_organization_owner_cannot_hand_workspaces_to_outsiders_or_probe_name
         before,
         "nothing was created"
     );
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_pool_fills_at_the_runners_pace_and_a_smaller_one_cancels_unstarted_creates() {
+    use workspaced::domain::PREBUILDS_USER_ID;
+    use workspaced::loops::LoopKind;
+    let pool = |instances: u32| vec![crate::api::template("dev", "default", instances)];
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.templates = pool(50);
+        config.reconciler.max_queued_creates = 8;
+        config.provisioner.concurrency = 1;
+        config.provisioner.local.build_duration = HumanDuration::from_secs(600);
+    })
+    .await;
+    let in_progress = format!(
+        "SELECT COUNT(*) FROM workspaces w JOIN workspace_builds b
+           ON b.workspace_id = w.id AND b.build_number = w.latest_build_number
+           JOIN provisioner_jobs j ON j.id = b.job_id
+          WHERE w.deleted = 0 AND w.owner_id = '{PREBUILDS_USER_ID}' AND j.status IN ('pending', 'running')"
+    );
+    daemon.tick(LoopKind::Reconciler).await;
+    assert_eq!(daemon.count(&in_progress).await, 8, "50 wanted, 8 queued at most");
+    daemon.tick(LoopKind::Reconciler).await;
+    assert_eq!(daemon.count(&in_progress).await, 8, "no more while the queue is full");
+
+    // The pool shrinks (a new version): its unstarted creates are canceled, not built to
+    // be deleted; the one building goes on.
+    let mut smaller = Config::default();
+    smaller.storage.data_dir = daemon.dir.path().join("data");
+    smaller.templates = pool(1);
+    smaller.reconciler.max_queued_creates = 8;
+    smaller.provisioner.concurrency = 1;
+    smaller.provisioner.local.build_duration = HumanDuration::from_secs(600);
+    daemon.reloader.apply(smaller).await.unwrap();
+    daemon.tick(LoopKind::Reconciler).await;
+    let canceled = daemon
+        .count(
+            "SELECT COUNT(*) FROM provisioner_jobs WHERE status = 'canceled'
+               AND error LIKE '%no longer wants%'",
+        )
+        .await;
+    assert_eq!(canceled, 7);
+    assert_eq!(
+        daemon
+            .count(&format!(
+                "SELECT COUNT(*) FROM workspaces WHERE deleted = 1 AND owner_id = '{PREBUILDS_USER_ID}'"
+            ))
+            .await,
+        7,
+        "their workspaces are gone without a build"
+    );
+    // A canceled create is cleaned up by the next cycle.
+    let running: String = daemon
+        .store
+        .read(|conn| {
+            Ok(conn.query_row(
+                "SELECT id FROM provisioner_jobs WHERE status = 'running'",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    daemon.runner.cancel(&running).await.unwrap();
+    crate::fixtures::finished(&daemon.store, &running).await;
+    daemon.tick(LoopKind::Reconciler).await;
+    let cleanup = daemon
+        .count(
+            "SELECT COUNT(*) FROM workspace_builds b JOIN workspaces w ON w.id = b.workspace_id
+              WHERE b.transition = 'delete' AND w.latest_build_number = 2",
+        )
+        .await;
+    assert_eq!(cleanup, 1, "the canceled prebuild gets a delete build");
+    crate::fixtures::assert_latest_summaries_consistent(&daemon.store);
     daemon.shutdown().await;
 }
