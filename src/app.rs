@@ -287,6 +287,13 @@ impl App {
         self.runner.recover_orphans(true).await?;
         resume_interrupted(&self.store, self.clock.now()).await?;
         self.runner.spawn(&workers, workers_cancel.clone());
+        workers.spawn(crate::retention::task(
+            self.store.clone(),
+            Arc::clone(&self.clock),
+            self.config.subscribe(),
+            self.metrics.retention_pruned.clone(),
+            workers_cancel.clone(),
+        ));
 
         let publisher_tasks = TaskTracker::new();
         let publisher_cancel = CancellationToken::new();

@@ -8,6 +8,7 @@
 //! - `gc`: the garbage collector's run (judge, warn, delete, orphan sweep).
 //! - `lifecycle`: the lifecycle executor's write side (re-decide, enqueue), activity.
 //! - `prebuilds`: creating, deleting and claiming prebuilt workspaces (write side).
+//! - `retention`: prunes history older than `[retention]` allows, in batches.
 //! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
 //! - `templates`: applies `[[templates]]` from the config to the database.
 //! - `events`: the `Event` type and the publisher that delivers committed events.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod planner;
 pub mod prebuilds;
 pub mod provisioner;
+pub mod retention;
 pub mod signals;
 pub mod store;
 pub mod systemd;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub lifecycle: LifecycleMetrics,
     pub gc: GcMetrics,
     pub api: ApiMetrics,
+    /// Rows pruned by the retention task, by `kind`.
+    pub retention_pruned: IntCounterVec,
 }
 
 /// Figures of the HTTP API, the event stream and webhook delivery.
@@ -568,10 +570,35 @@ impl Metrics {
             registry.register(collector)?;
         }
 
+        let retention_pruned = IntCounterVec::new(
+            Opts::new(
+                "workspaced_retention_pruned_total",
+                "History rows pruned by the retention task, by kind (events, deliveries, notifications, audit_log, job_logs, deleted_workspaces).",
+            ),
+            &["kind"],
+        )?;
+        for kind in
+            ["events", "deliveries", "notifications", "audit_log", "job_logs", "deleted_workspaces"]
+        {
+            retention_pruned.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(retention_pruned.clone()))?;
+
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Metrics { registry, loops, outbox, provisioner, config, prebuilds, lifecycle, gc, api })
+        Ok(Metrics {
+            registry,
+            loops,
+            outbox,
+            provisioner,
+            config,
+            prebuilds,
+            lifecycle,
+            gc,
+            api,
+            retention_pruned,
+        })
     }
 
     /// The registry in the Prometheus text exposition format.

@@ -120,6 +120,9 @@ async fn run_event_stream(
     // Tell the client how long to wait before reconnecting.
     let mut open = sender.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_ok();
     if open {
+        open = announce_pruned(&state, &mut last, &sender).await;
+    }
+    if open {
         open = replay(&state, &subject, &mut last, &sender).await;
     }
     while open {
@@ -149,6 +152,30 @@ async fn run_event_stream(
         }
     }
     gauge.dec();
+}
+
+/// A client resuming from an id whose successors were pruned (`retention.events`) hears so
+/// in an `error` event naming the oldest id still available, then gets everything from
+/// there: a gap is never silent. False when the client left.
+async fn announce_pruned(state: &HttpState, last: &mut i64, sender: &mpsc::Sender<Bytes>) -> bool {
+    let oldest = match state.ctx.store.read(crate::store::retention::oldest_event).await {
+        Ok(oldest) => oldest,
+        Err(_) => return true,
+    };
+    let Some(oldest) = oldest else { return true };
+    if oldest <= *last + 1 {
+        return true;
+    }
+    let body = serde_json::json!({
+        "error": format!(
+            "events {} to {} were pruned (retention.events); resuming from the oldest available, {oldest}",
+            *last + 1,
+            oldest - 1
+        ),
+        "oldest_available_id": oldest,
+    });
+    *last = oldest - 1;
+    sender.send(Bytes::from(format!("event: error\ndata: {body}\n\n"))).await.is_ok()
 }
 
 /// Sends every committed event after `last` from the outbox; false when the client left.

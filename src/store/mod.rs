@@ -18,6 +18,7 @@ pub mod lock;
 pub mod migrations;
 pub mod notifications;
 pub mod outbox;
+pub mod retention;
 pub mod snapshot;
 pub mod templates;
 pub mod time;

@@ -355,3 +355,101 @@ async fn a_big_pool_fills_at_the_runners_pace_and_a_smaller_one_cancels_unstarte
     crate::fixtures::assert_latest_summaries_consistent(&daemon.store);
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_pruned_in_batches_and_what_is_still_needed_stays() {
+    use workspaced::auth::Role;
+    use workspaced::domain::Transition;
+    use workspaced::store::StoreError;
+    let (daemon, api) = crate::api::api_daemon(|_| {}).await;
+    let store = daemon.store.clone();
+    let (template_id, _) = crate::fixtures::template(&store, "t", "local", &[]);
+    let alice = crate::fixtures::user(&store, "alice");
+    let kept = crate::fixtures::workspace(&store, &alice, &template_id, "kept");
+    let kept_job = crate::fixtures::build(&store, &kept, Transition::Start, &alice).job_id;
+    let gone = crate::fixtures::workspace(&store, &alice, &template_id, "gone");
+    crate::fixtures::build(&store, &gone, Transition::Start, &alice);
+    daemon.wait_idle().await;
+    crate::fixtures::build(&store, &gone, Transition::Delete, &alice);
+    daemon.wait_idle().await;
+    store
+        .write(|tx| {
+            for i in 0..5 {
+                tx.execute(
+                    "INSERT INTO audit_log (time, actor, action, resource_type, resource_id)
+                     VALUES (0, 'test', 'old', 'x', ?1)",
+                    [i.to_string()],
+                )?;
+            }
+            // A delivery for a webhook that is no longer configured.
+            tx.execute(
+                "INSERT INTO webhook_deliveries (webhook, event_id, next_attempt_at, created_at, updated_at)
+                 VALUES ('removed', (SELECT MIN(id) FROM outbox), 0, 0, 0)",
+                [],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    // The publisher has delivered everything committed so far.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while daemon.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "events stay undelivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events_before = daemon.count("SELECT COUNT(*) FROM outbox").await;
+    assert!(daemon.count("SELECT COUNT(*) FROM provisioner_job_logs").await > 0);
+
+    // A year and a half later, with batches of 2 rows.
+    let mut config = Config::default();
+    config.retention.batch_size = 2;
+    let later = crate::helpers::start_time() + chrono::Duration::days(500);
+    let report = workspaced::retention::run(&store, &config, later).await;
+    assert!(report["audit_log"] >= 5, "{report:?}");
+    assert_eq!(report["deleted_workspaces"], 1, "{report:?}");
+    assert_eq!(daemon.count("SELECT COUNT(*) FROM audit_log WHERE action = 'old'").await, 0);
+    assert_eq!(daemon.count("SELECT COUNT(*) FROM webhook_deliveries").await, 0);
+    assert_eq!(daemon.count("SELECT COUNT(*) FROM provisioner_job_logs").await, 0);
+    assert_eq!(
+        daemon.count(&format!("SELECT COUNT(*) FROM workspaces WHERE id = '{gone}'")).await,
+        0,
+        "the deleted workspace's rows are gone"
+    );
+    assert_eq!(
+        daemon
+            .count(&format!("SELECT COUNT(*) FROM workspace_builds WHERE workspace_id = '{gone}'"))
+            .await,
+        0
+    );
+    // The live workspace keeps its builds and job (only the finished job's logs went).
+    assert_eq!(
+        crate::fixtures::status_now(&store, &kept_job),
+        workspaced::domain::JobStatus::Succeeded
+    );
+    let events_after = daemon.count("SELECT COUNT(*) FROM outbox").await;
+    assert_eq!(events_after, 1, "every delivered event but the newest ({events_before} before)");
+    let dangling = daemon.count("SELECT COUNT(*) FROM pragma_foreign_key_check").await;
+    assert_eq!(dangling, 0);
+    assert_eq!(
+        daemon
+            .count("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'")
+            .await,
+        0
+    );
+
+    // A client resuming from before the pruned range hears about the gap.
+    let reader = api.as_user(&crate::api::user(&daemon, "root", Role::Owner, "default").await);
+    let (status, mut stream) = reader.stream("/api/v1/events", &[("Last-Event-ID", "1")]).await;
+    assert_eq!(status, 200);
+    let mut saw_error = None;
+    for _ in 0..10 {
+        let Some(line) = stream.next_line(Duration::from_secs(5)).await else { break };
+        if line == "event: error" {
+            saw_error = stream.next_line(Duration::from_secs(5)).await;
+            break;
+        }
+    }
+    let data = saw_error.expect("an error event about the pruned range");
+    assert!(data.contains("oldest_available_id") && data.contains("pruned"), "{data}");
+    daemon.shutdown().await;
+}

@@ -76,6 +76,7 @@ fn released_migrations_are_never_edited() {
         (3, "lifecycle_candidates", 1_638_396_582_670_366_384),
         (4, "api_and_webhooks", 8_606_780_246_448_497_332),
         (5, "interrupted_jobs", 13_608_301_170_017_419_930),
+        (6, "retention", 6_472_549_442_527_754_556),
     ];
     let runner = workspaced::store::migrations::migrations::runner();
     let migrations = runner.get_migrations();
