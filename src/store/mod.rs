@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod builds;
 pub mod group;
+pub mod invariants;
 pub mod jobs;
 pub mod lifecycle;
 pub mod lock;

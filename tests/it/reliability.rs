@@ -453,3 +453,156 @@ async fn history_is_pruned_in_batches_and_what_is_still_needed_stays() {
     assert!(data.contains("oldest_available_id") && data.contains("pruned"), "{data}");
     daemon.shutdown().await;
 }
+
+/// A tiny xorshift generator: the crash loop's random points, reproducible from the
+/// printed seed (`WSD_TEST_CRASH_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.next() % (high - low))
+    }
+}
+
+/// `POST path` with a bearer token; the status, or `None` when the connection failed (the
+/// daemon was killed meanwhile).
+fn post(addr: std::net::SocketAddr, path: &str, token: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_daemon_killed_at_random_points_keeps_every_invariant() {
+    use crate::helpers::{DaemonProcess, run_binary, write_config};
+    use nix::sys::signal::Signal;
+    use workspaced::clock::Clock;
+    let rounds: usize =
+        std::env::var("WSD_TEST_CRASH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(25);
+    let seed: u64 = std::env::var("WSD_TEST_CRASH_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) * 2_654_435_761 + 1);
+    eprintln!("crash loop: {rounds} rounds, seed {seed}");
+    let mut rng = Rng(seed.max(1));
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = dir.path().join("flaky.sh");
+    std::fs::write(
+        &flaky,
+        "#!/bin/sh\ncat >/dev/null\nr=$(od -An -N1 -tu1 /dev/urandom | tr -d ' ')\nsleep 0.$((r % 6))\n\
+         if [ $((r % 4)) -eq 0 ]; then echo '{\"type\":\"complete\",\"state\":null,\"resources\":[],\"error\":\"flaky backend\"}'; exit 0; fi\n\
+         echo '{\"type\":\"complete\",\"state\":null,\"resources\":[{\"name\":\"ws\",\"type\":\"box\",\"agents\":[{\"name\":\"main\",\"ready\":true}]}],\"error\":null}'\n",
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&flaky).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&flaky, permissions).unwrap();
+    let body = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {data:?}\n[log]\nformat = \"json\"\n\
+         [reconciler]\ninterval = \"1s\"\nbackoff_interval = \"1s\"\nfailure_hard_limit = 0\n\
+         [lifecycle]\ninterval = \"1s\"\n[gc]\nenabled = true\ninterval = \"1s\"\n\
+         [provisioner]\nconcurrency = 4\norphan_check_interval = \"1s\"\n\
+         [provisioner.exec.flaky]\ncommand = {flaky:?}\n\
+         [[templates]]\nname = \"dev\"\nprovisioner = \"flaky\"\n  [[templates.presets]]\n  name = \"small\"\n    [templates.presets.prebuilds]\n    instances = 3\n",
+        data = dir.path().join("data"),
+    );
+    let config = write_config(dir.path(), &body);
+    let config_arg = config.to_str().unwrap().to_owned();
+    let issued = run_binary(
+        &["token", "create", "--user", "root", "--role", "owner", "--config", &config_arg],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let token = String::from_utf8_lossy(&issued.stdout).trim().to_owned();
+    let database = dir.path().join("data/workspaced.db");
+    let open = || {
+        rusqlite::Connection::open_with_flags(&database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
+    };
+    let mut claims = 0;
+    let started = Instant::now();
+    for round in 0..=rounds {
+        let restarted_at = workspaced::clock::SystemClock.now();
+        let daemon = DaemonProcess::start(&config);
+        daemon.wait_for_log("workspaced is ready", Duration::from_secs(20));
+        let report = workspaced::store::invariants::check(&open(), Some(restarted_at)).unwrap();
+        assert!(
+            report.violations.is_empty(),
+            "round {round} (seed {seed}): {:?}",
+            report.violations
+        );
+        if round == rounds {
+            // The last start runs on: committed events get published, pools settle.
+            crate::helpers::eventually(Duration::from_secs(20), "every event published", || {
+                let undelivered: i64 = open()
+                    .query_row(
+                        "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND created_at < ?1",
+                        [restarted_at.timestamp_millis()],
+                        |row| row.get(0),
+                    )
+                    .unwrap();
+                (undelivered == 0).then_some(())
+            });
+            let loaded = workspaced::config::load(&workspaced::config::ConfigSource {
+                file: Some(config.clone()),
+            })
+            .unwrap();
+            let now = workspaced::clock::SystemClock.now();
+            let snapshot =
+                workspaced::store::snapshot::read(&open(), now, loaded.planner_settings()).unwrap();
+            let index = workspaced::planner::snapshot::Index::new(&snapshot);
+            let plan = workspaced::planner::reconcile::plan(&index);
+            let pools = workspaced::store::invariants::pool_violations(&plan);
+            assert!(pools.is_empty(), "seed {seed}: {pools:?}");
+            daemon.signal(Signal::SIGTERM);
+            assert_eq!(daemon.wait_exit(Duration::from_secs(20)).code(), Some(0));
+            break;
+        }
+        // Claims race the pools until the kill.
+        let until = Instant::now() + rng.millis(300, 1500);
+        let mut n = 0;
+        while Instant::now() < until {
+            let body =
+                format!("{{\"template\":\"dev\",\"preset\":\"small\",\"name\":\"r{round}-{n}\"}}");
+            if post(daemon.addr, "/api/v1/workspaces", &token, &body) == Some(201) {
+                claims += 1;
+            }
+            n += 1;
+        }
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait_exit(Duration::from_secs(10));
+        // Even right after the kill, before any recovery, the file is consistent.
+        let report = workspaced::store::invariants::check(&open(), None).unwrap();
+        assert!(
+            report.violations.is_empty(),
+            "after kill {round} (seed {seed}): {:?}",
+            report.violations
+        );
+    }
+    let interrupted: i64 = open()
+        .query_row(
+            "SELECT COUNT(*) FROM provisioner_jobs WHERE status = 'interrupted'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    eprintln!(
+        "crash loop: {rounds} kills in {:.1}s, {claims} workspaces created over HTTP, {interrupted} jobs interrupted",
+        started.elapsed().as_secs_f64()
+    );
+}
