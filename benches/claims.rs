@@ -143,6 +143,9 @@ fn main() {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.data_dir = dir.path().join("data");
     config.reconciler.paused = true;
+    // One token drives every client: the per-token rate limit is not what is measured.
+    config.api.rate_limit = 100_000;
+    config.api.rate_burst = 1_000_000;
     config.templates = vec![
         serde_json::from_value(serde_json::json!({
             "name": "bench",

@@ -257,6 +257,12 @@ impl App {
             events: self.events.clone(),
             shutdown: workers_cancel.clone(),
             ready: false.into(),
+            limits: http::limits::Limits::new(
+                config.api.rate_limit,
+                config.api.rate_burst,
+                config.api.max_streams_per_token,
+            ),
+            tasks: workers.clone(),
         });
         workers.spawn(http::serve(
             listener,

@@ -334,11 +334,23 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// The event stream sends a comment this often so proxies keep it open.
     pub events_keepalive: HumanDuration,
+    /// Requests per second one token may make on average (429 with Retry-After past it).
+    pub rate_limit: u32,
+    /// Requests one token may make at once before the rate applies.
+    pub rate_burst: u32,
+    /// Open streams (event stream, log follows) per token.
+    pub max_streams_per_token: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 1 << 20, events_keepalive: HumanDuration::from_secs(15) }
+        ApiConfig {
+            max_body_bytes: 1 << 20,
+            events_keepalive: HumanDuration::from_secs(15),
+            rate_limit: 50,
+            rate_burst: 200,
+            max_streams_per_token: 8,
+        }
     }
 }
 
@@ -835,6 +847,27 @@ impl Config {
             return Err(fail(
                 "api.max_body_bytes",
                 format!("{} is out of range; use 1024 to 67108864", self.api.max_body_bytes),
+            ));
+        }
+        if !(1..=100_000).contains(&self.api.rate_limit) {
+            return Err(fail(
+                "api.rate_limit",
+                format!(
+                    "{} is out of range; use 1 to 100000 requests per second",
+                    self.api.rate_limit
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.api.rate_burst) {
+            return Err(fail(
+                "api.rate_burst",
+                format!("{} is out of range; use 1 to 1000000", self.api.rate_burst),
+            ));
+        }
+        if !(1..=1024).contains(&self.api.max_streams_per_token) {
+            return Err(fail(
+                "api.max_streams_per_token",
+                format!("{} is out of range; use 1 to 1024", self.api.max_streams_per_token),
             ));
         }
         if self.api.events_keepalive.as_secs() < 1 {

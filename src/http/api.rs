@@ -120,6 +120,8 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult {
 pub struct Ctx {
     pub state: Arc<HttpState>,
     pub subject: Subject,
+    /// The id of the token the request came with (limits count per token).
+    pub token_id: String,
     /// The caller for audit entries (user and source address).
     pub actor: Actor,
     pub now: DateTime<Utc>,
@@ -258,10 +260,21 @@ async fn dispatch(
         return ("unknown", ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response());
     };
     let pattern = route.pattern();
-    let subject = match authenticate(state, &request).await {
-        Ok(subject) => subject,
+    let (subject, token_id) = match authenticate(state, &request).await {
+        Ok(authenticated) => authenticated,
         Err(error) => return (pattern, error),
     };
+    if let Err(wait) = state.limits.admit(&token_id, tokio::time::Instant::now()) {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests for this token (api.rate_limit); retry in {wait}s"),
+        )
+        .into_response();
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        return (pattern, response);
+    }
     if !route.methods().contains(request.method()) {
         let allowed: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
         let mut response =
@@ -279,6 +292,7 @@ async fn dispatch(
             source_ip: peer.ip().to_string(),
         },
         subject,
+        token_id,
         now: state.ctx.clock.now(),
     };
     let result = route_to(ctx, route, request).await;
@@ -321,7 +335,7 @@ async fn route_to(ctx: Ctx, route: Route, request: Request<Incoming>) -> ApiResu
 async fn authenticate(
     state: &Arc<HttpState>,
     request: &Request<Incoming>,
-) -> Result<Subject, HttpResponse> {
+) -> Result<(Subject, String), HttpResponse> {
     let unauthorized = |message: &str| {
         let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -342,7 +356,7 @@ async fn authenticate(
                 let store = state.ctx.store.clone();
                 let id = authenticated.token_id.clone();
                 // Bookkeeping only: never delays or fails the request.
-                tokio::spawn(async move {
+                state.tasks.spawn(async move {
                     if let Err(error) =
                         store.write(move |tx| users::touch_token(tx, &id, now)).await
                     {
@@ -350,7 +364,7 @@ async fn authenticate(
                     }
                 });
             }
-            Ok(authenticated.subject)
+            Ok((authenticated.subject, authenticated.token_id))
         }
         Ok(Err(reason)) => {
             tracing::debug!(?reason, "api token refused");

@@ -444,6 +444,7 @@ pub async fn template_presets(ctx: &Ctx, request: &Request<Incoming>, id: String
     };
     let settings = ctx.state.ctx.config.borrow().planner_settings();
     let now = ctx.now;
+    let template_id = template.id.clone();
     let (rows, plan) = ctx
         .state
         .ctx
@@ -455,19 +456,16 @@ pub async fn template_presets(ctx: &Ctx, request: &Request<Incoming>, id: String
                 let parameters = templates::preset_parameters(conn, &row.id)?;
                 with_parameters.push((row, parameters));
             }
-            let snapshot = snapshot::read(conn, now, settings)?;
-            Ok((with_parameters, planner::plan(&snapshot)))
+            // This template's pools only: the request costs what the template holds.
+            let snapshot = snapshot::pool_snapshot(conn, now, settings, &template_id)?;
+            let index = planner::snapshot::Index::new(&snapshot);
+            Ok((with_parameters, planner::reconcile::plan(&index)))
         })
         .await?;
     let presets: Vec<PresetStatus> = rows
         .into_iter()
         .map(|(row, parameters)| {
-            let pool = plan
-                .reconciler
-                .presets
-                .iter()
-                .find(|p| p.preset_id == row.id)
-                .map(PoolStatus::from);
+            let pool = plan.presets.iter().find(|p| p.preset_id == row.id).map(PoolStatus::from);
             PresetStatus {
                 id: row.id,
                 name: row.name,

@@ -8,6 +8,7 @@
 
 pub mod api;
 mod handlers;
+pub mod limits;
 mod stream;
 mod workspaces;
 
@@ -45,6 +46,10 @@ pub struct HttpState {
     pub shutdown: CancellationToken,
     /// True once the loops run; false again when shutdown starts.
     pub ready: AtomicBool,
+    /// Per-token request rate and stream limits.
+    pub limits: limits::Limits,
+    /// Owns the tasks requests start (streams, bookkeeping): they end with the daemon.
+    pub tasks: TaskTracker,
 }
 
 pub type Body = BoxBody<Bytes, Infallible>;

@@ -101,9 +101,14 @@ pub async fn events(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
         Some(id) => id,
         None => state.ctx.store.read(outbox::last_id).await?,
     };
+    let slot = stream_slot(ctx)?;
     let (sender, response) = streaming("text/event-stream");
     let subject = ctx.subject.clone();
-    tokio::spawn(run_event_stream(state, subject, live, start, sender));
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        run_event_stream(state, subject, live, start, sender).await;
+        drop(slot);
+    });
     Ok(response)
 }
 
@@ -210,12 +215,24 @@ async fn replay(
     }
 }
 
+/// A stream slot for the caller's token, or 429 when it has its streams open already.
+fn stream_slot(ctx: &Ctx) -> Result<crate::http::limits::StreamSlot, ApiError> {
+    ctx.state.limits.open_stream(&ctx.token_id).ok_or_else(|| {
+        ApiError::new(
+            hyper::StatusCode::TOO_MANY_REQUESTS,
+            "this token has its streams open already (api.max_streams_per_token)",
+        )
+    })
+}
+
 /// Streams a job's log lines as JSON lines until the job has finished and every line was
 /// sent.
-pub fn follow_logs(ctx: &Ctx, job_id: String) -> HttpResponse {
+pub fn follow_logs(ctx: &Ctx, job_id: String) -> Result<HttpResponse, ApiError> {
+    let slot = stream_slot(ctx)?;
     let (sender, response) = streaming("application/x-ndjson");
     let state = Arc::clone(&ctx.state);
-    tokio::spawn(async move {
+    ctx.state.tasks.spawn(async move {
+        let _slot = slot;
         let mut last = 0;
         loop {
             let (id, after) = (job_id.clone(), last);
@@ -258,5 +275,5 @@ pub fn follow_logs(ctx: &Ctx, job_id: String) -> HttpResponse {
             }
         }
     });
-    response
+    Ok(response)
 }

@@ -495,7 +495,7 @@ pub async fn logs(ctx: &Ctx, request: &Request<Incoming>, id: String, number: St
     let workspace = readable(ctx, id).await?;
     let build = find_build(ctx, &workspace, &number).await?;
     if follow {
-        return Ok(stream::follow_logs(ctx, build.job_id));
+        return stream::follow_logs(ctx, build.job_id);
     }
     let job_id = build.job_id.clone();
     let logs = ctx

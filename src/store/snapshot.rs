@@ -76,6 +76,28 @@ pub fn read(
     Ok(Snapshot { now, settings, templates, presets, workspaces, builds })
 }
 
+/// What the reconciler needs to plan one template's pools: the template, its presets and
+/// its prebuilds (the pool rules look at nothing else). The API's pool status reads this
+/// instead of a whole-fleet snapshot, so its cost follows the template, not the fleet.
+pub fn pool_snapshot(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    settings: Settings,
+    template_id: &str,
+) -> Result<Snapshot, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let templates = read_templates_where(&tx, Some(template_id))?;
+    let (workspaces, builds) = {
+        let sql = format!("{WORKSPACE_COLUMNS} AND owner_id = ?1 AND template_id = ?2");
+        let mut statement = tx.prepare_cached(&sql)?;
+        let rows = statement.query(rusqlite::params![PREBUILDS_USER_ID, template_id])?;
+        map_workspace_rows(rows, &HashMap::new())?
+    };
+    let presets = read_presets_where(&tx, Some(template_id))?;
+    tx.finish()?;
+    Ok(Snapshot { now, settings, templates, presets, workspaces, builds })
+}
+
 /// Every template, deleted ones included.
 pub fn read_templates(conn: &Connection) -> Result<Vec<Template>, StoreError> {
     read_templates_where(conn, None)
@@ -135,12 +157,23 @@ fn read_templates_where(
 }
 
 fn read_presets(conn: &Connection) -> Result<Vec<Preset>, StoreError> {
+    read_presets_where(conn, None)
+}
+
+fn read_presets_where(
+    conn: &Connection,
+    template: Option<&str>,
+) -> Result<Vec<Preset>, StoreError> {
     let mut schedules: HashMap<String, Vec<PresetSchedule>> = HashMap::new();
     {
         let mut statement = conn.prepare_cached(
-            "SELECT preset_id, cron_expression, desired_instances FROM preset_prebuild_schedules ORDER BY id",
+            "SELECT s.preset_id, s.cron_expression, s.desired_instances
+               FROM preset_prebuild_schedules s
+               JOIN presets p ON p.id = s.preset_id
+               JOIN template_versions v ON v.id = p.template_version_id
+              WHERE ?1 IS NULL OR v.template_id = ?1 ORDER BY s.id",
         )?;
-        let rows = statement.query_map([], |row| {
+        let rows = statement.query_map([template], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
         })?;
         for row in rows {
@@ -154,9 +187,10 @@ fn read_presets(conn: &Connection) -> Result<Vec<Preset>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT p.id, p.name, v.template_id, p.template_version_id, p.desired_instances, p.ttl_s,
                 p.scheduling_timezone
-           FROM presets p JOIN template_versions v ON v.id = p.template_version_id ORDER BY p.created_at, p.id",
+           FROM presets p JOIN template_versions v ON v.id = p.template_version_id
+          WHERE ?1 IS NULL OR v.template_id = ?1 ORDER BY p.created_at, p.id",
     )?;
-    let rows = statement.query_map([], |row| {
+    let rows = statement.query_map([template], |row| {
         Ok(Preset {
             id: row.get(0)?,
             name: row.get(1)?,

@@ -515,6 +515,7 @@ fn the_daemon_killed_at_random_points_keeps_every_invariant() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {data:?}\n[log]\nformat = \"json\"\n\
          [reconciler]\ninterval = \"1s\"\nbackoff_interval = \"1s\"\nfailure_hard_limit = 0\n\
          [lifecycle]\ninterval = \"1s\"\n[gc]\nenabled = true\ninterval = \"1s\"\n\
+         [api]\nrate_limit = 100000\nrate_burst = 1000000\n\
          [provisioner]\nconcurrency = 4\norphan_check_interval = \"1s\"\n\
          [provisioner.exec.flaky]\ncommand = {flaky:?}\n\
          [[templates]]\nname = \"dev\"\nprovisioner = \"flaky\"\n  [[templates.presets]]\n  name = \"small\"\n    [templates.presets.prebuilds]\n    instances = 3\n",
@@ -605,4 +606,47 @@ fn the_daemon_killed_at_random_points_keeps_every_invariant() {
         "crash loop: {rounds} kills in {:.1}s, {claims} workspaces created over HTTP, {interrupted} jobs interrupted",
         started.elapsed().as_secs_f64()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_past_its_rate_or_its_streams_gets_429_and_others_are_served() {
+    use workspaced::auth::Role;
+    let (daemon, api) = crate::api::api_daemon(|config| {
+        config.api.rate_limit = 1;
+        config.api.rate_burst = 5;
+        config.api.max_streams_per_token = 2;
+    })
+    .await;
+    let greedy = api.as_user(&crate::api::user(&daemon, "greedy", Role::Member, "default").await);
+    let polite = api.as_user(&crate::api::user(&daemon, "polite", Role::Member, "default").await);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(greedy.get("/api/v1/workspaces").await.0);
+    }
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|status| *status == 429), "{statuses:?}");
+    let (status, headers, _) = greedy.raw("GET", "/api/v1/workspaces", None, &[]).await;
+    assert_eq!(status, 429);
+    assert!(
+        headers["retry-after"].to_str().unwrap().parse::<u64>().is_ok_and(|wait| wait >= 1),
+        "{headers:?}"
+    );
+    assert_eq!(polite.get("/api/v1/workspaces").await.0, 200, "other tokens are unaffected");
+
+    let (first, _a) = polite.stream("/api/v1/events", &[]).await;
+    let (second, _b) = polite.stream("/api/v1/events", &[]).await;
+    let (third, _c) = polite.stream("/api/v1/events", &[]).await;
+    assert_eq!((first, second, third), (200, 200, 429));
+    drop(_a);
+    // Closing one frees its slot (once the server notices the client left).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _stream) = polite.stream("/api/v1/events", &[]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed stream's slot was never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.shutdown().await;
 }
