@@ -240,10 +240,13 @@ pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
     )
 }
 
+/// Rows one list request reads at most before it answers with a cursor.
+const MAX_SCANNED: usize = 5_000;
+
 pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
     let parameters = query(
         request,
-        &["owner", "template", "organization", "status", "dormant", "limit", "offset"],
+        &["owner", "template", "organization", "status", "dormant", "limit", "after"],
     )?;
     let status = parameters.get("status").cloned();
     if let Some(status) = &status
@@ -259,7 +262,16 @@ pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit", "use 1 to 1000"));
     }
-    let offset = parse_param::<usize>(&parameters, "offset")?.unwrap_or(0);
+    // The keyset cursor of the previous page's `next`: "<owner id>/<workspace name>".
+    let after = match parameters.get("after") {
+        Some(cursor) => Some(
+            cursor
+                .split_once('/')
+                .map(|(owner, name)| (owner.to_owned(), name.to_owned()))
+                .ok_or_else(|| ApiError::bad_request("after", "not a cursor from `next`"))?,
+        ),
+        None => None,
+    };
     let owner = parameters
         .get("owner")
         .map(|owner| if owner == "me" { ctx.subject.user_id.clone() } else { owner.clone() });
@@ -269,7 +281,7 @@ pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
         .state
         .ctx
         .store
-        .read(move |conn| -> Result<Option<Vec<WorkspaceView>>, StoreError> {
+        .read(move |conn| -> Result<Option<WorkspaceFilter>, StoreError> {
             let owner_id = match &owner {
                 Some(owner)
                     if owner == crate::domain::PREBUILDS_USER_ID || owner == "prebuilds" =>
@@ -298,18 +310,51 @@ pub async fn list(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
                 None => None,
             };
             let filter = WorkspaceFilter { owner_id, template_id, dormant };
-            views::workspaces(conn, &filter).map(Some)
+            Ok(Some(filter))
         })
         .await?;
-    let workspaces: Vec<WorkspaceView> = found
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|workspace| ctx.subject.can(Permission::Read, &object(workspace)))
-        .filter(|workspace| status.as_deref().is_none_or(|status| workspace.status == status))
-        .collect();
-    let total = workspaces.len();
-    let page: Vec<_> = workspaces.into_iter().skip(offset).take(limit).collect();
-    json(StatusCode::OK, &json!({ "workspaces": page, "total": total }))
+    let Some(filter) = found else {
+        return json(StatusCode::OK, &json!({ "workspaces": [], "next": null }));
+    };
+    // Pages are read in chunks in index order and filtered by the authorizer; a request
+    // reads at most MAX_SCANNED rows, then hands out a cursor to go on from.
+    let subject = ctx.subject.clone();
+    let (page, next) = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| {
+            let chunk = (limit * 2).clamp(100, 1000);
+            let mut page = Vec::new();
+            let mut cursor = after;
+            let mut scanned = 0;
+            loop {
+                let position = cursor.as_ref().map(|(owner, name)| (owner.as_str(), name.as_str()));
+                let rows = views::workspaces_after(conn, &filter, position, chunk)?;
+                let exhausted = rows.len() < chunk;
+                for workspace in rows {
+                    scanned += 1;
+                    cursor = Some((workspace.owner_id.clone(), workspace.name.clone()));
+                    if subject.can(Permission::Read, &object(&workspace))
+                        && status.as_deref().is_none_or(|status| workspace.status == status)
+                    {
+                        page.push(workspace);
+                        if page.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                if page.len() == limit || scanned >= MAX_SCANNED {
+                    let next = cursor.map(|(owner, name)| format!("{owner}/{name}"));
+                    return Ok((page, next));
+                }
+                if exhausted {
+                    return Ok((page, None));
+                }
+            }
+        })
+        .await?;
+    json(StatusCode::OK, &json!({ "workspaces": page, "next": next }))
 }
 
 pub async fn get(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {

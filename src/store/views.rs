@@ -139,19 +139,38 @@ pub struct WorkspaceFilter {
     pub dormant: Option<bool>,
 }
 
-/// Live workspaces matching `filter`, by owner name then workspace name.
-pub fn workspaces(
-    conn: &Connection,
-    filter: &WorkspaceFilter,
-) -> Result<Vec<WorkspaceView>, StoreError> {
-    let mut statement = conn.prepare_cached(&format!(
+fn workspaces_after_sql() -> String {
+    format!(
         "{WORKSPACE_VIEW}
           WHERE w.deleted = 0 AND (?1 IS NULL OR w.owner_id = ?1) AND (?2 IS NULL OR w.template_id = ?2)
             AND (?3 IS NULL OR (w.dormant_at IS NOT NULL) = ?3)
-          ORDER BY u.username, w.name"
-    ))?;
-    let rows = statement
-        .query_map(params![filter.owner_id, filter.template_id, filter.dormant], workspace_view)?;
+            AND (?4 IS NULL OR (w.owner_id, w.name) > (?4, ?5))
+          ORDER BY w.owner_id, w.name LIMIT ?6"
+    )
+}
+
+/// Up to `limit` live workspaces matching `filter` after the keyset position `after`
+/// (owner id, workspace name), in that order: the order of the live-name index, so a page
+/// costs its own rows, never the whole fleet.
+pub fn workspaces_after(
+    conn: &Connection,
+    filter: &WorkspaceFilter,
+    after: Option<(&str, &str)>,
+    limit: usize,
+) -> Result<Vec<WorkspaceView>, StoreError> {
+    let mut statement = conn.prepare_cached(&workspaces_after_sql())?;
+    let (after_owner, after_name) = after.unzip();
+    let rows = statement.query_map(
+        params![
+            filter.owner_id,
+            filter.template_id,
+            filter.dormant,
+            after_owner,
+            after_name,
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
+        workspace_view,
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -455,4 +474,31 @@ pub fn audit(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workspace_page_walks_the_live_name_index_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db")))
+                .unwrap();
+        let plan: Vec<String> = store
+            .read_blocking(|conn| {
+                let mut statement =
+                    conn.prepare(&format!("EXPLAIN QUERY PLAN {}", workspaces_after_sql()))?;
+                let none: Option<String> = None;
+                let rows = statement
+                    .query_map(params![none, none, none, Some("o"), Some("n"), 100], |row| {
+                        row.get(3)
+                    })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("workspaces_live_name")), "{plan:?}");
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
+    }
 }

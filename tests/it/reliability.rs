@@ -650,3 +650,50 @@ async fn a_token_past_its_rate_or_its_streams_gets_429_and_others_are_served() {
     }
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_lists_page_with_a_cursor_and_every_row_appears_once() {
+    use std::collections::HashSet;
+    use workspaced::auth::Role;
+    let (daemon, api) = crate::api::api_daemon(|_| {}).await;
+    let alice = api.as_user(&crate::api::user(&daemon, "alice", Role::Member, "default").await);
+    let bob = api.as_user(&crate::api::user(&daemon, "bob", Role::Member, "default").await);
+    for n in 0..7 {
+        let body =
+            serde_json::json!({ "template": "dev", "preset": "plain", "name": format!("w{n}") });
+        assert_eq!(alice.post("/api/v1/workspaces", body).await.0, 201);
+    }
+    bob.post(
+        "/api/v1/workspaces",
+        serde_json::json!({ "template": "dev", "preset": "plain", "name": "b" }),
+    )
+    .await;
+    let mut seen = HashSet::new();
+    let mut pages = Vec::new();
+    let mut path = "/api/v1/workspaces?owner=me&limit=3".to_owned();
+    loop {
+        let (status, page) = alice.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let names: Vec<String> = page["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_owned())
+            .collect();
+        pages.push(names.len());
+        for name in names {
+            assert!(seen.insert(name), "a row appeared twice");
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/v1/workspaces?owner=me&limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    assert_eq!(pages, [3, 3, 1]);
+    // Without an owner filter, a member still sees only what the authorizer allows.
+    let (_, all) = alice.get("/api/v1/workspaces?limit=1000").await;
+    assert_eq!(all["workspaces"].as_array().unwrap().len(), 7);
+    assert_eq!(alice.get("/api/v1/workspaces?after=garbage").await.0, 400);
+    daemon.shutdown().await;
+}
