@@ -298,3 +298,65 @@ async fn read_stderr<R: AsyncBufRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs the real stdout reader over `bytes`: it must end with a result, never a panic,
+    /// whatever a provisioner prints.
+    fn read(bytes: &[u8], limit: u64) -> Result<usize, ProvisionerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let (logs, mut received) = tokio::sync::mpsc::channel(16);
+            let io = JobIo {
+                logs,
+                cancel: tokio_util::sync::CancellationToken::new(),
+                process_group: None,
+            };
+            let drain = tokio::spawn(async move { while received.recv().await.is_some() {} });
+            let collected = read_messages(BufReader::new(bytes), limit, &io).await;
+            drop(io);
+            drain.await.unwrap();
+            collected.map(|collected| collected.timings.len() + collected.replacements.len())
+        })
+    }
+
+    fn messages() -> impl Strategy<Value = Vec<u8>> {
+        let pieces = prop::sample::select(vec![
+            "{\"type\":\"log\",\"output\":\"x\"}\n",
+            "{\"type\":\"complete\",\"state\":null,\"resources\":[],\"error\":null}\n",
+            "{\"type\":\"timing\",\"stage\":\"s\",\"started_at\":\"2025-06-02T12:00:00Z\",\"ended_at\":\"2025-06-02T11:00:00Z\"}\n",
+            "{\"type\":\"replacement\",\"resource\":\"r\",\"paths\":[\"a\"]}\n",
+            "{\"type\":\"log\",\"level\":\"loud\"}\n",
+            "{\"type\":",
+            "\n",
+            "\u{0}\u{ff}",
+            "{\"type\":\"complete\",\"resources\":[{\"name\":1}]}\n",
+        ]);
+        (prop::collection::vec(pieces, 0..12), prop::collection::vec(any::<u8>(), 0..64)).prop_map(
+            |(pieces, noise)| {
+                let mut bytes: Vec<u8> = pieces.concat().into_bytes();
+                bytes.extend(noise);
+                bytes
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_exec_protocol_reader_never_panics(bytes in messages(), limit in 16u64..4096) {
+            let _ = read(&bytes, limit);
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_an_error_or_a_result_never_a_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048)
+        ) {
+            let _ = read(&bytes, 1024);
+        }
+    }
+}

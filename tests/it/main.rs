@@ -13,6 +13,7 @@ mod daemon;
 mod fixtures;
 mod gc;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod operations;
 mod outbox;
