@@ -697,3 +697,121 @@ async fn workspace_lists_page_with_a_cursor_and_every_row_appears_once() {
     assert_eq!(alice.get("/api/v1/workspaces?after=garbage").await.0, 400);
     daemon.shutdown().await;
 }
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn get_status(addr: std::net::SocketAddr, path: &str, token: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
+    use crate::helpers::{DaemonProcess, run_binary, write_config};
+    use nix::sys::signal::Signal;
+    let seconds: u64 =
+        std::env::var("WSD_TEST_SOAK_SECS").ok().and_then(|n| n.parse().ok()).unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {data:?}\n[log]\nformat = \"json\"\n\
+         [reconciler]\ninterval = \"1s\"\n[lifecycle]\ninterval = \"1s\"\n[gc]\nenabled = true\ninterval = \"2s\"\n\
+         [retention]\ninterval = \"5s\"\n[api]\nrate_limit = 100000\nrate_burst = 1000000\n\
+         [[templates]]\nname = \"dev\"\ndefault_ttl = \"1h\"\n  [[templates.presets]]\n  name = \"small\"\n    [templates.presets.prebuilds]\n    instances = 4\n  [[templates.presets]]\n  name = \"plain\"\n",
+        data = dir.path().join("data"),
+    );
+    let config = write_config(dir.path(), &body);
+    let config_arg = config.to_str().unwrap().to_owned();
+    let issued = run_binary(
+        &["token", "create", "--user", "root", "--role", "owner", "--config", &config_arg],
+        &[],
+        Duration::from_secs(20),
+    );
+    let token = String::from_utf8_lossy(&issued.stdout).trim().to_owned();
+    let daemon = DaemonProcess::start(&config);
+    daemon.wait_for_log("workspaced is ready", Duration::from_secs(20));
+    let pid = daemon.pid_for_tests();
+    let addr = daemon.addr;
+    let started = Instant::now();
+    let warm = Duration::from_secs((seconds / 6).max(5));
+    let mut rss_start = None;
+    let mut requests = 0u64;
+    let mut unexpected = Vec::new();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        if rss_start.is_none() && started.elapsed() >= warm {
+            rss_start = Some(rss_kib(pid));
+        }
+        n += 1;
+        let name = format!("s{n}");
+        // A claim (or a cold build), then reads of every kind, then a stop or a delete.
+        // The fleet grows to 300 workspaces during the warm-up, then stays: memory must
+        // then stay flat under the same traffic and loops.
+        let mut statuses = Vec::new();
+        if n <= 300 {
+            let preset = if n % 3 == 0 { "plain" } else { "small" };
+            let created = post(
+                addr,
+                "/api/v1/workspaces",
+                &token,
+                &format!("{{\"template\":\"dev\",\"preset\":\"{preset}\",\"name\":\"{name}\"}}"),
+            );
+            statuses.push(("create", created, &[201u16, 409][..]));
+        }
+        for path in [
+            "/api/v1/workspaces?limit=50",
+            "/api/v1/templates/dev/presets",
+            "/api/v1/audit?limit=20",
+            "/metrics",
+            "/readyz",
+        ] {
+            statuses.push((path, get_status(addr, path, &token), &[200u16][..]));
+        }
+        for (what, status, allowed) in statuses {
+            requests += 1;
+            if !status.is_some_and(|status| allowed.contains(&status)) {
+                unexpected.push(format!("{what}: {status:?}"));
+            }
+        }
+    }
+    let rss_end = rss_kib(pid);
+    let rss_start = rss_start.unwrap_or(rss_end);
+    // The daemon logged no error the whole time.
+    let mut errors = Vec::new();
+    while let Ok(line) = daemon.logs.try_recv() {
+        if line["level"] == "ERROR" {
+            errors.push(line.to_string());
+        }
+    }
+    eprintln!(
+        "soak: {seconds}s, {requests} requests, RSS {rss_start} KiB after warm-up -> {rss_end} KiB at the end"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "unexpected answers: {:?}",
+        &unexpected[..unexpected.len().min(10)]
+    );
+    assert!(errors.is_empty(), "errors logged: {:?}", &errors[..errors.len().min(5)]);
+    assert!(
+        rss_end <= rss_start + rss_start / 2 + 16 * 1024,
+        "memory grew from {rss_start} KiB to {rss_end} KiB"
+    );
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
