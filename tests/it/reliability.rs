@@ -765,7 +765,7 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
         // then stay flat under the same traffic and loops.
         let mut statuses = Vec::new();
         if n <= 300 {
-            let preset = if n % 3 == 0 { "plain" } else { "small" };
+            let preset = if n.is_multiple_of(3) { "plain" } else { "small" };
             let created = post(
                 addr,
                 "/api/v1/workspaces",
