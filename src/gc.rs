@@ -135,9 +135,20 @@ pub async fn run(
     let data_dir = config.storage.data_dir.clone();
     let plan = {
         let settings = settings.clone();
-        let data_dir = data_dir.clone();
         store.read(move |conn| plan_run(conn, &settings, &data_dir, now)).await?
     };
+    execute(store, config, &plan, now).await
+}
+
+/// Carries out `plan` (made by `plan_run` at `now`): each action re-judged in its own
+/// transaction, each orphan re-checked before it is removed.
+pub async fn execute(
+    store: &Store,
+    config: &Config,
+    plan: &RunPlan,
+    now: DateTime<Utc>,
+) -> Result<RunReport, StoreError> {
+    let Some(settings) = config.planner_settings().gc else { return Ok(RunReport::default()) };
     let dry_run = config.gc.dry_run;
     let mut report = RunReport {
         candidates: plan.judged.len() as u64,
@@ -177,6 +188,26 @@ pub async fn run(
     for orphan in &plan.orphans {
         if dry_run {
             tracing::info!(path = %orphan.display(), "gc dry run: would remove orphaned workspace directory");
+            continue;
+        }
+        // Re-check with a fresh read: the plan's read may predate a workspace created since,
+        // whose directory the listing then saw.
+        let name = orphan.file_name().map(|name| name.to_string_lossy().into_owned());
+        let live = match name {
+            Some(id) => store
+                .read(move |conn| {
+                    Ok(conn.query_row_cached(
+                        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = ?1 AND deleted = 0)",
+                        [id],
+                        |row| row.get::<_, bool>(0),
+                    )?)
+                })
+                .await
+                .unwrap_or(true),
+            None => true,
+        };
+        if live {
+            tracing::info!(path = %orphan.display(), "directory belongs to a live workspace after all; kept");
             continue;
         }
         match tokio::fs::remove_dir_all(orphan).await {

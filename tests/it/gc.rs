@@ -255,3 +255,40 @@ fn sigusr1_runs_the_gc_now_and_the_dry_run_preview_lists_orphans() {
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_whose_workspace_appeared_after_the_plan_is_not_swept() {
+    let daemon = TestDaemon::spawn_with(|config| {
+        gc_config(config);
+        config.templates = vec![template("go", serde_json::json!({}))];
+    })
+    .await;
+    let config = Config {
+        storage: workspaced::config::StorageConfig {
+            data_dir: daemon.dir.path().join("data"),
+            ..Default::default()
+        },
+        gc: daemon.ctx.config.borrow().gc.clone(),
+        ..Config::default()
+    };
+    let settings = config.planner_settings().gc.unwrap();
+    let data_dir = config.storage.data_dir.clone();
+    let now = daemon.clock.now();
+    // The plan is made first (its read predates the workspace)...
+    let mut plan = daemon
+        .store
+        .read(move |conn| workspaced::gc::plan_run(conn, &settings, &data_dir, now))
+        .await
+        .unwrap();
+    // ...then a workspace is created and builds its directory...
+    let alice = crate::fixtures::user(&daemon.store, "alice");
+    let id = workspace(&daemon, "go", "dev", &alice).await;
+    let directory = daemon.dir.path().join("data/workspaces").join(&id);
+    assert!(directory.exists(), "the start build made its directory");
+    // ...and a listing that saw it (as a stale read would) does not delete it.
+    plan.orphans.push(directory.clone());
+    let report = workspaced::gc::execute(&daemon.store, &config, &plan, now).await.unwrap();
+    assert_eq!(report.orphans_removed, 0);
+    assert!(directory.exists(), "a live workspace's directory survives the sweep");
+    daemon.shutdown().await;
+}
