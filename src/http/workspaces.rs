@@ -372,12 +372,27 @@ async fn enqueue(
 ) -> ApiResult {
     let (actor, now) = (ctx.actor.clone(), ctx.now);
     let (workspace_id, organization_id) = (workspace.id.clone(), workspace.organization_id.clone());
+    let authorized_owner = workspace.owner_id.clone();
     let initiator = ctx.subject.user_id.clone();
     let build = ctx
         .state
         .ctx
         .store
         .write(move |tx| -> Result<_, ApiError> {
+            // Re-read the owner the caller was authorized against: a prebuild a template
+            // admin may delete can have been claimed by a user since.
+            let owner: Result<String, _> = tx
+                .query_row_cached(
+                    "SELECT owner_id FROM workspaces WHERE id = ?1 AND deleted = 0",
+                    [&workspace_id],
+                    |row| row.get(0),
+                );
+            let owner = rusqlite::OptionalExtension::optional(owner).map_err(StoreError::from)?;
+            if owner.as_deref() != Some(authorized_owner.as_str()) {
+                return Err(ApiError::conflict(
+                    "the workspace changed owner (a prebuild was claimed) or was deleted meanwhile; look again",
+                ));
+            }
             if refuse_protected {
                 // Re-read: protection may have changed since the request's first read.
                 let protected: bool = tx
@@ -568,21 +583,17 @@ pub async fn cancel(
     let _: serde::de::IgnoredAny = json_body(ctx, request).await?;
     let build = find_build(ctx, &workspace, &number).await?;
     let runner: &Runner = &ctx.state.runner;
-    let result = runner.cancel(&build.job_id).await?;
     let (actor, now, organization_id, job_id) =
         (ctx.actor.clone(), ctx.now, workspace.organization_id.clone(), build.job_id.clone());
-    let outcome = match result {
-        CancelResult::Canceled(_) => "canceled",
-        CancelResult::Canceling => "canceling",
-        CancelResult::AlreadyFinished(status) => {
-            return Err(ApiError::conflict(format!("the build already finished ({status})")));
-        }
-        CancelResult::NotFound => return Err(ApiError::not_found("build")),
+    let outcome_of = |result: &CancelResult| match result {
+        CancelResult::Canceled(_) => Some("canceled"),
+        CancelResult::Canceling => Some("canceling"),
+        _ => None,
     };
-    ctx.state
-        .ctx
-        .store
-        .write(move |tx| {
+    // The audit entry commits with the cancel, in its transaction.
+    let result = runner
+        .cancel_recorded(&build.job_id, move |tx, result| {
+            let Some(outcome) = outcome_of(result) else { return Ok(()) };
             audit::record(
                 tx,
                 &actor,
@@ -595,7 +606,16 @@ pub async fn cancel(
                 },
                 now,
             )
+            .map(|_| ())
         })
         .await?;
+    let outcome = match result {
+        CancelResult::Canceled(_) => "canceled",
+        CancelResult::Canceling => "canceling",
+        CancelResult::AlreadyFinished(status) => {
+            return Err(ApiError::conflict(format!("the build already finished ({status})")));
+        }
+        CancelResult::NotFound => return Err(ApiError::not_found("build")),
+    };
     json(StatusCode::ACCEPTED, &json!({ "result": outcome }))
 }

@@ -473,9 +473,32 @@ impl Runner {
 
     /// Cancels a job: a pending one at once, a running one by stopping its backend.
     pub async fn cancel(&self, job_id: &str) -> Result<CancelResult, StoreError> {
+        self.cancel_recorded(job_id, |_, _| Ok(())).await
+    }
+
+    /// `cancel`, with `record` run in the same transaction as the request (an audit entry
+    /// commits with the cancel or not at all).
+    pub async fn cancel_recorded<F>(
+        &self,
+        job_id: &str,
+        record: F,
+    ) -> Result<CancelResult, StoreError>
+    where
+        F: FnOnce(&mut crate::store::WriteTx<'_>, &CancelResult) -> Result<(), StoreError>
+            + Send
+            + 'static,
+    {
         let now = self.inner.clock.now();
         let id = job_id.to_owned();
-        let result = self.inner.store.write(move |tx| jobs::request_cancel(tx, &id, now)).await?;
+        let result = self
+            .inner
+            .store
+            .write(move |tx| {
+                let result = jobs::request_cancel(tx, &id, now)?;
+                record(tx, &result)?;
+                Ok::<_, StoreError>(result)
+            })
+            .await?;
         if result == CancelResult::Canceling
             && let Some(token) = self.lock_running().get(job_id)
         {

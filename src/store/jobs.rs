@@ -482,6 +482,9 @@ fn record_replacements(
     Ok(())
 }
 
+/// What one stored log line costs against the cap beyond its text (row, time, level).
+pub const LOG_LINE_OVERHEAD: usize = 32;
+
 /// Appends log lines, keeping the job's total under `cap_bytes`: the line that would pass
 /// the cap is replaced by one truncation notice and everything after it is dropped.
 /// Returns how many lines were stored.
@@ -506,7 +509,8 @@ pub fn append_logs(
     )?;
     let mut stored = 0;
     for line in lines {
-        let size = line.output.len() as u64;
+        // Every stored line costs its text, its stage and a row: empty lines are not free.
+        let size = (line.output.len() + line.stage.len() + LOG_LINE_OVERHEAD) as u64;
         if used.saturating_add(size) > cap_bytes {
             insert.execute(params![
                 job_id,

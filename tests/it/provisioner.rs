@@ -756,3 +756,28 @@ async fn a_backlog_of_user_builds_does_not_starve_the_pool() {
     }
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_log_lines_count_against_the_cap_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let blank = script(
+        dir.path(),
+        "blank.sh",
+        "cat >/dev/null\ni=0\nwhile [ $i -lt 1000 ]; do echo '{\"type\":\"log\",\"output\":\"\",\"stage\":\"\"}'; i=$((i+1)); done\necho '{\"type\":\"complete\"}'",
+    );
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.exec.insert("blank".into(), exec_profile(&blank, &[]));
+        config.provisioner.max_log_bytes = 2048;
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "blank", "blank", &[]);
+    let alice = user(&store, "alice");
+    let ws = workspace(&store, &alice, &template_id, "a");
+    let job = build(&store, &ws, Transition::Start, &alice);
+    assert_eq!(finished(&store, &job.job_id).await.0, JobStatus::Succeeded);
+    let lines = logs(&store, &job.job_id);
+    // 2048 bytes at 32 bytes a row: about 64 rows, never 1,000.
+    assert!(lines.len() <= 2048 / 32 + 2, "{} empty lines kept", lines.len());
+    daemon.shutdown().await;
+}

@@ -815,3 +815,67 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_and_its_audit_entry_commit_together() {
+    use workspaced::auth::Role;
+    use workspaced::store::StoreError;
+    let (daemon, api) = crate::api::api_daemon(|config| {
+        config.provisioner.local.build_duration = HumanDuration::from_secs(600);
+    })
+    .await;
+    let alice = api.as_user(&crate::api::user(&daemon, "alice", Role::Member, "default").await);
+    let (status, created) = alice
+        .post(
+            "/api/v1/workspaces",
+            serde_json::json!({ "template": "dev", "preset": "plain", "name": "slow" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+    let job = created["build"]["job_id"].as_str().unwrap().to_owned();
+    crate::fixtures::status_where(
+        &daemon.store,
+        &job,
+        |s| s == workspaced::domain::JobStatus::Running,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The audit log refuses writes: the cancel must not happen without its entry.
+    daemon
+        .store
+        .write(|tx| {
+            tx.execute_batch(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log
+                   BEGIN SELECT RAISE(ABORT, 'audit log unavailable (injected)'); END;",
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let (status, _) = alice
+        .post(&format!("/api/v1/workspaces/{id}/builds/1/cancel"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        crate::fixtures::status_now(&daemon.store, &job),
+        workspaced::domain::JobStatus::Running
+    );
+    daemon
+        .store
+        .write(|tx| {
+            tx.execute_batch("DROP TRIGGER no_audit")?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let (status, body) = alice
+        .post(&format!("/api/v1/workspaces/{id}/builds/1/cancel"), serde_json::json!({}))
+        .await;
+    assert_eq!((status, body["result"].as_str()), (202, Some("canceling")), "{body}");
+    assert_eq!(
+        daemon.count("SELECT COUNT(*) FROM audit_log WHERE action = 'build.cancel'").await,
+        1
+    );
+    daemon.shutdown().await;
+}
