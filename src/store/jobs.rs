@@ -147,7 +147,29 @@ pub fn acquire_with(
           WHERE id = ?1 AND status = 'pending'",
         params![job_id, worker_id, to_millis(now)],
     )?;
-    let job = load(tx, &job_id)?;
+    let job = match load(tx, &job_id) {
+        Ok(job) => job,
+        Err(StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(_, _, error))) => {
+            // A row the schema should have prevented (a corrupt provisioner config, say):
+            // this job fails loudly with the reason; the runner goes on with the others.
+            let reason = format!("the job's stored data is corrupt: {error}");
+            tracing::error!(job_id = %job_id, error = %reason, "job failed before it started");
+            tx.execute_cached(
+                "UPDATE provisioner_jobs SET status = 'failed', completed_at = ?2, updated_at = ?2,
+                        error = ?3, error_code = 'corrupt' WHERE id = ?1",
+                params![job_id, to_millis(now), reason],
+            )?;
+            let workspace_id: String = tx.query_row_cached(
+                "SELECT workspace_id FROM workspace_builds WHERE job_id = ?1",
+                [&job_id],
+                |row| row.get(0),
+            )?;
+            builds::refresh_latest(tx, &workspace_id)?;
+            tx.wake_job_runner();
+            return Ok(None);
+        }
+        Err(error) => return Err(error),
+    };
     builds::refresh_latest(tx, &job.build.workspace_id)?;
     tx.emit(&Event::BuildStarted { build: job.build.clone() }, now)?;
     Ok(Some(job))
@@ -194,8 +216,13 @@ fn load(conn: &Connection, job_id: &str) -> Result<AcquiredJob, StoreError> {
                 template_name: row.get(14)?,
                 template_version_id: row.get(15)?,
                 template_version_name: row.get(16)?,
-                provisioner_config: serde_json::from_str(&config)
-                    .unwrap_or(serde_json::Value::Null),
+                provisioner_config: serde_json::from_str(&config).map_err(|error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        17,
+                        rusqlite::types::Type::Text,
+                        Box::new(error),
+                    )
+                })?,
                 parameters: BTreeMap::new(),
                 previous_parameters: BTreeMap::new(),
                 previous_state: None,

@@ -32,10 +32,19 @@ pub fn dispatch(
         rows.collect::<Result<_, _>>()?
     };
     for (id, kind, organization_id, template_id, user_id, payload) in &pending {
-        let payload = serde_json::from_str(payload).map_err(|error| StoreError::Corrupt {
-            what: format!("notification {id}"),
-            reason: error.to_string(),
-        })?;
+        let payload = match serde_json::from_str(payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                // One unreadable row is set aside loudly; it must not hold up the others
+                // (every later notification, and with it the publisher, would wait forever).
+                tracing::error!(notification_id = id, error = %error, "corrupt notification payload; marked failed");
+                tx.execute_cached(
+                    "UPDATE notifications SET status = 'failed', sent_at = ?2 WHERE id = ?1",
+                    params![id, to_millis(now)],
+                )?;
+                continue;
+            }
+        };
         tx.emit(
             &Event::Notification {
                 notification_id: *id,

@@ -435,3 +435,28 @@ fn a_damaged_database_is_refused_at_open_and_left_unchanged() {
     assert!(error.to_string().contains("integrity check"), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was not touched");
 }
+
+#[test]
+fn a_corrupt_notification_is_set_aside_and_the_others_are_sent() {
+    let (_dir, store) = fresh();
+    let now = chrono::DateTime::from_timestamp(1_748_865_600, 0).unwrap();
+    store
+        .write_blocking(|tx| {
+            tx.execute_batch(
+                "INSERT INTO notifications (kind, payload, created_at) VALUES ('x', 'not json', 0);
+                 INSERT INTO notifications (kind, payload, created_at) VALUES ('y', '{}', 0);",
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let sent = store.write_blocking(|tx| notifications::dispatch(tx, 10, now)).unwrap();
+    assert_eq!(sent, 2);
+    let statuses: Vec<String> = store
+        .read_blocking(|conn| {
+            let mut statement = conn.prepare("SELECT status FROM notifications ORDER BY id")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap();
+    assert_eq!(statuses, ["failed", "sent"]);
+}

@@ -781,3 +781,29 @@ async fn empty_log_lines_count_against_the_cap_too() {
     assert!(lines.len() <= 2048 / 32 + 2, "{} empty lines kept", lines.len());
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_corrupt_stored_config_fails_loudly_and_the_others_run() {
+    let daemon = TestDaemon::spawn().await;
+    let store = daemon.store.clone();
+    let (broken, version) = template(&store, "broken", "local", &[]);
+    let (fine, _) = template(&store, "fine", "local", &[]);
+    store
+        .write_blocking(move |tx| {
+            tx.execute(
+                "UPDATE template_versions SET provisioner_config = 'not json' WHERE id = ?1",
+                [&version],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let alice = user(&store, "alice");
+    let bad = build(&store, &workspace(&store, &alice, &broken, "a"), Transition::Start, &alice);
+    let good = build(&store, &workspace(&store, &alice, &fine, "b"), Transition::Start, &alice);
+    let (status, error) = finished(&store, &bad.job_id).await;
+    assert_eq!(status, JobStatus::Failed);
+    assert!(error.as_deref().is_some_and(|e| e.contains("corrupt")), "{error:?}");
+    assert_eq!(finished(&store, &good.job_id).await.0, JobStatus::Succeeded);
+    fixtures::assert_latest_summaries_consistent(&store);
+    daemon.shutdown().await;
+}
