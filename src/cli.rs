@@ -356,7 +356,7 @@ fn token_list(source: ConfigSource, user: Option<&str>) -> Result<(), CliError> 
             },
             None => None,
         };
-        users::list_tokens(conn, user_id.as_deref()).map(Some)
+        users::list_tokens(conn, user_id.as_deref(), usize::MAX).map(Some)
     })?;
     let Some(tokens) = tokens else {
         return Err(CliError::Input(format!("--user: no user {:?}", user.unwrap_or_default())));

@@ -47,10 +47,26 @@ pub(crate) fn valid_name(field: &str, name: &str) -> Result<(), ApiError> {
 // ---- users ----
 
 pub async fn list_users(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
-    query(request, &[])?;
+    let parameters = query(request, &["limit", "after"])?;
     require(ctx.subject.can(Action::Read, &Object::new(Resource::User, None, None)), "list users")?;
-    let users = ctx.state.ctx.store.read(users::list).await?;
-    json(StatusCode::OK, &json!({ "users": users }))
+    let limit = page_limit(&parameters)?;
+    let after = parameters.get("after").cloned();
+    let users =
+        ctx.state.ctx.store.read(move |conn| users::list(conn, after.as_deref(), limit)).await?;
+    // Keyset paging by username: `next` is the `after=` of the next page.
+    let next = (users.len() == limit).then(|| users.last().map(|user| user.username.clone()));
+    json(StatusCode::OK, &json!({ "users": users, "next": next.flatten() }))
+}
+
+/// `limit` of a list request: default 100, at most 1000.
+pub fn page_limit(
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> Result<usize, ApiError> {
+    let limit = parse_param::<usize>(parameters, "limit")?.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "use 1 to 1000"));
+    }
+    Ok(limit)
 }
 
 pub async fn get_user(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
@@ -151,7 +167,9 @@ pub async fn create_user(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
 // ---- tokens ----
 
 pub async fn list_tokens(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
-    let parameters = query(request, &["user"])?;
+    let parameters = query(request, &["user", "limit"])?;
+    // The newest `limit` tokens (default 100, at most 1000).
+    let limit = page_limit(&parameters)?;
     let everyone = ctx.subject.can(Action::Read, &Object::new(Resource::Token, None, None));
     let user = parameters.get("user").cloned();
     let own = ctx.subject.user_id.clone();
@@ -168,7 +186,7 @@ pub async fn list_tokens(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
                 (None, true) => None,
                 (_, false) => Some(own),
             };
-            users::list_tokens(conn, user_id.as_deref()).map(Some)
+            users::list_tokens(conn, user_id.as_deref(), limit).map(Some)
         })
         .await?;
     let Some(tokens) = tokens else { return Err(ApiError::bad_request("user", "no such user")) };

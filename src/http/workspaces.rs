@@ -526,10 +526,19 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
 }
 
 pub async fn builds(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
-    query(request, &[])?;
+    let parameters = query(request, &["limit", "before"])?;
+    let limit = crate::http::handlers::page_limit(&parameters)?;
+    let before = parse_param::<i64>(&parameters, "before")?;
     let workspace = readable(ctx, id).await?;
-    let builds = ctx.state.ctx.store.read(move |conn| views::builds(conn, &workspace.id)).await?;
-    json(StatusCode::OK, &json!({ "builds": builds }))
+    let builds = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| views::builds(conn, &workspace.id, before, limit))
+        .await?;
+    // Newest first; `next` is the `before=` of the next (older) page.
+    let next = (builds.len() == limit).then(|| builds.last().map(|build| build.build_number));
+    json(StatusCode::OK, &json!({ "builds": builds, "next": next.flatten() }))
 }
 
 async fn find_build(

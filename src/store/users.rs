@@ -71,11 +71,17 @@ pub struct RoleInfo {
 }
 
 /// Every human user (the system user excluded), by name.
-pub fn list(conn: &Connection) -> Result<Vec<UserInfo>, StoreError> {
+pub fn list(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<UserInfo>, StoreError> {
     let mut statement = conn.prepare_cached(
-        "SELECT id, username, status, created_at FROM users WHERE is_system = 0 ORDER BY username",
+        "SELECT id, username, status, created_at FROM users
+          WHERE is_system = 0 AND (?1 IS NULL OR username > ?1) ORDER BY username LIMIT ?2",
     )?;
-    let rows = statement.query_map([], |row| {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![after, limit], |row| {
         Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get::<_, i64>(3)?))
     })?;
     let mut users = Vec::new();
@@ -312,14 +318,19 @@ pub struct TokenInfo {
 }
 
 /// Tokens, newest first; only `user_id`'s when given.
-pub fn list_tokens(conn: &Connection, user_id: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
+pub fn list_tokens(
+    conn: &Connection,
+    user_id: Option<&str>,
+    limit: usize,
+) -> Result<Vec<TokenInfo>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT t.id, t.user_id, u.username, t.name, t.created_at, t.expires_at, t.revoked_at, t.last_used_at
            FROM api_tokens t JOIN users u ON u.id = t.user_id
           WHERE ?1 IS NULL OR t.user_id = ?1
-          ORDER BY t.created_at DESC, t.id",
+          ORDER BY t.created_at DESC, t.id LIMIT ?2",
     )?;
-    let rows = statement.query_map([user_id], |row| {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![user_id, limit], |row| {
         let optional = |index| row.get::<_, Option<i64>>(index).map(|value| value.map(rfc3339));
         Ok(TokenInfo {
             id: row.get(0)?,

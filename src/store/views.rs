@@ -222,11 +222,18 @@ fn build_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildView> {
 }
 
 /// A workspace's builds, newest first.
-pub fn builds(conn: &Connection, workspace_id: &str) -> Result<Vec<BuildView>, StoreError> {
+pub fn builds(
+    conn: &Connection,
+    workspace_id: &str,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<BuildView>, StoreError> {
     let mut statement = conn.prepare_cached(&format!(
-        "{BUILD_VIEW} WHERE b.workspace_id = ?1 ORDER BY b.build_number DESC"
+        "{BUILD_VIEW} WHERE b.workspace_id = ?1 AND (?2 IS NULL OR b.build_number < ?2)
+          ORDER BY b.build_number DESC LIMIT ?3"
     ))?;
-    let rows = statement.query_map([workspace_id], build_view)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(params![workspace_id, before, limit], build_view)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -879,3 +879,56 @@ async fn a_cancel_and_its_audit_entry_commit_together() {
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_users_and_tokens_lists_are_bounded_and_page() {
+    use workspaced::auth::Role;
+    let (daemon, api) = crate::api::api_daemon(|_| {}).await;
+    let root = api.as_user(&crate::api::user(&daemon, "root", Role::Owner, "default").await);
+    for name in ["u1", "u2", "u3"] {
+        crate::api::user(&daemon, name, Role::Member, "default").await;
+    }
+    let (_, created) = root
+        .post(
+            "/api/v1/workspaces",
+            serde_json::json!({ "template": "dev", "preset": "plain", "name": "w" }),
+        )
+        .await;
+    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+    daemon.wait_idle().await;
+    root.post(&format!("/api/v1/workspaces/{id}/stop"), serde_json::json!({})).await;
+    daemon.wait_idle().await;
+    root.post(&format!("/api/v1/workspaces/{id}/start"), serde_json::json!({})).await;
+    daemon.wait_idle().await;
+    let (_, page) = root.get(&format!("/api/v1/workspaces/{id}/builds?limit=2")).await;
+    let numbers: Vec<i64> = page["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["build_number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [3, 2]);
+    let next = page["next"].as_i64().unwrap();
+    let (_, rest) =
+        root.get(&format!("/api/v1/workspaces/{id}/builds?limit=2&before={next}")).await;
+    assert_eq!(rest["builds"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next"], serde_json::Value::Null);
+
+    let (_, users) = root.get("/api/v1/users?limit=2").await;
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["root", "u1"]);
+    let (_, more) =
+        root.get(&format!("/api/v1/users?limit=2&after={}", users["next"].as_str().unwrap())).await;
+    let names: Vec<&str> =
+        more["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, ["u2", "u3"]);
+    let (_, tokens) = root.get("/api/v1/tokens?limit=2").await;
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 2);
+    assert_eq!(root.get("/api/v1/tokens?limit=100000").await.0, 400);
+    daemon.shutdown().await;
+}
