@@ -505,11 +505,31 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
         }
         Action::Activity => {
             let (now, workspace_id) = (ctx.now, workspace.id.clone());
+            let (actor, organization_id) = (ctx.actor.clone(), workspace.organization_id.clone());
             let activity = ctx
                 .state
                 .ctx
                 .store
-                .write(move |tx| crate::lifecycle::report_activity(tx, &workspace_id, now))
+                .write(move |tx| {
+                    let activity = crate::lifecycle::report_activity(tx, &workspace_id, now)?;
+                    // Audited when it was recorded (at most once a minute per workspace, as
+                    // the write itself): who kept the workspace alive, and from where.
+                    if let crate::lifecycle::Activity::Recorded { deadline_extended } = activity {
+                        audit::record(
+                            tx,
+                            &actor,
+                            &Entry {
+                                action: "workspace.activity",
+                                resource_type: "workspace",
+                                resource_id: &workspace_id,
+                                organization_id: Some(&organization_id),
+                                details: json!({ "deadline_extended": deadline_extended }),
+                            },
+                            now,
+                        )?;
+                    }
+                    Ok::<_, StoreError>(activity)
+                })
                 .await?;
             let (recorded, extended) = match activity {
                 crate::lifecycle::Activity::Recorded { deadline_extended } => {

@@ -932,3 +932,32 @@ async fn builds_users_and_tokens_lists_are_bounded_and_page() {
     assert_eq!(root.get("/api/v1/tokens?limit=100000").await.0, 400);
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_activity_is_audited_once_per_write() {
+    use workspaced::auth::Role;
+    let (daemon, api) = crate::api::api_daemon(|_| {}).await;
+    let alice = api.as_user(&crate::api::user(&daemon, "alice", Role::Member, "default").await);
+    let (_, created) = alice
+        .post(
+            "/api/v1/workspaces",
+            serde_json::json!({ "template": "dev", "preset": "plain", "name": "w" }),
+        )
+        .await;
+    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+    daemon.wait_idle().await;
+    daemon.clock.advance(chrono::Duration::minutes(5));
+    let (_, first) =
+        alice.post(&format!("/api/v1/workspaces/{id}/activity"), serde_json::json!({})).await;
+    let (_, second) =
+        alice.post(&format!("/api/v1/workspaces/{id}/activity"), serde_json::json!({})).await;
+    assert_eq!(
+        (first["recorded"].as_bool(), second["recorded"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let audited = daemon
+        .count("SELECT COUNT(*) FROM audit_log WHERE action = 'workspace.activity' AND actor = 'alice'")
+        .await;
+    assert_eq!(audited, 1, "the coalesced report wrote nothing, the recorded one is audited");
+    daemon.shutdown().await;
+}
