@@ -36,16 +36,15 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         let (sender, receiver) = oneshot::channel::<Result<T, E>>();
+        let waited = self.inner.options.busy_timeout;
         let write: GroupedWrite = Box::new(move |tx: Result<&mut WriteTx<'_>, &StoreError>| {
             let result = match tx {
                 Ok(tx) => run_in_savepoint(tx, f),
-                Err(error) => Err(E::from(StoreError::GroupCommit { reason: error.to_string() })),
+                Err(error) => Err(E::from(shared_failure(error, waited))),
             };
             Box::new(move |commit_error: Option<&StoreError>| {
                 let result = match (commit_error, result) {
-                    (Some(error), Ok(_)) => {
-                        Err(E::from(StoreError::GroupCommit { reason: error.to_string() }))
-                    }
+                    (Some(error), Ok(_)) => Err(E::from(shared_failure(error, waited))),
                     (_, result) => result,
                 };
                 // The caller may have gone away (client disconnected): nothing to tell.
@@ -151,6 +150,16 @@ impl Drop for FlusherGuard<'_> {
         lock(&self.0.inner.group).clear();
         self.0.inner.group_flusher.store(false, Ordering::Release);
     }
+}
+
+/// What each write of a group hears when the shared BEGIN or COMMIT failed: a lock held
+/// elsewhere stays recognisable as one (503 with Retry-After), anything else carries the
+/// whole cause chain.
+fn shared_failure(error: &StoreError, waited: std::time::Duration) -> StoreError {
+    if error.is_transient() {
+        return StoreError::Exhausted { what: "write lock (another process holds it)", waited };
+    }
+    StoreError::GroupCommit { reason: crate::store::error_text(error) }
 }
 
 fn run_in_savepoint<T, E, F>(tx: &mut WriteTx<'_>, f: F) -> Result<T, E>

@@ -660,7 +660,7 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 const STATEMENT_CACHE: usize = 256;
 
 /// An error with its causes, on one line.
-fn error_text(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -961,3 +961,34 @@ async fn recorded_activity_is_audited_once_per_write() {
     assert_eq!(audited, 1, "the coalesced report wrote nothing, the recorded one is audited");
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_while_another_process_holds_the_lock_is_a_503_with_retry_after() {
+    use workspaced::auth::Role;
+    let (daemon, api) = crate::api::api_daemon(|config| {
+        config.storage.busy_timeout = HumanDuration::from_secs(1);
+    })
+    .await;
+    let alice = api.as_user(&crate::api::user(&daemon, "alice", Role::Member, "default").await);
+    let path = daemon.store.path().to_path_buf();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        released.recv().unwrap();
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    is_locked.recv().unwrap();
+    let body = serde_json::json!({ "template": "dev", "preset": "plain", "name": "w" });
+    let (status, headers, answer) = alice
+        .raw("POST", "/api/v1/workspaces", Some(serde_json::to_vec(&body).unwrap()), &[])
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(headers.contains_key("retry-after"));
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(alice.post("/api/v1/workspaces", body).await.0, 201, "and it works again after");
+    daemon.shutdown().await;
+}
