@@ -992,3 +992,39 @@ async fn a_claim_while_another_process_holds_the_lock_is_a_503_with_retry_after(
     assert_eq!(alice.post("/api/v1/workspaces", body).await.0, 201, "and it works again after");
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_never_starve_builds_of_descriptors() {
+    use workspaced::domain::{JobStatus, Transition};
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.server.header_read_timeout = HumanDuration::from_secs(2);
+    })
+    .await;
+    // The daemon raised this process's soft limit to the hard one; leave room for it.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let count = 10_000usize.min(usize::try_from(hard).unwrap_or(usize::MAX).saturating_sub(3_000));
+    assert!(count >= 5_000, "the file limit here ({hard}) is too low for this test: raise it");
+    let addr = daemon.addr;
+    let flood = tokio::task::spawn_blocking(move || {
+        (0..count).filter_map(|_| TcpStream::connect(addr).ok()).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    eprintln!("idle flood: {} of {count} connections opened", flood.len());
+    // Builds (files, directories, SQLite) still get their descriptors.
+    let store = daemon.store.clone();
+    let (template_id, _) = crate::fixtures::template(&store, "t", "local", &[]);
+    let alice = crate::fixtures::user(&store, "alice");
+    let ws = crate::fixtures::workspace(&store, &alice, &template_id, "dev");
+    let job = crate::fixtures::build(&store, &ws, Transition::Start, &alice);
+    assert_eq!(crate::fixtures::finished(&store, &job.job_id).await.0, JobStatus::Succeeded);
+    assert!(daemon.metrics.api.connections.get() <= 1024, "the cap held");
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while try_healthz(addr) != Some(200) {
+        assert!(Instant::now() < deadline, "the daemon did not recover from the flood");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.shutdown().await;
+}
