@@ -1028,3 +1028,83 @@ async fn ten_thousand_idle_connections_never_starve_builds_of_descriptors() {
     }
     daemon.shutdown().await;
 }
+
+/// A small tmpfs of the test's own, unmounted (lazily) when dropped. Needs root, as CI
+/// and the development machines have; elsewhere the test fails saying so.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("`mount` is needed for the storage fault tests (util-linux)");
+        assert!(status.success(), "mounting a tmpfs failed: the storage fault tests need root");
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_full_disk_fails_writes_clearly_and_the_daemon_recovers_when_space_returns() {
+    use workspaced::store::StoreError;
+    let disk = SmallDisk::mount("8m");
+    let data = disk.path.join("data");
+    let daemon = TestDaemon::spawn_with(|config| config.storage.data_dir = data.clone()).await;
+    let store = daemon.store.clone();
+    let write = |store: &workspaced::store::Store| {
+        store.write_blocking(|tx| {
+            for i in 0..50 {
+                tx.execute(
+                    "INSERT INTO audit_log (time, actor, action, resource_type, resource_id)
+                     VALUES (0, 'test', 'fill', 'x', ?1)",
+                    [format!("{i}{}", "x".repeat(2000))],
+                )?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    };
+    write(&store).unwrap();
+    // Fill the disk to the last block.
+    let filler = disk.path.join("filler");
+    {
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut failed = None;
+    for _ in 0..20 {
+        if let Err(error) = write(&store) {
+            failed = Some(error);
+            break;
+        }
+    }
+    let error = failed.expect("a write on a full disk failed");
+    assert!(error.is_storage_failure(), "{error:?}");
+    let (status, body) = daemon.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database writes failing"), "{body}");
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    assert_eq!(daemon.get("/metrics").await.0, 200);
+    // Space comes back.
+    std::fs::remove_file(&filler).unwrap();
+    write(&store).unwrap();
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+
+    let report = store.read(|conn| workspaced::store::invariants::check(conn, None)).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    daemon.shutdown().await;
+}
