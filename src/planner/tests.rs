@@ -620,3 +620,25 @@ mod housekeeping {
         assert!(clean(&enough, DAY).is_empty());
     }
 }
+
+#[test]
+fn interrupted_prebuild_builds_never_count_toward_backoff_or_the_hard_limit() {
+    // The store hands interrupted jobs to the planner as `canceled` (a crash is not the
+    // template's failure): three of them in a row neither back off nor hard-limit.
+    let settings = json!({ "reconciler": { "failure_hard_limit": 3, "backoff_lookback_s": 3600 } });
+    let interrupted = |id: &str, at: &str| prebuild(id, at, json!({ "job_status": "canceled" }));
+    let document = snapshot(
+        settings,
+        vec![template(json!({}))],
+        vec![preset(json!({ "desired_instances": 1 }))],
+        vec![
+            interrupted("c1", "2025-06-02T11:00:00Z"),
+            interrupted("c2", "2025-06-02T11:10:00Z"),
+            interrupted("c3", "2025-06-02T11:20:00Z"),
+        ],
+    );
+    let pool = preset_plan(&document);
+    assert!(!pool.hard_limited);
+    assert_eq!(pool.backoff_until, None);
+    assert!(matches!(pool.actions.as_slice(), [PoolAction::Create { count: 1 }]), "{pool:?}");
+}

@@ -626,6 +626,14 @@ fn interrupted_builds_are_requeued_and_an_interrupted_prebuild_create_is_cleaned
     assert_eq!(orphans.len(), 2);
     assert_eq!(fixtures::status_now(&store, &user_job), JobStatus::Interrupted);
     assert_eq!(fixtures::status_now(&store, &prebuild_job), JobStatus::Interrupted);
+    // The planner sees an interrupted build as canceled: never a failure of the template.
+    let snapshot = store
+        .read_blocking(|conn| {
+            workspaced::store::snapshot::read(conn, now, Config::default().planner_settings())
+        })
+        .unwrap();
+    let latest = snapshot.builds.iter().find(|build| build.workspace_id == prebuild_ws).unwrap();
+    assert_eq!(latest.job_status, JobStatus::Canceled);
 
     let resumed =
         store.write_blocking(|tx| workspaced::store::builds::resume_interrupted(tx, now)).unwrap();

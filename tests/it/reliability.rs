@@ -504,7 +504,7 @@ fn the_daemon_killed_at_random_points_keeps_every_invariant() {
     std::fs::write(
         &flaky,
         "#!/bin/sh\ncat >/dev/null\nr=$(od -An -N1 -tu1 /dev/urandom | tr -d ' ')\nsleep 0.$((r % 6))\n\
-         if [ $((r % 4)) -eq 0 ]; then echo '{\"type\":\"complete\",\"state\":null,\"resources\":[],\"error\":\"flaky backend\"}'; exit 0; fi\n\
+         if [ $((r % 2)) -eq 0 ]; then echo '{\"type\":\"complete\",\"state\":null,\"resources\":[],\"error\":\"flaky backend\"}'; exit 0; fi\n\
          echo '{\"type\":\"complete\",\"state\":null,\"resources\":[{\"name\":\"ws\",\"type\":\"box\",\"agents\":[{\"name\":\"main\",\"ready\":true}]}],\"error\":null}'\n",
     )
     .unwrap();
@@ -814,6 +814,9 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
     );
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let conn = rusqlite::Connection::open(dir.path().join("data/workspaced.db")).unwrap();
+    let report = workspaced::store::invariants::check(&conn, None).unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
