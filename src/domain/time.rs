@@ -10,21 +10,36 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+const LATEST_SECS: i64 = 253_402_300_799;
+const EARLIEST_SECS: i64 = -62_135_596_800;
+/// The distance between `earliest` and `latest`, in seconds.
+const WIDEST_SECS: u64 = (LATEST_SECS - EARLIEST_SECS) as u64;
+
+// Computed once, at compile time: the planners call these per workspace.
+const LATEST: DateTime<Utc> = match DateTime::from_timestamp(LATEST_SECS, 0) {
+    Some(latest) => latest,
+    None => DateTime::<Utc>::MAX_UTC,
+};
+const EARLIEST: DateTime<Utc> = match DateTime::from_timestamp(EARLIEST_SECS, 0) {
+    Some(earliest) => earliest,
+    None => DateTime::<Utc>::MIN_UTC,
+};
+
 /// The latest instant any computation yields.
 pub fn latest() -> DateTime<Utc> {
-    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    LATEST
 }
 
 /// The earliest instant any computation yields.
 pub fn earliest() -> DateTime<Utc> {
-    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+    EARLIEST
 }
 
 /// The span of `seconds` seconds, saturated at the distance between `earliest` and
 /// `latest` (so comparisons with any span stay meaningful).
 pub fn span(seconds: u64) -> TimeDelta {
-    let widest = latest() - earliest();
-    i64::try_from(seconds).ok().and_then(TimeDelta::try_seconds).map_or(widest, |d| d.min(widest))
+    // In range by construction: WIDEST_SECS seconds fit TimeDelta many times over.
+    TimeDelta::new(seconds.min(WIDEST_SECS) as i64, 0).unwrap_or(TimeDelta::MAX)
 }
 
 /// `span` for a signed number of seconds, saturated the same way in both directions.

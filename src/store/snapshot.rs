@@ -166,13 +166,20 @@ fn read_presets_where(
 ) -> Result<Vec<Preset>, StoreError> {
     let mut schedules: HashMap<String, Vec<PresetSchedule>> = HashMap::new();
     {
-        let mut statement = conn.prepare_cached(
-            "SELECT s.preset_id, s.cron_expression, s.desired_instances
-               FROM preset_prebuild_schedules s
-               JOIN presets p ON p.id = s.preset_id
-               JOIN template_versions v ON v.id = p.template_version_id
-              WHERE ?1 IS NULL OR v.template_id = ?1 ORDER BY s.id",
-        )?;
+        // Two statements, so the whole-fleet read (every cycle) stays a plain scan.
+        let mut statement = conn.prepare_cached(match template {
+            None => {
+                "SELECT preset_id, cron_expression, desired_instances FROM preset_prebuild_schedules
+                  WHERE ?1 IS NULL ORDER BY id"
+            }
+            Some(_) => {
+                "SELECT s.preset_id, s.cron_expression, s.desired_instances
+                   FROM preset_prebuild_schedules s
+                   JOIN presets p ON p.id = s.preset_id
+                   JOIN template_versions v ON v.id = p.template_version_id
+                  WHERE v.template_id = ?1 ORDER BY s.id"
+            }
+        })?;
         let rows = statement.query_map([template], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
         })?;
