@@ -68,7 +68,12 @@ pub fn check(conn: &Connection, restarted_at: Option<DateTime<Utc>>) -> Result<R
           WHERE w.latest_build_number IS NOT b.build_number
              OR w.latest_transition IS NOT b.transition
              OR w.latest_job_status IS NOT (CASE j.status WHEN 'interrupted' THEN 'canceled' ELSE j.status END)
-             OR w.latest_job_completed_at IS NOT j.completed_at",
+             OR w.latest_template_version_id IS NOT b.template_version_id
+             OR w.latest_preset_id IS NOT b.preset_id
+             OR w.latest_initiator_id IS NOT b.initiator_id
+             OR w.latest_build_created_at IS NOT b.created_at
+             OR w.latest_job_completed_at IS NOT j.completed_at
+             OR w.latest_deadline IS NOT b.deadline",
         &mut violations,
     )?;
     none(

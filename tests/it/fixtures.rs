@@ -153,29 +153,10 @@ pub fn status_now_with_error(store: &Store, job_id: &str) -> (JobStatus, Option<
     store.read_blocking(move |conn| jobs::status(conn, &id)).unwrap().unwrap()
 }
 
-/// Asserts that every workspace's latest-build summary (schema V2) matches its builds.
+/// Asserts that every workspace's latest-build summary (schema V2) matches its builds, and
+/// every other invariant holds (`store::invariants`).
 pub fn assert_latest_summaries_consistent(store: &Store) {
-    let mismatched: i64 = store
-        .read_blocking(|conn| {
-            Ok(conn.query_row(
-                "SELECT COUNT(*) FROM workspaces w
-                  LEFT JOIN workspace_builds b ON b.workspace_id = w.id
-                   AND b.build_number = (SELECT MAX(build_number) FROM workspace_builds WHERE workspace_id = w.id)
-                  LEFT JOIN provisioner_jobs j ON j.id = b.job_id
-                 WHERE w.latest_build_number IS NOT b.build_number
-                    OR w.latest_transition IS NOT b.transition
-                    OR w.latest_job_status IS NOT
-                       (CASE j.status WHEN 'interrupted' THEN 'canceled' ELSE j.status END)
-                    OR w.latest_template_version_id IS NOT b.template_version_id
-                    OR w.latest_preset_id IS NOT b.preset_id
-                    OR w.latest_initiator_id IS NOT b.initiator_id
-                    OR w.latest_build_created_at IS NOT b.created_at
-                    OR w.latest_job_completed_at IS NOT j.completed_at
-                    OR w.latest_deadline IS NOT b.deadline",
-                [],
-                |row| row.get(0),
-            )?)
-        })
-        .unwrap();
-    assert_eq!(mismatched, 0, "latest-build summaries disagree with the builds");
+    let report =
+        store.read_blocking(|conn| workspaced::store::invariants::check(conn, None)).unwrap();
+    assert!(report.violations.is_empty(), "invariants broken: {:?}", report.violations);
 }

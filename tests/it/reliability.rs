@@ -454,6 +454,28 @@ async fn history_is_pruned_in_batches_and_what_is_still_needed_stays() {
     daemon.shutdown().await;
 }
 
+/// Writes `body` as the binary's config in `dir` and issues an owner token with the CLI.
+fn config_with_owner_token(dir: &std::path::Path, body: &str) -> (std::path::PathBuf, String) {
+    let config = crate::helpers::write_config(dir, body);
+    let issued = crate::helpers::run_binary(
+        &[
+            "token",
+            "create",
+            "--user",
+            "root",
+            "--role",
+            "owner",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let token = String::from_utf8_lossy(&issued.stdout).trim().to_owned();
+    (config, token)
+}
+
 /// A tiny xorshift generator: the crash loop's random points, reproducible from the
 /// printed seed (`WSD_TEST_CRASH_SEED`).
 struct Rng(u64);
@@ -488,7 +510,7 @@ fn post(addr: std::net::SocketAddr, path: &str, token: &str, body: &str) -> Opti
 
 #[test]
 fn the_daemon_killed_at_random_points_keeps_every_invariant() {
-    use crate::helpers::{DaemonProcess, run_binary, write_config};
+    use crate::helpers::DaemonProcess;
     use nix::sys::signal::Signal;
     use workspaced::clock::Clock;
     let rounds: usize =
@@ -521,15 +543,7 @@ fn the_daemon_killed_at_random_points_keeps_every_invariant() {
          [[templates]]\nname = \"dev\"\nprovisioner = \"flaky\"\n  [[templates.presets]]\n  name = \"small\"\n    [templates.presets.prebuilds]\n    instances = 3\n",
         data = dir.path().join("data"),
     );
-    let config = write_config(dir.path(), &body);
-    let config_arg = config.to_str().unwrap().to_owned();
-    let issued = run_binary(
-        &["token", "create", "--user", "root", "--role", "owner", "--config", &config_arg],
-        &[],
-        Duration::from_secs(20),
-    );
-    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
-    let token = String::from_utf8_lossy(&issued.stdout).trim().to_owned();
+    let (config, token) = config_with_owner_token(dir.path(), &body);
     let database = dir.path().join("data/workspaced.db");
     let open = || {
         rusqlite::Connection::open_with_flags(&database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -724,7 +738,7 @@ fn get_status(addr: std::net::SocketAddr, path: &str, token: &str) -> Option<u16
 
 #[test]
 fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
-    use crate::helpers::{DaemonProcess, run_binary, write_config};
+    use crate::helpers::DaemonProcess;
     use nix::sys::signal::Signal;
     let seconds: u64 =
         std::env::var("WSD_TEST_SOAK_SECS").ok().and_then(|n| n.parse().ok()).unwrap_or(60);
@@ -736,14 +750,7 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
          [[templates]]\nname = \"dev\"\ndefault_ttl = \"1h\"\n  [[templates.presets]]\n  name = \"small\"\n    [templates.presets.prebuilds]\n    instances = 4\n  [[templates.presets]]\n  name = \"plain\"\n",
         data = dir.path().join("data"),
     );
-    let config = write_config(dir.path(), &body);
-    let config_arg = config.to_str().unwrap().to_owned();
-    let issued = run_binary(
-        &["token", "create", "--user", "root", "--role", "owner", "--config", &config_arg],
-        &[],
-        Duration::from_secs(20),
-    );
-    let token = String::from_utf8_lossy(&issued.stdout).trim().to_owned();
+    let (config, token) = config_with_owner_token(dir.path(), &body);
     let daemon = DaemonProcess::start(&config);
     daemon.wait_for_log("workspaced is ready", Duration::from_secs(20));
     let pid = daemon.pid_for_tests();
