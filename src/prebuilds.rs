@@ -556,7 +556,8 @@ const CLAIMABLE: &str = "SELECT id FROM workspaces INDEXED BY workspaces_claimab
   ORDER BY created_at, id LIMIT 1";
 
 /// Lifetime prebuild figures per preset name, from the database (so they survive
-/// restarts): (organization, template, preset) → (created, failed, claimed).
+/// restarts): (organization, template, preset) → (created, failed, claimed). A claim is
+/// one workspace: a claim build re-queued after an interruption does not count twice.
 pub fn lifetime_counts(
     conn: &rusqlite::Connection,
 ) -> Result<Vec<crate::metrics::PresetTotals>, StoreError> {
@@ -564,7 +565,7 @@ pub fn lifetime_counts(
         "SELECT o.name, t.name, p.name,
                 SUM(b.is_prebuild AND b.transition = 'start' AND b.build_number = 1),
                 SUM(b.is_prebuild AND b.transition = 'start' AND j.status = 'failed'),
-                SUM(b.is_prebuild_claim)
+                COUNT(DISTINCT CASE WHEN b.is_prebuild_claim THEN b.workspace_id END)
            FROM workspace_builds b
            JOIN provisioner_jobs j ON j.id = b.job_id
            JOIN presets p ON p.id = b.preset_id

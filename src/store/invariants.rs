@@ -88,8 +88,12 @@ pub fn check(conn: &Connection, restarted_at: Option<DateTime<Utc>>) -> Result<R
     none(
         conn,
         "prebuilds claimed more than once",
-        "SELECT COUNT(*) FROM (SELECT workspace_id FROM workspace_builds WHERE is_prebuild_claim = 1
-          GROUP BY workspace_id HAVING COUNT(*) > 1)",
+        // An interrupted claim build is re-queued as the same claim at start
+        // (`builds::resume_interrupted`): only one that was not interrupted counts.
+        "SELECT COUNT(*) FROM (SELECT b.workspace_id FROM workspace_builds b
+           JOIN provisioner_jobs j ON j.id = b.job_id
+          WHERE b.is_prebuild_claim = 1 AND j.status != 'interrupted'
+          GROUP BY b.workspace_id HAVING COUNT(*) > 1)",
         &mut violations,
     )?;
     none(

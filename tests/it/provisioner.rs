@@ -603,9 +603,33 @@ fn interrupted_builds_are_requeued_and_an_interrupted_prebuild_create_is_cleaned
         dir.path().join("w.db"),
     ))
     .unwrap();
-    let (template_id, _) = template(&store, "t", "local", &[parameter("size", "s", true)]);
+    let (template_id, version_id) = template(&store, "t", "local", &[parameter("size", "s", true)]);
+    let preset_id = store
+        .write_blocking(|tx| {
+            let spec = workspaced::store::templates::PresetSpec {
+                name: "small".into(),
+                parameters: BTreeMap::new(),
+                desired_instances: Some(1),
+                ttl_s: None,
+                scheduling_timezone: String::new(),
+                schedules: Vec::new(),
+            };
+            workspaced::store::templates::insert_preset(
+                tx,
+                &version_id,
+                &spec,
+                crate::helpers::start_time(),
+            )
+        })
+        .unwrap();
     let alice = user(&store, "alice");
     let users_ws = workspace(&store, &alice, &template_id, "dev");
+    // A claimed prebuild (now alice's) whose claim build was running at the crash.
+    let claimed_ws = workspace(&store, &alice, &template_id, "claimed");
+    let mut claim = BuildRequest::new(&claimed_ws, Transition::Start, BuildReason::Claim, &alice);
+    claim.preset_id = Some(preset_id);
+    claim.is_prebuild_claim = true;
+    let claim_job = running_by_a_dead_worker(&store, claim);
     let mut start = BuildRequest::new(&users_ws, Transition::Start, BuildReason::Initiator, &alice);
     start.parameters = params(&[("size", "l")]);
     let user_job = running_by_a_dead_worker(&store, start);
@@ -623,7 +647,8 @@ fn interrupted_builds_are_requeued_and_an_interrupted_prebuild_create_is_cleaned
     let orphans = store
         .write_blocking(|tx| workspaced::store::jobs::interrupt_orphans(tx, None, now))
         .unwrap();
-    assert_eq!(orphans.len(), 2);
+    assert_eq!(orphans.len(), 3);
+    assert_eq!(fixtures::status_now(&store, &claim_job), JobStatus::Interrupted);
     assert_eq!(fixtures::status_now(&store, &user_job), JobStatus::Interrupted);
     assert_eq!(fixtures::status_now(&store, &prebuild_job), JobStatus::Interrupted);
     // The planner sees an interrupted build as canceled: never a failure of the template.
@@ -652,6 +677,26 @@ fn interrupted_builds_are_requeued_and_an_interrupted_prebuild_create_is_cleaned
     let prebuild_again = by_workspace[&prebuild_ws];
     assert_eq!(prebuild_again.queued.transition, Transition::Delete);
     assert!(prebuild_again.cleaned_up);
+    // The claim is retried as the same claim (the backend is told so again), and it is
+    // still one claim: for the invariants and for the lifetime metric.
+    let claim_again = by_workspace[&claimed_ws];
+    let (reason, is_claim): (String, bool) = store
+        .read_blocking(|conn| {
+            conn.query_row(
+                "SELECT reason, is_prebuild_claim FROM workspace_builds WHERE id = ?1",
+                [&claim_again.queued.build_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(StoreError::from)
+        })
+        .unwrap();
+    assert_eq!((reason.as_str(), is_claim), ("claim", true));
+    let report =
+        store.read_blocking(|conn| workspaced::store::invariants::check(conn, None)).unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let totals = store.read_blocking(workspaced::prebuilds::lifetime_counts).unwrap();
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    assert_eq!(totals[0].1[2], 1, "claimed once: {totals:?}");
 
     // Once re-queued, nothing is re-queued twice.
     let again =
