@@ -1067,6 +1067,79 @@ impl Drop for SmallDisk {
     }
 }
 
+/// The database files made immutable underneath the running daemon (`chattr +i`: on ext4
+/// even the daemon's open descriptors can no longer write), and writable again on drop.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(paths: Vec<std::path::PathBuf>) -> Immutable {
+        for path in &paths {
+            let status = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(path)
+                .status()
+                .expect("`chattr` is needed for the read-only database test (e2fsprogs)");
+            assert!(
+                status.success(),
+                "chattr +i {} failed: the read-only database test needs root and a file system \
+                 with the immutable flag (ext4, xfs, btrfs) for its temporary directory",
+                path.display()
+            );
+        }
+        Immutable(paths)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(path).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_made_read_only_underneath_fails_writes_clearly_and_recovers() {
+    use workspaced::store::StoreError;
+    let daemon = TestDaemon::spawn().await;
+    let store = daemon.store.clone();
+    let write = |store: &workspaced::store::Store| {
+        store.write_blocking(|tx| {
+            tx.execute(
+                "INSERT INTO audit_log (time, actor, action, resource_type, resource_id)
+                 VALUES (0, 'test', 'probe', 'x', 'y')",
+                [],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+    };
+    write(&store).unwrap();
+    let database = daemon.dir.path().join("data/workspaced.db");
+    let wal = daemon.dir.path().join("data/workspaced.db-wal");
+    assert!(wal.exists(), "the store runs in WAL mode");
+    let before = daemon.metric("workspaced_store_errors_total").await.unwrap_or(0.0);
+    let read_only = Immutable::set(vec![database, wal]);
+    let error = write(&store).expect_err("a write to an immutable database fails");
+    assert!(error.is_storage_failure(), "{error:?}");
+    let detail = format!("{error:?}");
+    assert!(detail.contains("SystemIoFailure") || detail.contains("ReadOnly"), "{detail}");
+    let (status, body) = daemon.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database writes failing"), "{body}");
+    // Reads, liveness and metrics keep answering; the failure is counted.
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let after = daemon.metric("workspaced_store_errors_total").await.unwrap_or(0.0);
+    assert!(after > before, "store errors counted: {before} -> {after}");
+    assert!(daemon.count("SELECT COUNT(*) FROM audit_log").await >= 1, "reads go on");
+    // The operator makes it writable again: the next write succeeds and readiness returns.
+    drop(read_only);
+    write(&store).unwrap();
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+    let report = store.read(|conn| workspaced::store::invariants::check(conn, None)).await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    daemon.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_full_disk_fails_writes_clearly_and_the_daemon_recovers_when_space_returns() {
     use workspaced::store::StoreError;
