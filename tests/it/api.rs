@@ -153,6 +153,78 @@ async fn tokens_are_required_checked_and_revocable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prebuild_claimed_between_authorization_and_write_is_not_deleted_or_stopped() {
+    let (daemon, api) = api_daemon(|_| {}).await;
+    fill_pools(&daemon).await;
+    let admin = api.as_user(&user(&daemon, "tina", Role::TemplateAdmin, "default").await);
+    let alice_id = {
+        user(&daemon, "alice", Role::Member, "default").await;
+        daemon
+            .store
+            .read(|conn| Ok::<_, StoreError>(users::id_by_name(conn, "alice")?.unwrap()))
+            .await
+            .unwrap()
+    };
+    let (_, prebuilds) = admin.get("/api/v1/workspaces?owner=prebuilds").await;
+    let prebuild = prebuilds["workspaces"][0]["id"].as_str().unwrap().to_owned();
+    let builds_before = daemon
+        .count(&format!("SELECT COUNT(*) FROM workspace_builds WHERE workspace_id = '{prebuild}'"))
+        .await;
+    for (method, path) in [
+        ("DELETE", format!("/api/v1/workspaces/{prebuild}")),
+        ("POST", format!("/api/v1/workspaces/{prebuild}/stop")),
+    ] {
+        // The writer is held by a transaction that hands the prebuild to alice (a claim),
+        // uncommitted while the admin's request reads and is authorized against the
+        // prebuilds user; it commits just before the request's own write runs.
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let store = daemon.store.clone();
+        let (workspace_id, owner) = (prebuild.clone(), alice_id.clone());
+        let claim = std::thread::spawn(move || {
+            store.write_blocking(move |tx| {
+                held_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                tx.execute(
+                    "UPDATE workspaces SET owner_id = ?2 WHERE id = ?1",
+                    [&workspace_id, &owner],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+        });
+        held.recv().unwrap();
+        let body = (method == "POST").then(|| json!({}));
+        let ((status, answer), ()) = tokio::join!(admin.call(method, &path, body), async {
+            // Time for the request's authorization read (a slow machine can only make the
+            // test fail with a 403/404 below, never pass without the re-check).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            go.send(()).unwrap();
+        });
+        claim.join().unwrap().unwrap();
+        assert_eq!(status, 409, "{method} {path}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains("changed owner"), "{answer}");
+        // Give it back to the pool for the next round.
+        let workspace_id = prebuild.clone();
+        daemon
+            .store
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE workspaces SET owner_id = ?2 WHERE id = ?1",
+                    [workspace_id.as_str(), workspaced::domain::PREBUILDS_USER_ID],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+    }
+    let builds_after = daemon
+        .count(&format!("SELECT COUNT(*) FROM workspace_builds WHERE workspace_id = '{prebuild}'"))
+        .await;
+    assert_eq!(builds_after, builds_before, "no build was queued for the claimed workspace");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_decide_who_reads_changes_and_deletes_what() {
     let (daemon, api) = api_daemon(|_| {}).await;
     fill_pools(&daemon).await;
