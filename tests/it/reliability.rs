@@ -736,6 +736,83 @@ fn get_status(addr: std::net::SocketAddr, path: &str, token: &str) -> Option<u16
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Writes `count` running workspaces of the preset `plain` of template `dev`, owned by
+/// `root`, with their build, job and latest-build summary, as the store would have.
+fn seed_fleet(database: &std::path::Path, count: usize) {
+    let mut conn = rusqlite::Connection::open(database).unwrap();
+    let tx = conn.transaction().unwrap();
+    let (template, organization, version, preset): (String, String, String, String) = tx
+        .query_row(
+            "SELECT t.id, t.organization_id, t.active_version_id, p.id FROM templates t
+               JOIN presets p ON p.template_version_id = t.active_version_id
+              WHERE t.name = 'dev' AND p.name = 'plain' AND t.deleted = 0",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .unwrap();
+    let owner: String =
+        tx.query_row("SELECT id FROM users WHERE username = 'root'", [], |row| row.get(0)).unwrap();
+    let now = workspaced::clock::Clock::now(&workspaced::clock::SystemClock).timestamp_millis();
+    {
+        let mut workspace = tx
+            .prepare(
+                "INSERT INTO workspaces (id, organization_id, owner_id, template_id, preset_id, name,
+                    agents_ready, created_at, updated_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?7)",
+            )
+            .unwrap();
+        let mut job = tx
+            .prepare(
+                "INSERT INTO provisioner_jobs (id, status, backend, created_at, updated_at, completed_at)
+                 VALUES (?1, 'succeeded', 'local', ?2, ?2, ?2)",
+            )
+            .unwrap();
+        let mut build = tx
+            .prepare(
+                "INSERT INTO workspace_builds (id, workspace_id, build_number, template_version_id,
+                    transition, reason, initiator_id, job_id, preset_id, created_at, updated_at)
+                 VALUES (?1, ?2, 1, ?3, 'start', 'initiator', ?4, ?5, ?6, ?7, ?7)",
+            )
+            .unwrap();
+        for n in 0..count {
+            let id = uuid::Uuid::new_v4().to_string();
+            let (job_id, build_id) =
+                (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+            let created = now - (n as i64 % 3_600_000);
+            workspace
+                .execute(rusqlite::params![
+                    id,
+                    organization,
+                    owner,
+                    template,
+                    preset,
+                    format!("fleet-{n}"),
+                    created
+                ])
+                .unwrap();
+            job.execute(rusqlite::params![job_id, created]).unwrap();
+            build
+                .execute(rusqlite::params![build_id, id, version, owner, job_id, preset, created])
+                .unwrap();
+        }
+    }
+    // The latest-build summary in one statement, as migration V2 fills it.
+    tx.execute_batch(
+        "UPDATE workspaces SET (latest_build_number, latest_transition, latest_job_status,
+            latest_template_version_id, latest_preset_id, latest_initiator_id, latest_build_created_at,
+            latest_job_completed_at, latest_deadline) = (
+            SELECT b.build_number, b.transition, j.status, b.template_version_id, b.preset_id,
+                   b.initiator_id, b.created_at, j.completed_at, b.deadline
+              FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id
+             WHERE b.workspace_id = workspaces.id ORDER BY b.build_number DESC LIMIT 1)
+          WHERE name LIKE 'fleet-%'",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let report = workspaced::store::invariants::check(&conn, None).unwrap();
+    assert!(report.violations.is_empty(), "the seed itself: {:?}", report.violations);
+}
+
 #[test]
 fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
     use crate::helpers::DaemonProcess;
@@ -751,8 +828,21 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
         data = dir.path().join("data"),
     );
     let (config, token) = config_with_owner_token(dir.path(), &body);
+    // The manual benchmark-size run (`WSD_TEST_SOAK_FLEET=100000`): a first start writes the
+    // templates, then the fleet is written straight into the file before the soak's start.
+    let fleet: usize =
+        std::env::var("WSD_TEST_SOAK_FLEET").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if fleet > 0 {
+        let first = DaemonProcess::start(&config);
+        first.wait_for_log("workspaced is ready", Duration::from_secs(20));
+        first.signal(Signal::SIGTERM);
+        assert_eq!(first.wait_exit(Duration::from_secs(20)).code(), Some(0));
+        let seeded = Instant::now();
+        seed_fleet(&dir.path().join("data/workspaced.db"), fleet);
+        eprintln!("soak: seeded {fleet} running workspaces in {:?}", seeded.elapsed());
+    }
     let daemon = DaemonProcess::start(&config);
-    daemon.wait_for_log("workspaced is ready", Duration::from_secs(20));
+    daemon.wait_for_log("workspaced is ready", Duration::from_secs(120));
     let pid = daemon.pid_for_tests();
     let addr = daemon.addr;
     let started = Instant::now();
@@ -807,7 +897,7 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
         }
     }
     eprintln!(
-        "soak: {seconds}s, {requests} requests, RSS {rss_start} KiB after warm-up -> {rss_end} KiB at the end"
+        "soak: {seconds}s, fleet {fleet} + 300, {requests} requests, RSS {rss_start} KiB after warm-up -> {rss_end} KiB at the end"
     );
     assert!(
         unexpected.is_empty(),
