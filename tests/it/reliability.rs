@@ -841,8 +841,13 @@ fn a_soak_of_mixed_traffic_and_loops_has_no_errors_and_flat_memory() {
         seed_fleet(&dir.path().join("data/workspaced.db"), fleet);
         eprintln!("soak: seeded {fleet} running workspaces in {:?}", seeded.elapsed());
     }
+    let starting = Instant::now();
     let daemon = DaemonProcess::start(&config);
     daemon.wait_for_log("workspaced is ready", Duration::from_secs(120));
+    eprintln!(
+        "soak: ready {:?} after the start (quick check, migrations, recovery)",
+        starting.elapsed()
+    );
     let pid = daemon.pid_for_tests();
     let addr = daemon.addr;
     let started = Instant::now();
