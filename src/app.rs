@@ -18,9 +18,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigError, ConfigSource};
-use crate::events::{PublishedEvent, Publisher};
+use crate::domain::LoopKind;
+use crate::domain::event::PublishedEvent;
+use crate::events::Publisher;
 use crate::http::{self, HttpState};
-use crate::loops::{self, LoopCtx, LoopKind};
+use crate::loops::{self, LoopCtx};
 use crate::metrics::ConfigMetrics;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provisioner::runner::Runner;
@@ -117,7 +119,7 @@ impl App {
         let local_addr = listener.local_addr().map_err(bind_error)?;
         // One daemon per data directory, before the database is touched.
         let lock = crate::store::lock::DataDirLock::acquire(&config.storage.data_dir)?;
-        let (store, open_report) = Store::open(StoreOptions::from_config(&config.storage))?;
+        let (store, open_report) = Store::open(store_options(&config.storage))?;
         let metrics = Metrics::new()?;
         // Counters that must survive restarts start from what the database recorded.
         for (labels, count) in store.read_blocking(jobs::replacement_counts)? {
@@ -315,7 +317,7 @@ impl App {
         );
 
         workers.spawn(
-            crate::webhooks::Worker {
+            crate::events::webhooks::Worker {
                 store: self.store.clone(),
                 clock: Arc::clone(&self.clock),
                 config: self.config.subscribe(),
@@ -434,7 +436,7 @@ impl Reloader {
                 Ok(true) => tracing::info!(level = %new.log.level, "log level changed"),
                 Ok(false) => tracing::info!("RUST_LOG is set: it keeps overriding log.level"),
                 Err(error) => {
-                    tracing::warn!(error = %crate::loops::error_chain(&error), "cannot change the log level")
+                    tracing::warn!(error = %crate::error::error_chain(&error), "cannot change the log level")
                 }
             }
         }
@@ -470,6 +472,16 @@ async fn apply_templates(
 
 /// The GC's effective configuration, one line each, so an operator sees at start what it
 /// will do.
+/// The store's options from `[storage]`.
+pub fn store_options(storage: &config::StorageConfig) -> StoreOptions {
+    StoreOptions {
+        path: storage.database_path(),
+        synchronous: storage.synchronous,
+        busy_timeout: storage.busy_timeout.as_duration(),
+        read_connections: storage.read_connections,
+    }
+}
+
 fn log_gc_configuration(config: &Config) {
     let gc = &config.gc;
     tracing::info!(enabled = gc.enabled, dry_run = gc.dry_run, "gc: switches");
@@ -482,4 +494,15 @@ fn log_gc_configuration(config: &Config) {
         max_deletions_per_run = gc.max_deletions_per_run,
         "gc: safety valve"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stores_own_defaults_are_the_storage_sections_defaults() {
+        let storage = config::StorageConfig::default();
+        assert_eq!(store_options(&storage), StoreOptions::at(storage.database_path()));
+    }
 }

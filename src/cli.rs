@@ -24,7 +24,7 @@ use crate::planner::snapshot::{Snapshot, SnapshotError, rfc3339};
 use crate::prebuilds::{self, ResetError};
 use crate::signals::Signals;
 use crate::store::snapshot as store_snapshot;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreError};
 use crate::store::{audit, users};
 use crate::telemetry::{self, TelemetryError};
 
@@ -227,7 +227,7 @@ fn parse_role(role: &str) -> Result<Role, CliError> {
 
 fn open_store(source: &ConfigSource) -> Result<Store, CliError> {
     let config = config::load(source)?;
-    Ok(Store::open(StoreOptions::from_config(&config.storage))?.0)
+    Ok(Store::open(crate::app::store_options(&config.storage))?.0)
 }
 
 /// Creates the user if `create` and missing, grants `role` in `org`; returns the user id.
@@ -411,7 +411,7 @@ fn token_revoke(source: ConfigSource, id: &str) -> Result<(), CliError> {
 /// Prints what the next GC run would do, as a table.
 fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
     let config = config::load(&source)?;
-    let store = Store::open_read_only(StoreOptions::from_config(&config.storage))?;
+    let store = Store::open_read_only(crate::app::store_options(&config.storage))?;
     let now = SystemClock.now();
     let Some(settings) = config.planner_settings().gc else {
         return print("gc is disabled ([gc] enabled = false): it would do nothing");
@@ -480,7 +480,7 @@ fn plan(
 /// The live database as a snapshot, opened read-only, at `now` or the current time.
 fn live_snapshot(source: &ConfigSource, now: Option<DateTime<Utc>>) -> Result<Snapshot, CliError> {
     let config = config::load(source)?;
-    let store = Store::open_read_only(StoreOptions::from_config(&config.storage))?;
+    let store = Store::open_read_only(crate::app::store_options(&config.storage))?;
     let now = now.unwrap_or_else(|| SystemClock.now());
     let settings = config.planner_settings();
     Ok(store.read_blocking(|conn| store_snapshot::read(conn, now, settings))?)
@@ -488,7 +488,7 @@ fn live_snapshot(source: &ConfigSource, now: Option<DateTime<Utc>>) -> Result<Sn
 
 fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
     let config = config::load(&source)?;
-    let (store, _) = Store::open(StoreOptions::from_config(&config.storage))?;
+    let (store, _) = Store::open(crate::app::store_options(&config.storage))?;
     let now = SystemClock.now();
     let report = store.write_blocking(|tx| {
         prebuilds::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now)
@@ -548,7 +548,7 @@ fn migrate(source: ConfigSource) -> Result<(), CliError> {
     // Never migrate under a running daemon.
     let _lock = crate::store::lock::DataDirLock::acquire(&config.storage.data_dir)
         .map_err(AppError::from)?;
-    let (store, report) = Store::open(StoreOptions::from_config(&config.storage))?;
+    let (store, report) = Store::open(crate::app::store_options(&config.storage))?;
     let applied = if report.applied_migrations.is_empty() {
         "nothing to apply".to_owned()
     } else {

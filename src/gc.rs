@@ -15,8 +15,8 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::domain::event::Event;
 use crate::domain::{BuildReason, JobStatus, Transition};
-use crate::events::Event;
 use crate::planner::gc::{Policy, apply_safety_valve, due_bound, judge};
 use crate::planner::plan::{GcAction, GcActionKind};
 use crate::planner::snapshot::{GcBasis, GcSettings, Template, Workspace, rfc3339};
@@ -181,7 +181,7 @@ pub async fn execute(
             Ok(false) => {}
             Err(error) => {
                 report.failures += 1;
-                tracing::error!(workspace_id = %judged.workspace.id, error = %crate::loops::error_chain(&error), "gc action failed; retried next run");
+                tracing::error!(workspace_id = %judged.workspace.id, error = %crate::error::error_chain(&error), "gc action failed; retried next run");
             }
         }
     }
@@ -231,7 +231,7 @@ pub async fn execute(
                     })
                     .await;
                 if let Err(error) = recorded {
-                    tracing::warn!(error = %crate::loops::error_chain(&error), "cannot audit an orphan removal");
+                    tracing::warn!(error = %crate::error::error_chain(&error), "cannot audit an orphan removal");
                 }
                 tracing::info!(path = %orphan.display(), "removed orphaned workspace directory");
             }

@@ -9,8 +9,8 @@ use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
+use crate::domain::event::Event;
 use crate::domain::{BuildReason, Transition};
-use crate::events::Event;
 use crate::planner::lifecycle;
 use crate::planner::plan::{LifecycleDecision, LifecycleReason};
 use crate::planner::schedule::CronSchedule;

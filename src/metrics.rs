@@ -225,7 +225,7 @@ impl Metrics {
         };
         // Create every loop's series up front, so a scrape before the first iteration
         // already shows them (at zero) and alerts on absent series stay meaningful.
-        for name in crate::loops::LoopKind::ALL.map(crate::loops::LoopKind::name) {
+        for name in crate::domain::LoopKind::ALL.map(crate::domain::LoopKind::name) {
             loops.runs.with_label_values(&[name]);
             loops.errors.with_label_values(&[name]);
             loops.duration.with_label_values(&[name]);

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 
+use crate::domain::event::Event;
 use crate::domain::{BuildReason, PREBUILDS_USER_ID, Transition};
-use crate::events::Event;
 use crate::planner::schedule::CronSchedule;
 use crate::store::audit::{self, Actor, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest, QueuedBuild};

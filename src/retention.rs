@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::time;
-use crate::loops::error_chain;
+use crate::error::error_chain;
 use crate::store::{Store, StoreError, retention};
 
 /// Batches of one kind in one run, at most.

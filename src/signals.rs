@@ -8,7 +8,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Reloader;
-use crate::loops::error_chain;
+use crate::error::error_chain;
 
 /// The registered signal streams.
 pub struct Signals {

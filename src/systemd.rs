@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::loops::LoopKind;
+use crate::domain::LoopKind;
 use crate::metrics::LoopMetrics;
 
 /// A connection to systemd's notify socket, if the service manager gave us one.

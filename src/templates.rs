@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::config::templates::{PresetConfig, TemplateConfig};
-use crate::events::Event;
+use crate::domain::event::Event;
 use crate::store::audit::{self, Actor, Entry};
 use crate::store::templates::{self, PresetSpec, TemplateOptions, VersionSpec};
 use crate::store::{StoreError, WriteTx};

@@ -4,6 +4,7 @@
 //! No IO and no clock: values only. Each enum reads and writes the exact strings the
 //! schema's CHECK constraints and the wire formats use.
 
+pub mod event;
 pub mod parameters;
 pub mod time;
 
@@ -12,6 +13,49 @@ pub const DEFAULT_ORGANIZATION_ID: &str = "00000000-0000-0000-0000-000000000001"
 
 /// The system user that owns every unclaimed prebuild (Coder uses the same id).
 pub const PREBUILDS_USER_ID: &str = "c42fdf75-3097-471c-8c33-fb52454d81c0";
+
+/// Which background loop (the `loop` label value of its metrics and its log name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoopKind {
+    Reconciler,
+    Lifecycle,
+    Gc,
+}
+
+impl LoopKind {
+    pub const ALL: [LoopKind; 3] = [LoopKind::Reconciler, LoopKind::Lifecycle, LoopKind::Gc];
+
+    /// The `loop` label value and log name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopKind::Reconciler => "reconciler",
+            LoopKind::Lifecycle => "lifecycle",
+            LoopKind::Gc => "gc",
+        }
+    }
+}
+
+/// SQLite's `synchronous` level (`[storage] synchronous`): `full` survives power loss,
+/// `normal` is faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Off,
+    Normal,
+    Full,
+    Extra,
+}
+
+impl Synchronous {
+    pub fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
 
 /// An unknown string for one of the enums below.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -83,7 +83,7 @@ pub const RETRY_AFTER_SECS: &str = "1";
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        tracing::error!(error = %crate::loops::error_chain(&error), "api request failed on the database");
+        tracing::error!(error = %crate::error::error_chain(&error), "api request failed on the database");
         if error.is_transient() {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -360,7 +360,7 @@ async fn authenticate(
                     if let Err(error) =
                         store.write(move |tx| users::touch_token(tx, &id, now)).await
                     {
-                        tracing::warn!(error = %crate::loops::error_chain(&error), "cannot record token use");
+                        tracing::warn!(error = %crate::error::error_chain(&error), "cannot record token use");
                     }
                 });
             }

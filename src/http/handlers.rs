@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::auth::{Action, Object, Resource, Role};
 use crate::config::duration::parse_duration;
 use crate::domain::DEFAULT_ORGANIZATION_ID;
+use crate::domain::LoopKind;
 use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, query};
-use crate::loops::{self, LoopKind};
+use crate::loops;
 use crate::planner;
 use crate::planner::plan::PresetPlan;
 use crate::prebuilds::{self, ResetError};
@@ -575,7 +576,7 @@ pub async fn gc_run(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
         })
         .await?;
     let report = loops::run_once(LoopKind::Gc, &ctx.state.ctx).await.map_err(|error| {
-        tracing::error!(error = %crate::loops::error_chain(&error), "gc run requested over the API failed");
+        tracing::error!(error = %crate::error::error_chain(&error), "gc run requested over the API failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the GC run failed (see the daemon's log)")
     })?;
     json(StatusCode::OK, &json!({ "examined": report.examined, "actions": report.actions }))
@@ -632,7 +633,7 @@ pub async fn webhook_deliveries(ctx: &Ctx, request: &Request<Incoming>) -> ApiRe
         .state
         .ctx
         .store
-        .read(move |conn| crate::webhooks::deliveries(conn, status.as_deref(), limit))
+        .read(move |conn| crate::events::webhooks::deliveries(conn, status.as_deref(), limit))
         .await?;
     json(StatusCode::OK, &json!({ "deliveries": deliveries }))
 }

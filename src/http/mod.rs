@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::PublishedEvent;
+use crate::domain::event::PublishedEvent;
 use crate::loops::LoopCtx;
 use crate::provisioner::runner::Runner;
 
@@ -215,7 +215,7 @@ async fn readyz(state: &HttpState) -> HttpResponse {
     match probe {
         Ok(_) => text(StatusCode::OK, "ready\n"),
         Err(error) => {
-            tracing::warn!(error = %crate::loops::error_chain(&error), "readiness probe failed");
+            tracing::warn!(error = %crate::error::error_chain(&error), "readiness probe failed");
             text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
         }
     }

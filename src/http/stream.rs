@@ -21,7 +21,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::auth::{Action, Object, Resource, Subject};
-use crate::events::{Event, PublishedEvent};
+use crate::domain::event::{Event, PublishedEvent};
 use crate::http::api::{ApiError, ApiResult, Ctx, parse_param, query};
 use crate::http::{HttpResponse, HttpState};
 use crate::store::{outbox, views};
@@ -195,7 +195,7 @@ async fn replay(
         let batch = match state.ctx.store.read(move |conn| outbox::after(conn, after, 500)).await {
             Ok(batch) => batch,
             Err(error) => {
-                tracing::warn!(error = %crate::loops::error_chain(&error), "event stream cannot read the outbox; closing it");
+                tracing::warn!(error = %crate::error::error_chain(&error), "event stream cannot read the outbox; closing it");
                 return false;
             }
         };
@@ -250,7 +250,7 @@ pub fn follow_logs(ctx: &Ctx, job_id: String) -> Result<HttpResponse, ApiError> 
             let (lines, finished) = match read {
                 Ok(read) => read,
                 Err(error) => {
-                    tracing::warn!(error = %crate::loops::error_chain(&error), "log follow cannot read logs; closing it");
+                    tracing::warn!(error = %crate::error::error_chain(&error), "log follow cannot read logs; closing it");
                     return;
                 }
             };

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::error::error_chain;
 use crate::lifecycle::{self, reason_name};
-use crate::loops::{LoopCtx, LoopError, Now, TickReport, error_chain};
+use crate::loops::{LoopCtx, LoopError, Now, TickReport};
 use crate::planner::lifecycle::tick as minute_tick;
 
 pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {

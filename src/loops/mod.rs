@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::LoopKind;
+use crate::error::error_chain;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::systemd::LoopHealth;
@@ -33,36 +35,6 @@ pub struct LoopCtx {
     pub metrics: Metrics,
     /// The live config; a reload sends a new value.
     pub config: watch::Receiver<Arc<Config>>,
-}
-
-/// Which loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoopKind {
-    Reconciler,
-    Lifecycle,
-    Gc,
-}
-
-impl LoopKind {
-    pub const ALL: [LoopKind; 3] = [LoopKind::Reconciler, LoopKind::Lifecycle, LoopKind::Gc];
-
-    /// The `loop` label value and log name.
-    pub fn name(self) -> &'static str {
-        match self {
-            LoopKind::Reconciler => "reconciler",
-            LoopKind::Lifecycle => "lifecycle",
-            LoopKind::Gc => "gc",
-        }
-    }
-
-    /// Time between iterations under `config`.
-    pub fn interval(self, config: &Config) -> Duration {
-        match self {
-            LoopKind::Reconciler => config.reconciler.interval.as_duration(),
-            LoopKind::Lifecycle => config.lifecycle.interval.as_duration(),
-            LoopKind::Gc => config.gc.interval.as_duration(),
-        }
-    }
 }
 
 /// What one iteration saw and did.
@@ -145,7 +117,7 @@ pub async fn run_every_or_when_woken(
     // Beats while waiting only: an iteration that hangs stops the beats (systemd watchdog).
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut period = kind.interval(&config.borrow_and_update());
+    let mut period = config.borrow_and_update().interval(kind);
     let mut ticker = ticker(period);
     let mut watching_config = true;
     tracing::info!(r#loop = kind.name(), interval = ?period, "loop started");
@@ -172,7 +144,7 @@ pub async fn run_every_or_when_woken(
                     watching_config = false;
                     continue;
                 }
-                let new_period = kind.interval(&config.borrow_and_update());
+                let new_period = config.borrow_and_update().interval(kind);
                 if new_period != period {
                     tracing::info!(r#loop = kind.name(), interval = ?new_period, "loop interval changed");
                     period = new_period;
@@ -189,18 +161,6 @@ fn ticker(period: Duration) -> Interval {
     // A slow iteration delays the next one instead of causing a burst of catch-up runs.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker
-}
-
-/// `error: cause: cause` on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `now` as the loops pass it on; kept as a type alias so signatures read clearly.

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::loops::{LoopCtx, LoopError, Now, TickReport, error_chain};
+use crate::error::error_chain;
+use crate::loops::{LoopCtx, LoopError, Now, TickReport};
 use crate::planner::plan::{PoolAction, PresetPlan};
 use crate::planner::reconcile;
 use crate::planner::snapshot::{Index, Preset, Snapshot};

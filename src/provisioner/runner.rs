@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{JobPriority, JobStatus, LogLevel, LogLine};
-use crate::loops::error_chain;
+use crate::error::error_chain;
 use crate::metrics::ProvisionerMetrics;
 use crate::provisioner::protocol::JobRequest;
 use crate::provisioner::{JobIo, ProvisionerError, backend_for};

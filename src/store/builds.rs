@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::event::{BuildRef, Event};
 use crate::domain::parameters::{self, ParameterError};
 use crate::domain::{BuildReason, JobStatus, Transition};
-use crate::events::{BuildRef, Event};
 use crate::store::time::{from_millis, to_millis};
 use crate::store::{StoreError, WriteTx, parse_text, templates, workspaces};
 

@@ -159,7 +159,7 @@ fn shared_failure(error: &StoreError, waited: std::time::Duration) -> StoreError
     if error.is_transient() {
         return StoreError::Exhausted { what: "write lock (another process holds it)", waited };
     }
-    StoreError::GroupCommit { reason: crate::store::error_text(error) }
+    StoreError::GroupCommit { reason: crate::error::error_chain(error) }
 }
 
 fn run_in_savepoint<T, E, F>(tx: &mut WriteTx<'_>, f: F) -> Result<T, E>

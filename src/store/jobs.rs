@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::event::{BuildRef, Event};
 use crate::domain::time;
 use crate::domain::{
     JobPriority, JobStatus, LogLevel, LogLine, Replacement, Resource, Timing, Transition,
     agents_ready,
 };
-use crate::events::{BuildRef, Event};
 use crate::store::time::{from_millis, to_millis};
 use crate::store::{StoreError, WriteTx, builds, parse_text};
 

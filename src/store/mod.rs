@@ -37,8 +37,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::Notify;
 
-use crate::config::{StorageConfig, Synchronous};
-use crate::events::Event;
+use crate::domain::Synchronous;
+use crate::domain::event::Event;
 
 #[derive(Default)]
 struct ReaderPool {
@@ -200,8 +200,8 @@ struct WriteHealth {
     failures: u64,
 }
 
-/// Settings for opening the store, taken from `[storage]`.
-#[derive(Debug, Clone)]
+/// Settings for opening the store (the daemon fills them from `[storage]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     pub path: PathBuf,
     pub synchronous: Synchronous,
@@ -210,23 +210,14 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
-    pub fn from_config(storage: &StorageConfig) -> Self {
-        StoreOptions {
-            path: storage.database_path(),
-            synchronous: storage.synchronous,
-            busy_timeout: storage.busy_timeout.as_duration(),
-            read_connections: storage.read_connections,
-        }
-    }
-
-    /// Defaults for a database at `path` (tests, benches).
+    /// Defaults for a database at `path`: the same as `[storage]`'s (tests, benches).
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        StoreOptions::from_config(&StorageConfig::default()).with_path(path)
-    }
-
-    fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.path = path.into();
-        self
+        StoreOptions {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            read_connections: 4,
+        }
     }
 }
 
@@ -443,7 +434,7 @@ impl Store {
         }
         let mut health = lock(&self.inner.health);
         health.failures += 1;
-        health.failing = Some(error_text(error));
+        health.failing = Some(crate::error::error_chain(error));
         if error.is_transient() && !matches!(error, StoreError::Exhausted { .. }) {
             health.last_busy = Some(std::time::Instant::now());
         }
@@ -658,18 +649,6 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Statements kept prepared per connection (the default, 16, is smaller than one claim).
 const STATEMENT_CACHE: usize = 256;
-
-/// An error with its causes, on one line.
-pub(crate) fn error_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a closure drops its Transaction, which rolls back, so the connection

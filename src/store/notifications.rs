@@ -9,7 +9,7 @@ use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
-use crate::events::Event;
+use crate::domain::event::Event;
 use crate::store::time::to_millis;
 use crate::store::{StoreError, WriteTx};
 

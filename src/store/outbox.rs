@@ -9,7 +9,7 @@ use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
-use crate::events::{Event, PublishedEvent};
+use crate::domain::event::{Event, PublishedEvent};
 use crate::store::StoreError;
 use crate::store::time::{from_millis, to_millis};
 

@@ -10,7 +10,7 @@ use workspaced::auth::Role;
 use workspaced::config::Config;
 use workspaced::config::templates::TemplateConfig;
 use workspaced::domain::DEFAULT_ORGANIZATION_ID;
-use workspaced::loops::LoopKind;
+use workspaced::domain::LoopKind;
 use workspaced::store::{StoreError, templates, users};
 
 use crate::client::Api;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use workspaced::domain::LoopKind;
 use workspaced::domain::PREBUILDS_USER_ID;
-use workspaced::events::Event;
-use workspaced::loops::LoopKind;
+use workspaced::domain::event::Event;
 use workspaced::store::StoreError;
 
 use crate::helpers::{TestDaemon, metric_value};

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use workspaced::domain::event::BuildRef;
 use workspaced::domain::parameters::ParameterSpec;
 use workspaced::domain::{
     BuildReason, DEFAULT_ORGANIZATION_ID, JobStatus, ParameterType, Transition,
 };
-use workspaced::events::BuildRef;
 use workspaced::store::builds::{self, BuildRequest};
 use workspaced::store::templates::{self, TemplateOptions, VersionSpec};
 use workspaced::store::workspaces::{self, NewWorkspace};

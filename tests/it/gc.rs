@@ -12,8 +12,8 @@ use workspaced::clock::Clock;
 use workspaced::config::Config;
 use workspaced::config::duration::HumanDuration;
 use workspaced::config::templates::TemplateConfig;
+use workspaced::domain::LoopKind;
 use workspaced::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, PREBUILDS_USER_ID, Transition};
-use workspaced::loops::LoopKind;
 use workspaced::store::{builds, workspaces};
 
 use crate::helpers::{DaemonProcess, TestDaemon, binary_config, run_binary, write_config};

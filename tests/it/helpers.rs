@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use workspaced::app::App;
 use workspaced::clock::ManualClock;
 use workspaced::config::{Config, ConfigSource};
-use workspaced::loops::{self, LoopCtx, LoopKind, TickReport};
+use workspaced::domain::LoopKind;
+use workspaced::loops::{self, LoopCtx, TickReport};
 use workspaced::store::Store;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_workspaced");
@@ -72,7 +73,8 @@ pub struct TestDaemon {
     pub runner: workspaced::provisioner::runner::Runner,
     pub reloader: workspaced::app::Reloader,
     pub metrics: workspaced::metrics::Metrics,
-    pub app_events: tokio::sync::broadcast::Receiver<Arc<workspaced::events::PublishedEvent>>,
+    pub app_events:
+        tokio::sync::broadcast::Receiver<Arc<workspaced::domain::event::PublishedEvent>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }

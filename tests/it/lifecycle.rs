@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 
 use workspaced::clock::Clock;
 use workspaced::config::templates::TemplateConfig;
+use workspaced::domain::LoopKind;
 use workspaced::domain::{BuildReason, JobStatus, PREBUILDS_USER_ID, Transition};
 use workspaced::lifecycle::{self, Activity};
-use workspaced::loops::LoopKind;
 use workspaced::store::builds;
 use workspaced::store::workspaces;
 

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 use workspaced::auth::Role;
+use workspaced::domain::LoopKind;
 
 use crate::api::{api_daemon, fill_pools, user};
 
@@ -98,9 +99,9 @@ async fn a_live_scrape_passes_promtool_and_matches_the_metrics_reference() {
         .await;
     assert_eq!(status, 201);
     assert_eq!(owner.post("/api/v1/gc/run", json!({})).await.0, 200);
-    daemon.tick(workspaced::loops::LoopKind::Lifecycle).await;
+    daemon.tick(LoopKind::Lifecycle).await;
     daemon.wait_idle().await;
-    daemon.tick(workspaced::loops::LoopKind::Reconciler).await;
+    daemon.tick(LoopKind::Reconciler).await;
     let (status, scrape) = daemon.get("/metrics").await;
     assert_eq!(status, 200);
     daemon.shutdown().await;

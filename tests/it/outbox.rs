@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use workspaced::clock::{Clock, ManualClock};
-use workspaced::events::{Event, PublishedEvent, Publisher};
+use workspaced::domain::event::{Event, PublishedEvent};
+use workspaced::events::Publisher;
 use workspaced::metrics::Metrics;
 use workspaced::store::{Store, StoreError, StoreOptions, outbox};
 

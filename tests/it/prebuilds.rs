@@ -11,8 +11,8 @@ use workspaced::config::Config;
 use workspaced::config::templates::{
     ParameterConfig, PrebuildsConfig, PresetConfig, ScheduleConfig, TemplateConfig,
 };
+use workspaced::domain::LoopKind;
 use workspaced::domain::{PREBUILDS_USER_ID, ParameterType};
-use workspaced::loops::LoopKind;
 use workspaced::prebuilds::{self, ClaimOutcome, ClaimRequest};
 use workspaced::store::audit::Actor;
 

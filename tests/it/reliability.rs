@@ -283,8 +283,8 @@ async fn an_organization_owner_cannot_hand_workspaces_to_outsiders_or_probe_name
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_pool_fills_at_the_runners_pace_and_a_smaller_one_cancels_unstarted_creates() {
+    use workspaced::domain::LoopKind;
     use workspaced::domain::PREBUILDS_USER_ID;
-    use workspaced::loops::LoopKind;
     let pool = |instances: u32| vec![crate::api::template("dev", "default", instances)];
     let daemon = TestDaemon::spawn_with(|config| {
         config.templates = pool(50);

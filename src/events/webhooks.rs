@@ -32,82 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
-use crate::events::{Event, PublishedEvent};
+use crate::domain::event::PublishedEvent;
 use crate::metrics::ApiMetrics;
 use crate::store::time::{from_millis, to_millis};
 use crate::store::{Store, StoreError};
-
-/// A config problem: the field and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-/// Checks one `[[webhooks]]` entry (config validation).
-pub fn validate(webhook: &WebhookConfig) -> Result<(), Invalid> {
-    let invalid = |field, reason: String| Err(Invalid { field, reason });
-    if webhook.name.is_empty()
-        || !webhook.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return invalid(
-            "name",
-            format!("{:?} is not a valid name; use letters, digits, - and _", webhook.name),
-        );
-    }
-    match webhook.url.parse::<hyper::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-        Ok(uri) if uri.scheme_str() == Some("https") => {
-            return invalid(
-                "url",
-                format!(
-                    "{:?}: https is not supported by the built-in client; use an http:// receiver on this host or a local TLS relay",
-                    webhook.url
-                ),
-            );
-        }
-        _ => {
-            return invalid(
-                "url",
-                format!("{:?} is not an http://host[:port]/path URL", webhook.url),
-            );
-        }
-    }
-    if webhook.secret.len() < 16 {
-        return invalid("secret", "must be at least 16 characters".to_owned());
-    }
-    for filter in &webhook.events {
-        let known = match filter.strip_suffix(".*") {
-            Some(family) => Event::KINDS.iter().any(|kind| kind.split('.').next() == Some(family)),
-            None => Event::KINDS.contains(&filter.as_str()),
-        };
-        if !known {
-            return invalid(
-                "events",
-                format!(
-                    "unknown event kind {filter:?}; expected one of: {}",
-                    Event::KINDS.join(", ")
-                ),
-            );
-        }
-    }
-    if !(1..=100).contains(&webhook.max_attempts) {
-        return invalid(
-            "max_attempts",
-            format!("{} is out of range; use 1 to 100", webhook.max_attempts),
-        );
-    }
-    if webhook.initial_backoff.as_secs() < 1 {
-        return invalid("initial_backoff", "must be at least 1s".to_owned());
-    }
-    if webhook.max_backoff.as_secs() < webhook.initial_backoff.as_secs() {
-        return invalid("max_backoff", "must not be shorter than initial_backoff".to_owned());
-    }
-    if webhook.timeout.as_secs() < 1 {
-        return invalid("timeout", "must be at least 1s".to_owned());
-    }
-    Ok(())
-}
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>").
 pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
@@ -291,7 +219,7 @@ impl Worker {
             Client::builder(TokioExecutor::new()).build_http();
         loop {
             if let Err(error) = self.step(&client).await {
-                tracing::error!(error = %crate::loops::error_chain(&error), "webhook delivery step failed; retrying");
+                tracing::error!(error = %crate::error::error_chain(&error), "webhook delivery step failed; retrying");
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -405,7 +333,7 @@ async fn send(
     };
     match tokio::time::timeout(webhook.timeout.as_duration(), client.request(request)).await {
         Err(_) => failed(None, format!("no response within {}", webhook.timeout)),
-        Ok(Err(error)) => failed(None, crate::loops::error_chain(&error)),
+        Ok(Err(error)) => failed(None, crate::error::error_chain(&error)),
         Ok(Ok(response)) => {
             let status = response.status();
             // Read (and drop) the body so the connection can be reused; bounded by the timeout.
@@ -529,19 +457,5 @@ mod tests {
         assert!(webhook.wants("gc.warning"));
         assert!(!webhook.wants("gc.deleted"));
         assert!(!webhook.wants("buildx.failed"));
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let mut bad = webhook();
-        bad.url = "https://example.com/x".into();
-        assert_eq!(validate(&bad).unwrap_err().field, "url");
-        let mut bad = webhook();
-        bad.events = vec!["build.exploded".into()];
-        assert_eq!(validate(&bad).unwrap_err().field, "events");
-        let mut bad = webhook();
-        bad.secret = "short".into();
-        assert_eq!(validate(&bad).unwrap_err().field, "secret");
-        assert!(validate(&webhook()).is_ok());
     }
 }
