@@ -29,7 +29,7 @@ use workspaced::auth::Role;
 use workspaced::clock::{Clock, SystemClock};
 use workspaced::config::{Config, ConfigSource};
 use workspaced::domain::{DEFAULT_ORGANIZATION_ID, PREBUILDS_USER_ID};
-use workspaced::prebuilds;
+use workspaced::pools;
 use workspaced::store::{StoreError, builds, users};
 
 const POOL: usize = 10_000;
@@ -246,7 +246,7 @@ fn seed_store(store: &workspaced::store::Store, now: chrono::DateTime<chrono::Ut
                 |row| row.get(0),
             )?;
             for _ in 0..POOL {
-                prebuilds::create_prebuild(tx, &preset_id, now).map_err(|error| StoreError::Corrupt {
+                pools::create_prebuild(tx, &preset_id, now).map_err(|error| StoreError::Corrupt {
                     what: "seed".into(),
                     reason: error.to_string(),
                 })?;
@@ -273,8 +273,8 @@ fn seed_store(store: &workspaced::store::Store, now: chrono::DateTime<chrono::Ut
         .unwrap()
 }
 
-fn claim_request(user_id: &str, name: String) -> prebuilds::ClaimRequest {
-    prebuilds::ClaimRequest {
+fn claim_request(user_id: &str, name: String) -> pools::ClaimRequest {
+    pools::ClaimRequest {
         user_id: user_id.to_owned(),
         template_id: String::new(),
         preset_id: None,
@@ -315,7 +315,7 @@ async fn direct_claims(store: &workspaced::store::Store, clock: &Arc<dyn Clock>)
     let started = Instant::now();
     for n in 0..DIRECT_CLAIMS {
         let (request, now) = (request(format!("serial-{n}")), clock.now());
-        store.write(move |tx| prebuilds::claim(tx, &request, now)).await.unwrap();
+        store.write(move |tx| pools::claim(tx, &request, now)).await.unwrap();
     }
     let serial = DIRECT_CLAIMS as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -323,7 +323,7 @@ async fn direct_claims(store: &workspaced::store::Store, clock: &Arc<dyn Clock>)
     for n in 0..DIRECT_CLAIMS {
         let (store, request, now) = (store.clone(), request(format!("grouped-{n}")), clock.now());
         tasks.push(tokio::spawn(async move {
-            store.write_grouped(move |tx| prebuilds::claim(tx, &request, now)).await.unwrap()
+            store.write_grouped(move |tx| pools::claim(tx, &request, now)).await.unwrap()
         }));
     }
     for task in tasks {

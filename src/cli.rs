@@ -21,7 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ConfigError, ConfigSource};
 use crate::planner;
 use crate::planner::snapshot::{Snapshot, SnapshotError, rfc3339};
-use crate::prebuilds::{self, ResetError};
+use crate::pools::{self, ResetError};
 use crate::signals::Signals;
 use crate::store::snapshot as store_snapshot;
 use crate::store::{Store, StoreError};
@@ -491,7 +491,7 @@ fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
     let (store, _) = Store::open(crate::app::store_options(&config.storage))?;
     let now = SystemClock.now();
     let report = store.write_blocking(|tx| {
-        prebuilds::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now)
+        pools::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now)
     })?;
     print(&format!(
         "preset {id}: {} failed prebuild(s) queued for deletion, status cleared (was {})",

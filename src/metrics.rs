@@ -73,11 +73,8 @@ pub struct LifecycleMetrics {
     pub errors: IntCounter,
 }
 
-/// (organization name, template name, preset name): the labels of a preset's series.
-pub type PresetKey = (String, String, String);
-
-/// Lifetime (created, failed, claimed) prebuild totals of one preset.
-pub type PresetTotals = (PresetKey, [u64; 3]);
+/// A preset's series are labelled by its (organization, template, preset) names.
+pub use crate::store::presets::{PresetKey, PresetTotals};
 
 /// Prebuild pool figures, labelled `organization_name`, `template_name`, `preset_name`
 /// (Coder's families with the `workspaced_` prefix).

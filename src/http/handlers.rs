@@ -16,7 +16,7 @@ use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, q
 use crate::loops;
 use crate::planner;
 use crate::planner::plan::PresetPlan;
-use crate::prebuilds::{self, ResetError};
+use crate::pools::{self, ResetError};
 use crate::store::audit::{self, Entry};
 use crate::store::users::MAX_TOKEN_LIFETIME;
 use crate::store::views::{self, TemplateView};
@@ -515,7 +515,7 @@ pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, id: String) -> 
         .state
         .ctx
         .store
-        .write(move |tx| prebuilds::reset_preset(tx, &id, &actor, now))
+        .write(move |tx| pools::reset_preset(tx, &id, &actor, now))
         .await
         .map_err(|error| match error {
             ResetError::UnknownPreset(_) => ApiError::not_found("preset"),

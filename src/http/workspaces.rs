@@ -13,7 +13,7 @@ use crate::auth::{Action as Permission, Object};
 use crate::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, Transition};
 use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, query};
 use crate::http::stream;
-use crate::prebuilds::{self, ClaimError, ClaimOutcome, ClaimRequest};
+use crate::pools::{self, ClaimError, ClaimOutcome, ClaimRequest};
 use crate::provisioner::runner::Runner;
 use crate::store::audit::{self, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest};
@@ -193,7 +193,7 @@ fn create_in(
         autostart_schedule: body.autostart_schedule,
         ttl_s: body.ttl_s.map(i64::from),
     };
-    let outcome = prebuilds::claim_audited(tx, &request, actor, now).map_err(claim_error)?;
+    let outcome = pools::claim_audited(tx, &request, actor, now).map_err(claim_error)?;
     Ok((outcome, owner_id, template.organization_id, template.id))
 }
 

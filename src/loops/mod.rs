@@ -7,63 +7,17 @@
 //! Each loop's `tick(ctx, now)` decides and acts; tests call `run_once` directly instead of
 //! waiting for the timer.
 
-pub mod gc;
-pub mod lifecycle;
-pub mod reconciler;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::config::Config;
 use crate::domain::LoopKind;
 use crate::error::error_chain;
-use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
 use crate::systemd::LoopHealth;
 
-/// Everything a loop iteration may use. Cheap to clone.
-#[derive(Clone)]
-pub struct LoopCtx {
-    pub store: Store,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Metrics,
-    /// The live config; a reload sends a new value.
-    pub config: watch::Receiver<Arc<Config>>,
-}
-
-/// What one iteration saw and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TickReport {
-    /// Items the iteration looked at (presets, workspaces).
-    pub examined: u64,
-    /// Actions it took (builds enqueued, warnings sent).
-    pub actions: u64,
-}
-
-/// Why an iteration failed. The loop logs it, counts it and goes on.
-#[derive(Debug, thiserror::Error)]
-pub enum LoopError {
-    #[error("{loop_name} iteration failed")]
-    Store {
-        loop_name: &'static str,
-        #[source]
-        source: StoreError,
-    },
-}
-
-impl LoopError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            LoopError::Store { source, .. } => source.metric_label(),
-        }
-    }
-}
+pub use crate::context::{LoopCtx, LoopError, Now, TickReport};
 
 /// Runs one iteration of `kind` at the clock's current time and records its figures.
 pub async fn run_once(kind: LoopKind, ctx: &LoopCtx) -> Result<TickReport, LoopError> {
@@ -71,9 +25,9 @@ pub async fn run_once(kind: LoopKind, ctx: &LoopCtx) -> Result<TickReport, LoopE
     let now = ctx.clock.now();
     let started = Instant::now();
     let result = match kind {
-        LoopKind::Reconciler => reconciler::tick(ctx, now).await,
-        LoopKind::Lifecycle => lifecycle::tick(ctx, now).await,
-        LoopKind::Gc => gc::tick(ctx, now).await,
+        LoopKind::Reconciler => crate::pools::reconcile::tick(ctx, now).await,
+        LoopKind::Lifecycle => crate::lifecycle::tick::tick(ctx, now).await,
+        LoopKind::Gc => crate::gc::tick::tick(ctx, now).await,
     };
     let elapsed = started.elapsed();
     let metrics = &ctx.metrics.loops;
@@ -162,9 +116,6 @@ fn ticker(period: Duration) -> Interval {
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker
 }
-
-/// `now` as the loops pass it on; kept as a type alias so signatures read clearly.
-pub type Now = DateTime<Utc>;
 
 #[cfg(test)]
 mod tests;

@@ -2,8 +2,13 @@ use super::*;
 
 use chrono::DateTime;
 
+use tokio::sync::watch;
+
 use crate::clock::ManualClock;
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::StoreOptions;
+use crate::store::{Store, StoreError};
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -4,6 +4,7 @@
 //! Invariant (checked by `tests/it/tidy.rs`): nothing under `planner` imports tokio,
 //! rusqlite, hyper, kube or `crate::store`, or reads a clock. Time is a parameter.
 
+pub mod deadlines;
 pub mod gc;
 pub mod housekeeping;
 pub mod lifecycle;

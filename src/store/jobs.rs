@@ -7,6 +7,7 @@
 //! sets readiness and the autostop deadline, a stop clears readiness, a delete soft-deletes
 //! the workspace (freeing its name). A failed or canceled job changes nothing but the job.
 
+use crate::planner::deadlines::{TtlPolicy, start_deadlines};
 use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 
@@ -14,7 +15,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::event::{BuildRef, Event};
-use crate::domain::time;
 use crate::domain::{
     JobPriority, JobStatus, LogLevel, LogLine, Replacement, Resource, Timing, Transition,
     agents_ready,
@@ -411,25 +411,22 @@ fn apply_success(
     Ok(())
 }
 
-/// Autostop deadline of a started workspace: completion + the workspace TTL (or the
-/// template's default), capped by the template's max TTL. Set once; a later TTL change does
-/// not move it.
+/// Stores a started workspace's autostop deadlines (`planner::deadlines::start_deadlines`).
 fn set_deadline(tx: &WriteTx<'_>, job: &AcquiredJob, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let (ttl_s, default_ttl_s, max_ttl_s, autostop_enabled): (Option<i64>, i64, i64, bool) = tx
-        .query_row_cached(
-            "SELECT w.ttl_s, t.default_ttl_s, t.max_ttl_s, t.autostop_enabled
+    let policy = tx.query_row_cached(
+        "SELECT w.ttl_s, t.default_ttl_s, t.max_ttl_s, t.autostop_enabled
            FROM workspaces w JOIN templates t ON t.id = w.template_id WHERE w.id = ?1",
-            [&job.build.workspace_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )?;
-    let ttl = ttl_s.unwrap_or(default_ttl_s);
-    let deadline = (autostop_enabled && ttl > 0).then(|| time::after_signed(now, ttl));
-    let max_deadline = (max_ttl_s > 0).then(|| time::after_signed(now, max_ttl_s));
-    let deadline = match (deadline, max_deadline) {
-        (Some(deadline), Some(max)) => Some(deadline.min(max)),
-        (None, Some(max)) => Some(max),
-        (deadline, None) => deadline,
-    };
+        [&job.build.workspace_id],
+        |row| {
+            Ok(TtlPolicy {
+                workspace_ttl_s: row.get(0)?,
+                default_ttl_s: row.get(1)?,
+                max_ttl_s: row.get(2)?,
+                autostop_enabled: row.get(3)?,
+            })
+        },
+    )?;
+    let (deadline, max_deadline) = start_deadlines(&policy, now);
     tx.execute_cached(
         "UPDATE workspace_builds SET deadline = ?2, max_deadline = ?3 WHERE id = ?1",
         params![job.build.build_id, deadline.map(to_millis), max_deadline.map(to_millis)],

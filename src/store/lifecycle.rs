@@ -10,9 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::PREBUILDS_USER_ID;
-use crate::planner::lifecycle::next_allowed_autostart;
-use crate::planner::schedule::CronSchedule;
-use crate::planner::snapshot::Weekday;
+use crate::planner::deadlines::{self, AutostartInputs};
 use crate::store::StoreError;
 use crate::store::time::{from_millis, to_millis};
 
@@ -83,22 +81,15 @@ pub fn refresh_next_start(conn: &Connection, workspace_id: &str) -> Result<(), S
         )
         .optional()?;
     let next = inputs.and_then(|inputs| {
-        if inputs.owner == PREBUILDS_USER_ID
-            || !inputs.enabled
-            || inputs.transition.as_deref() != Some("stop")
-            || inputs.status.as_deref() == Some("failed")
-        {
-            return None;
-        }
-        let schedule = CronSchedule::parse_weekly(&inputs.schedule?).ok()?;
-        let since = from_millis(inputs.since?)?;
-        let days: Vec<Weekday> = Weekday::ALL
-            .iter()
-            .enumerate()
-            .filter(|(bit, _)| inputs.days & (1 << bit) != 0)
-            .map(|(_, day)| *day)
-            .collect();
-        next_allowed_autostart(&schedule, since, &days)
+        deadlines::next_start_at(&AutostartInputs {
+            schedule: inputs.schedule.as_deref(),
+            is_prebuild: inputs.owner == PREBUILDS_USER_ID,
+            template_allows_autostart: inputs.enabled,
+            allowed_days: inputs.days,
+            latest_transition: inputs.transition.as_deref().and_then(|text| text.parse().ok()),
+            latest_status: inputs.status.as_deref().and_then(|text| text.parse().ok()),
+            latest_created_at: inputs.since.and_then(from_millis),
+        })
     });
     // Only when it changed: most builds leave it as it was (NULL), and an unchanged write
     // still costs a row rewrite.
@@ -142,4 +133,70 @@ pub fn mark_dormant(
         params![workspace_id, to_millis(now), deleting_at.map(to_millis)],
     )?;
     Ok(())
+}
+
+/// What activity on a live workspace needs: `last_used_at` (ms), its TTL (or the
+/// template's default, seconds).
+pub fn activity_inputs(
+    conn: &Connection,
+    workspace_id: &str,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT w.last_used_at, COALESCE(w.ttl_s, t.default_ttl_s)
+               FROM workspaces w JOIN templates t ON t.id = w.template_id
+              WHERE w.id = ?1 AND w.deleted = 0",
+            [workspace_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// `last_used_at = now`.
+pub fn touch(conn: &Connection, workspace_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE workspaces SET last_used_at = ?2 WHERE id = ?1",
+        params![workspace_id, to_millis(now)],
+    )?;
+    Ok(())
+}
+
+/// A build's max deadline (schema: `workspace_builds.max_deadline`).
+pub fn max_deadline(
+    conn: &Connection,
+    build_id: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let max: Option<i64> = conn.query_row_cached(
+        "SELECT max_deadline FROM workspace_builds WHERE id = ?1",
+        [build_id],
+        |row| row.get(0),
+    )?;
+    Ok(max.and_then(from_millis))
+}
+
+/// Moves a build's deadline (activity); the caller refreshes the latest-build summary.
+pub fn move_deadline(
+    conn: &Connection,
+    build_id: &str,
+    deadline: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE workspace_builds SET deadline = ?2, updated_at = ?3 WHERE id = ?1",
+        params![build_id, to_millis(deadline), to_millis(now)],
+    )?;
+    Ok(())
+}
+
+/// Sets (or clears) a live workspace's autostart schedule; `false` when there is none.
+pub fn set_schedule(
+    conn: &Connection,
+    workspace_id: &str,
+    schedule: Option<&str>,
+) -> Result<bool, StoreError> {
+    let changed = conn.execute_cached(
+        "UPDATE workspaces SET autostart_schedule = ?2 WHERE id = ?1 AND deleted = 0",
+        params![workspace_id, schedule],
+    )?;
+    Ok(changed > 0)
 }

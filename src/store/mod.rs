@@ -19,6 +19,7 @@ pub mod lock;
 pub mod migrations;
 pub mod notifications;
 pub mod outbox;
+pub mod presets;
 pub mod retention;
 pub mod snapshot;
 pub mod templates;

@@ -64,6 +64,41 @@ pub fn dispatch(
     Ok(pending.len())
 }
 
+/// Queues a notification for template admins of `template_id`.
+pub fn queue_for_template(
+    conn: &rusqlite::Connection,
+    kind: &str,
+    organization_id: &str,
+    template_id: &str,
+    payload: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "INSERT INTO notifications (kind, organization_id, template_id, payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![kind, organization_id, template_id, payload.to_string(), to_millis(now)],
+    )?;
+    Ok(())
+}
+
+/// Queues a notification for a workspace's owner.
+pub fn queue_for_owner(
+    conn: &rusqlite::Connection,
+    kind: &str,
+    user_id: &str,
+    organization_id: &str,
+    template_id: &str,
+    payload: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "INSERT INTO notifications (kind, user_id, organization_id, template_id, payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![kind, user_id, organization_id, template_id, payload.to_string(), to_millis(now)],
+    )?;
+    Ok(())
+}
+
 /// Whether any notification waits (a read, so an idle publisher never takes the writer).
 pub fn has_pending(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
     Ok(conn.query_row_cached(

@@ -141,6 +141,40 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Workspace>, StoreError>
         .optional()?)
 }
 
+/// Ids of every live workspace.
+pub fn live_ids(conn: &Connection) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut statement = conn.prepare_cached("SELECT id FROM workspaces WHERE deleted = 0")?;
+    let rows = statement.query_map([], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether a live workspace has this id.
+pub fn is_live(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row_cached(
+        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = ?1 AND deleted = 0)",
+        [id],
+        |row| row.get(0),
+    )?)
+}
+
+/// Records that the garbage collector warned the owner.
+pub fn mark_gc_warned(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE workspaces SET gc_warned_at = ?2 WHERE id = ?1",
+        params![id, to_millis(now)],
+    )?;
+    Ok(())
+}
+
+/// Marks a workspace deleted without a build (nothing was ever built for it).
+pub fn mark_deleted(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE workspaces SET deleted = 1, updated_at = ?2 WHERE id = ?1",
+        params![id, to_millis(now)],
+    )?;
+    Ok(())
+}
+
 /// The live workspace of `owner_id` named `name`.
 pub fn get_by_name(
     conn: &Connection,

@@ -13,7 +13,7 @@ use workspaced::config::templates::{
 };
 use workspaced::domain::LoopKind;
 use workspaced::domain::{PREBUILDS_USER_ID, ParameterType};
-use workspaced::prebuilds::{self, ClaimOutcome, ClaimRequest};
+use workspaced::pools::{self, ClaimOutcome, ClaimRequest};
 use workspaced::store::audit::Actor;
 
 use crate::helpers::TestDaemon;
@@ -156,7 +156,7 @@ async fn a_claim_takes_a_ready_prebuild_and_the_pool_refills() {
         autostart_schedule: Some("CRON_TZ=Europe/Berlin 0 8 * * 1-5".into()),
         ttl_s: Some(3600),
     };
-    let outcome = prebuilds::claim_workspace(
+    let outcome = pools::claim_workspace(
         &daemon.store,
         &clock,
         &daemon.metrics.prebuilds,
@@ -199,7 +199,7 @@ async fn a_claim_takes_a_ready_prebuild_and_the_pool_refills() {
     let mut other = request;
     other.name = "custom".into();
     other.parameters = BTreeMap::from([("cpu".to_owned(), "8".to_owned())]);
-    let outcome = prebuilds::claim_workspace(
+    let outcome = pools::claim_workspace(
         &daemon.store,
         &clock,
         &daemon.metrics.prebuilds,
@@ -246,7 +246,7 @@ async fn concurrent_claimers_never_get_the_same_prebuild() {
                             autostart_schedule: None,
                             ttl_s: None,
                         };
-                        store.write_blocking(|tx| prebuilds::claim(tx, &request, now)).unwrap()
+                        store.write_blocking(|tx| pools::claim(tx, &request, now)).unwrap()
                     })
                     .collect::<Vec<_>>()
             })
@@ -322,7 +322,7 @@ async fn a_failing_preset_backs_off_then_hard_limits_until_reset() {
     let report = daemon
         .store
         .write(move |tx| {
-            prebuilds::reset_preset(tx, &id, &workspaced::store::audit::Actor::system("test"), now)
+            pools::reset_preset(tx, &id, &workspaced::store::audit::Actor::system("test"), now)
         })
         .await
         .unwrap();

@@ -694,7 +694,7 @@ fn interrupted_builds_are_requeued_and_an_interrupted_prebuild_create_is_cleaned
     let report =
         store.read_blocking(|conn| workspaced::store::invariants::check(conn, None)).unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
-    let totals = store.read_blocking(workspaced::prebuilds::lifetime_counts).unwrap();
+    let totals = store.read_blocking(workspaced::store::presets::lifetime_counts).unwrap();
     assert_eq!(totals.len(), 1, "{totals:?}");
     assert_eq!(totals[0].1[2], 1, "claimed once: {totals:?}");
 

@@ -1,7 +1,7 @@
 //! The garbage collector loop: every `gc.interval` (or at once on SIGUSR1), one run of
 //! `crate::gc::run`, with its figures logged and exported.
 
-use crate::loops::{LoopCtx, LoopError, Now, TickReport};
+use crate::context::{LoopCtx, LoopError, Now, TickReport};
 
 pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     let config = std::sync::Arc::clone(&ctx.config.borrow());

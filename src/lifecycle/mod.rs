@@ -5,17 +5,19 @@
 //!
 //! The decision lives in `planner::lifecycle::decide`; this module only makes it so.
 
-use crate::store::CachedStatements;
+pub mod tick;
+
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 use crate::domain::event::Event;
 use crate::domain::{BuildReason, Transition};
+use crate::planner::deadlines::deadline_on_activity;
 use crate::planner::lifecycle;
 use crate::planner::plan::{LifecycleDecision, LifecycleReason};
 use crate::planner::schedule::CronSchedule;
 use crate::store::builds::{self, BuildError, BuildRequest};
-use crate::store::time::{from_millis, to_millis};
+use crate::store::lifecycle as store_lifecycle;
+use crate::store::time::to_millis;
 use crate::store::{StoreError, WriteTx, snapshot};
 
 /// Activity reports closer together than this are coalesced into one write.
@@ -103,45 +105,22 @@ pub fn report_activity(
     workspace_id: &str,
     now: DateTime<Utc>,
 ) -> Result<Activity, StoreError> {
-    let row: Option<(i64, Option<i64>, i64)> = tx
-        .query_row_cached(
-            "SELECT w.last_used_at, w.ttl_s, t.default_ttl_s FROM workspaces w JOIN templates t ON t.id = w.template_id
-              WHERE w.id = ?1 AND w.deleted = 0",
-            [workspace_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .optional()?;
-    let Some((last_used_at, ttl_s, default_ttl_s)) = row else { return Ok(Activity::NotFound) };
+    let Some((last_used_at, ttl)) = store_lifecycle::activity_inputs(tx, workspace_id)? else {
+        return Ok(Activity::NotFound);
+    };
     if to_millis(now) - last_used_at < ACTIVITY_COALESCE_S * 1000 {
         return Ok(Activity::Coalesced);
     }
-    tx.execute_cached(
-        "UPDATE workspaces SET last_used_at = ?2 WHERE id = ?1",
-        params![workspace_id, to_millis(now)],
-    )?;
+    store_lifecycle::touch(tx, workspace_id, now)?;
     let mut deadline_extended = false;
-    let ttl = ttl_s.unwrap_or(default_ttl_s);
-    let latest = builds::latest(tx, workspace_id)?;
-    if ttl > 0
-        && let Some(latest) = latest
+    if let Some(latest) = builds::latest(tx, workspace_id)?
         && latest.transition == Transition::Start
         && latest.job_status == crate::domain::JobStatus::Succeeded
         && let Some(deadline) = latest.deadline
     {
-        let max_deadline: Option<i64> = tx.query_row_cached(
-            "SELECT max_deadline FROM workspace_builds WHERE id = ?1",
-            [&latest.build_id],
-            |row| row.get(0),
-        )?;
-        let mut bumped = crate::domain::time::after_signed(now, ttl);
-        if let Some(max) = max_deadline.and_then(from_millis) {
-            bumped = bumped.min(max);
-        }
-        if deadline - now < crate::domain::time::signed_span(ttl) && bumped > deadline {
-            tx.execute_cached(
-                "UPDATE workspace_builds SET deadline = ?2, updated_at = ?3 WHERE id = ?1",
-                params![latest.build_id, to_millis(bumped), to_millis(now)],
-            )?;
+        let max_deadline = store_lifecycle::max_deadline(tx, &latest.build_id)?;
+        if let Some(bumped) = deadline_on_activity(now, deadline, ttl, max_deadline) {
+            store_lifecycle::move_deadline(tx, &latest.build_id, bumped, now)?;
             builds::refresh_latest(tx, workspace_id)?;
             deadline_extended = true;
         }
@@ -170,13 +149,7 @@ pub fn set_autostart_schedule(
         CronSchedule::parse_weekly(schedule)
             .map_err(|error| ScheduleError::Invalid(error.to_string()))?;
     }
-    let changed = tx
-        .execute_cached(
-            "UPDATE workspaces SET autostart_schedule = ?2 WHERE id = ?1 AND deleted = 0",
-            params![workspace_id, schedule],
-        )
-        .map_err(StoreError::from)?;
-    if changed == 0 {
+    if !store_lifecycle::set_schedule(tx, workspace_id, schedule)? {
         return Err(ScheduleError::NotFound(workspace_id.to_owned()));
     }
     crate::store::lifecycle::refresh_next_start(tx, workspace_id)?;

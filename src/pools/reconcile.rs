@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
+use crate::context::{LoopCtx, LoopError, Now, TickReport};
 use crate::error::error_chain;
-use crate::loops::{LoopCtx, LoopError, Now, TickReport};
 use crate::planner::plan::{PoolAction, PresetPlan};
 use crate::planner::reconcile;
 use crate::planner::snapshot::{Index, Preset, Snapshot};
-use crate::prebuilds;
+use crate::pools;
 use crate::store::builds::BuildError;
 use crate::store::snapshot;
 
@@ -54,7 +54,7 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     }
     actions += clean_up(ctx, &index, &plan, now).await;
     update_gauges(ctx, &snapshot, &plan.presets);
-    match ctx.store.read(prebuilds::lifetime_counts).await {
+    match ctx.store.read(crate::store::presets::lifetime_counts).await {
         Ok(totals) => metrics.sync_counters(&totals),
         Err(error) => tracing::warn!(error = %error_chain(&error), "cannot read prebuild totals"),
     }
@@ -89,7 +89,7 @@ async fn clean_up(
     let mut done = 0;
     for leftover in crate::planner::housekeeping::leftovers(index, plan, retention, now) {
         let action = leftover.clone();
-        match ctx.store.write(move |tx| prebuilds::clean_up(tx, &action, now)).await {
+        match ctx.store.write(move |tx| pools::clean_up(tx, &action, now)).await {
             Ok(true) => {
                 done += 1;
                 tracing::info!(
@@ -121,7 +121,7 @@ async fn execute(
     let limited = plan.hard_limited;
     let id = preset_id.clone();
     let newly_limited =
-        ctx.store.write(move |tx| prebuilds::sync_hard_limit(tx, &id, limited, now)).await?;
+        ctx.store.write(move |tx| pools::sync_hard_limit(tx, &id, limited, now)).await?;
     if plan.hard_limited {
         tracing::warn!(
             preset_id = %preset_id,
@@ -139,7 +139,7 @@ async fn execute(
                 for workspace_id in workspace_ids {
                     let id = workspace_id.clone();
                     let queued =
-                        ctx.store.write(move |tx| prebuilds::delete_prebuild(tx, &id, now)).await?;
+                        ctx.store.write(move |tx| pools::delete_prebuild(tx, &id, now)).await?;
                     match queued {
                         Some(_) => {
                             enqueued += 1;
@@ -164,11 +164,7 @@ async fn execute(
                 for _ in 0..count {
                     *budget = budget.saturating_sub(1);
                     let id = preset_id.clone();
-                    match ctx
-                        .store
-                        .write(move |tx| prebuilds::create_prebuild(tx, &id, now))
-                        .await?
-                    {
+                    match ctx.store.write(move |tx| pools::create_prebuild(tx, &id, now)).await? {
                         Some(queued) => {
                             enqueued += 1;
                             tracing::info!(preset_id = %preset_id, workspace_id = %queued.build.workspace_id, "prebuild created");

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::context::{LoopCtx, LoopError, Now, TickReport};
 use crate::error::error_chain;
 use crate::lifecycle::{self, reason_name};
-use crate::loops::{LoopCtx, LoopError, Now, TickReport};
 use crate::planner::lifecycle::tick as minute_tick;
 
 pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {

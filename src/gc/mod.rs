@@ -6,12 +6,13 @@
 //! Deletes go through the provisioner (a `delete` build), so the backend removes what the
 //! workspace holds.
 
-use crate::store::CachedStatements;
+pub mod tick;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde_json::json;
 
 use crate::config::Config;
@@ -22,7 +23,6 @@ use crate::planner::plan::{GcAction, GcActionKind};
 use crate::planner::snapshot::{GcBasis, GcSettings, Template, Workspace, rfc3339};
 use crate::store::audit::{self, Actor, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest};
-use crate::store::time::to_millis;
 use crate::store::{Store, StoreError, WriteTx, snapshot};
 
 /// One judged workspace.
@@ -97,11 +97,7 @@ pub fn plan_run(
 fn orphans(conn: &Connection, data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let root = crate::provisioner::local::workspaces_root(data_dir);
     let Ok(entries) = std::fs::read_dir(&root) else { return Ok(Vec::new()) };
-    let live: HashSet<String> = {
-        let mut statement = conn.prepare_cached("SELECT id FROM workspaces WHERE deleted = 0")?;
-        let rows = statement.query_map([], |row| row.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let live = crate::store::workspaces::live_ids(conn)?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
@@ -195,13 +191,7 @@ pub async fn execute(
         let name = orphan.file_name().map(|name| name.to_string_lossy().into_owned());
         let live = match name {
             Some(id) => store
-                .read(move |conn| {
-                    Ok(conn.query_row_cached(
-                        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = ?1 AND deleted = 0)",
-                        [id],
-                        |row| row.get::<_, bool>(0),
-                    )?)
-                })
+                .read(move |conn| crate::store::workspaces::is_live(conn, &id))
                 .await
                 .unwrap_or(true),
             None => true,
@@ -273,23 +263,16 @@ fn act(
         GcActionKind::Warn => {
             let deletes_at =
                 action.deletes_at.map(|time| rfc3339::format(&time)).unwrap_or_default();
-            tx.execute_cached(
-                "UPDATE workspaces SET gc_warned_at = ?2 WHERE id = ?1",
-                params![workspace_id, to_millis(now)],
-            )
-            .map_err(StoreError::from)?;
-            tx.execute_cached(
-                "INSERT INTO notifications (kind, user_id, organization_id, template_id, payload, created_at)
-                 VALUES ('gc.warning', ?1, ?2, ?3, ?4, ?5)",
-                params![
-                    owner_id,
-                    template.organization_id,
-                    template.id,
-                    json!({ "workspace_id": workspace_id, "deletes_at": deletes_at }).to_string(),
-                    to_millis(now)
-                ],
-            )
-            .map_err(StoreError::from)?;
+            crate::store::workspaces::mark_gc_warned(tx, workspace_id, now)?;
+            crate::store::notifications::queue_for_owner(
+                tx,
+                "gc.warning",
+                &owner_id,
+                &template.organization_id,
+                &template.id,
+                &json!({ "workspace_id": workspace_id, "deletes_at": deletes_at }),
+                now,
+            )?;
             audit::record(
                 tx,
                 &actor,

@@ -1,0 +1,267 @@
+//! Presets and their prebuilds: the SQL the pool's write side and the claim path run
+//! (`pools`). Every function runs on the caller's connection or write transaction, so the
+//! re-checks the callers make see the same transaction's state.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use crate::domain::PREBUILDS_USER_ID;
+use crate::store::time::to_millis;
+use crate::store::workspaces::CreateWorkspaceError;
+use crate::store::{CachedStatements, StoreError};
+
+/// A preset as the write side needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresetRow {
+    pub template_id: String,
+    pub organization_id: String,
+    pub version_id: String,
+    /// On the template's active version, and the template is neither deleted nor deprecated.
+    pub active: bool,
+    pub ttl_s: Option<i64>,
+}
+
+pub fn preset_row(conn: &Connection, preset_id: &str) -> Result<Option<PresetRow>, StoreError> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT t.id, t.organization_id, p.template_version_id,
+                    (t.active_version_id = p.template_version_id AND t.deleted = 0 AND t.deprecated = 0),
+                    p.ttl_s
+               FROM presets p
+               JOIN template_versions v ON v.id = p.template_version_id
+               JOIN templates t ON t.id = v.template_id
+              WHERE p.id = ?1",
+            [preset_id],
+            |row| {
+                Ok(PresetRow {
+                    template_id: row.get(0)?,
+                    organization_id: row.get(1)?,
+                    version_id: row.get(2)?,
+                    active: row.get(3)?,
+                    ttl_s: row.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// The stored pool status (`healthy` / `hard_limited`) and when the hard limit was last
+/// notified; `None` for an unknown preset.
+pub fn hard_limit_state(
+    conn: &Connection,
+    preset_id: &str,
+) -> Result<Option<(String, Option<i64>)>, StoreError> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT prebuild_status, hard_limit_notified_at FROM presets WHERE id = ?1",
+            [preset_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?)
+}
+
+pub fn set_prebuild_status(
+    conn: &Connection,
+    preset_id: &str,
+    status: &str,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE presets SET prebuild_status = ?2 WHERE id = ?1",
+        params![preset_id, status],
+    )?;
+    Ok(())
+}
+
+pub fn mark_hard_limit_notified(
+    conn: &Connection,
+    preset_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE presets SET hard_limit_notified_at = ?2 WHERE id = ?1",
+        params![preset_id, to_millis(now)],
+    )?;
+    Ok(())
+}
+
+/// Back to `healthy`, with the next hard limit notified again (a reset).
+pub fn clear_hard_limit(conn: &Connection, preset_id: &str) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE presets SET prebuild_status = 'healthy', hard_limit_notified_at = NULL WHERE id = ?1",
+        [preset_id],
+    )?;
+    Ok(())
+}
+
+/// Live prebuilds of the preset whose latest build's job failed, oldest first.
+pub fn failed_prebuilds(conn: &Connection, preset_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT w.id FROM workspaces w
+           JOIN workspace_builds b ON b.workspace_id = w.id
+            AND b.build_number = (SELECT MAX(build_number) FROM workspace_builds WHERE workspace_id = w.id)
+           JOIN provisioner_jobs j ON j.id = b.job_id
+          WHERE w.deleted = 0 AND w.owner_id = ?1 AND b.preset_id = ?2 AND j.status = 'failed'
+          ORDER BY w.created_at, w.id",
+    )?;
+    let rows = statement.query_map(params![PREBUILDS_USER_ID, preset_id], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// (organization, active version) of a live template with an active version.
+pub fn active_template(
+    conn: &Connection,
+    template_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT organization_id, active_version_id FROM templates
+              WHERE id = ?1 AND deleted = 0 AND active_version_id IS NOT NULL",
+            [template_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?)
+}
+
+pub fn is_on_version(
+    conn: &Connection,
+    preset_id: &str,
+    version_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn.query_row_cached(
+        "SELECT EXISTS (SELECT 1 FROM presets WHERE id = ?1 AND template_version_id = ?2)",
+        params![preset_id, version_id],
+        |row| row.get(0),
+    )?)
+}
+
+/// The presets of a version in declaration order.
+pub fn version_presets(conn: &Connection, version_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id FROM presets WHERE template_version_id = ?1 ORDER BY created_at, rowid",
+    )?;
+    let rows = statement.query_map([version_id], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The oldest ready, running prebuild of the preset on `version_id` created at or after
+/// `oldest_allowed` (milliseconds). Reads the latest-build summary (schema V2) through the
+/// `workspaces_claimable` partial index (schema V4), so a claim costs the same with 10 or
+/// 10,000 prebuilds in the pool.
+pub fn ready_prebuild(
+    conn: &Connection,
+    preset_id: &str,
+    version_id: &str,
+    oldest_allowed: i64,
+) -> Result<Option<String>, StoreError> {
+    let mut statement = conn.prepare_cached(CLAIMABLE)?;
+    Ok(statement
+        .query_row(params![PREBUILDS_USER_ID, preset_id, version_id, oldest_allowed], |row| {
+            row.get(0)
+        })
+        .optional()?)
+}
+
+/// The claim query (`?1` = the prebuilds user); its literal terms match the partial index.
+const CLAIMABLE: &str = "SELECT id FROM workspaces INDEXED BY workspaces_claimable
+  WHERE owner_id = ?1 AND preset_id = ?2 AND deleted = 0 AND agents_ready = 1
+    AND latest_transition = 'start' AND latest_job_status = 'succeeded'
+    AND latest_template_version_id = ?3 AND created_at >= ?4
+  ORDER BY created_at, id LIMIT 1";
+
+/// Who a claimed prebuild now belongs to and how it is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer<'a> {
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub autostart_schedule: Option<&'a str>,
+    pub ttl_s: Option<i64>,
+}
+
+/// Hands a live prebuild to a user (activity now, not dormant, no deletion pending).
+/// `Ok(false)` when it is no longer a live prebuild; `NameTaken` when the user already has
+/// a workspace of that name.
+pub fn transfer_prebuild(
+    conn: &Connection,
+    workspace_id: &str,
+    to: &Transfer<'_>,
+    now: DateTime<Utc>,
+) -> Result<bool, CreateWorkspaceError> {
+    let changed = conn
+        .execute_cached(
+            "UPDATE workspaces SET owner_id = ?2, name = ?3, last_used_at = ?4, updated_at = ?4,
+                    dormant_at = NULL, deleting_at = NULL, autostart_schedule = ?5, ttl_s = ?6
+              WHERE id = ?1 AND owner_id = ?7 AND deleted = 0",
+            params![
+                workspace_id,
+                to.user_id,
+                to.name,
+                to_millis(now),
+                to.autostart_schedule,
+                to.ttl_s,
+                PREBUILDS_USER_ID,
+            ],
+        )
+        .map_err(|error| match error {
+            rusqlite::Error::SqliteFailure(failure, Some(message))
+                if failure.code == ErrorCode::ConstraintViolation
+                    && message.contains("workspaces.name") =>
+            {
+                CreateWorkspaceError::NameTaken { name: to.name.to_owned() }
+            }
+            other => CreateWorkspaceError::Store(other.into()),
+        })?;
+    Ok(changed == 1)
+}
+
+/// (organization, template, preset) names.
+pub type PresetKey = (String, String, String);
+
+/// Lifetime figures of one preset: `[created, failed, claimed]`.
+pub type PresetTotals = (PresetKey, [u64; 3]);
+
+/// Lifetime prebuild figures per preset name, from the database (so they survive
+/// restarts). A claim is one workspace: a claim build re-queued after an interruption does
+/// not count twice.
+pub fn lifetime_counts(conn: &Connection) -> Result<Vec<PresetTotals>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT o.name, t.name, p.name,
+                SUM(b.is_prebuild AND b.transition = 'start' AND b.build_number = 1),
+                SUM(b.is_prebuild AND b.transition = 'start' AND j.status = 'failed'),
+                COUNT(DISTINCT CASE WHEN b.is_prebuild_claim THEN b.workspace_id END)
+           FROM workspace_builds b
+           JOIN provisioner_jobs j ON j.id = b.job_id
+           JOIN presets p ON p.id = b.preset_id
+           JOIN template_versions v ON v.id = p.template_version_id
+           JOIN templates t ON t.id = v.template_id
+           JOIN organizations o ON o.id = t.organization_id
+          WHERE b.preset_id IS NOT NULL
+          GROUP BY o.name, t.name, p.name",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let count = |index| row.get::<_, i64>(index).map(|value| u64::try_from(value).unwrap_or(0));
+        Ok(((row.get(0)?, row.get(1)?, row.get(2)?), [count(3)?, count(4)?, count(5)?]))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claim_query_uses_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db")))
+                .unwrap();
+        let plan: Vec<String> = store
+            .read_blocking(|conn| {
+                let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIMABLE}"))?;
+                let rows = statement.query_map(params!["u", "p", "v", 0], |row| row.get(3))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("workspaces_claimable")), "{plan:?}");
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
+    }
+}
