@@ -209,7 +209,7 @@ pub fn validate(
                 ),
             ));
         }
-        if template.provisioner != crate::provisioner::LOCAL_BACKEND
+        if template.provisioner != crate::domain::LOCAL_BACKEND
             && !exec_profiles.contains(&template.provisioner)
         {
             return Err(fail(

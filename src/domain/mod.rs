@@ -5,6 +5,7 @@
 //! schema's CHECK constraints and the wire formats use.
 
 pub mod event;
+pub mod job;
 pub mod parameters;
 pub mod time;
 
@@ -13,6 +14,9 @@ pub const DEFAULT_ORGANIZATION_ID: &str = "00000000-0000-0000-0000-000000000001"
 
 /// The system user that owns every unclaimed prebuild (Coder uses the same id).
 pub const PREBUILDS_USER_ID: &str = "c42fdf75-3097-471c-8c33-fb52454d81c0";
+
+/// The name of the built-in provisioner backend (directories under the data dir).
+pub const LOCAL_BACKEND: &str = "local";
 
 /// Which background loop (the `loop` label value of its metrics and its log name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,7 +13,6 @@
 //! `X-Workspaced-Timestamp` (Unix seconds) and `X-Workspaced-Signature: sha256=<hex>` =
 //! HMAC-SHA256(secret, "<timestamp>.<body>"). Any 2xx is success.
 
-use crate::store::CachedStatements;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use rusqlite::Connection;
 use sha2::Sha256;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +33,7 @@ use crate::config::{Config, WebhookConfig};
 use crate::domain::event::PublishedEvent;
 use crate::metrics::ApiMetrics;
 use crate::store::time::{from_millis, to_millis};
+use crate::store::webhooks::{self as store_webhooks, AttemptRecord, Due};
 use crate::store::{Store, StoreError};
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>").
@@ -63,56 +62,6 @@ pub fn backoff(webhook: &WebhookConfig, attempts: u32) -> Duration {
     Duration::from_secs(initial.saturating_mul(factor).min(webhook.max_backoff.as_secs()))
 }
 
-/// A delivery row as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Delivery {
-    pub id: i64,
-    pub webhook: String,
-    pub event_id: i64,
-    pub kind: String,
-    pub status: String,
-    pub attempts: u32,
-    pub next_attempt_at: Option<String>,
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    pub updated_at: String,
-}
-
-/// Deliveries, newest first, filtered by status when given.
-pub fn deliveries(
-    conn: &Connection,
-    status: Option<&str>,
-    limit: usize,
-) -> Result<Vec<Delivery>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT d.id, d.webhook, d.event_id, o.kind, d.status, d.attempts, d.next_attempt_at,
-                d.last_status, d.last_error, d.updated_at
-           FROM webhook_deliveries d JOIN outbox o ON o.id = d.event_id
-          WHERE ?1 IS NULL OR d.status = ?1
-          ORDER BY d.id DESC LIMIT ?2",
-    )?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement.query_map(params![status, limit], |row| {
-        let status: String = row.get(4)?;
-        let next: i64 = row.get(6)?;
-        Ok(Delivery {
-            id: row.get(0)?,
-            webhook: row.get(1)?,
-            event_id: row.get(2)?,
-            kind: row.get(3)?,
-            next_attempt_at: (status == "pending")
-                .then(|| from_millis(next).map(|time| time.to_rfc3339()))
-                .flatten(),
-            status,
-            attempts: row.get(5)?,
-            last_status: row.get(7)?,
-            last_error: row.get(8)?,
-            updated_at: from_millis(row.get(9)?).map(|time| time.to_rfc3339()).unwrap_or_default(),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 /// Moves every webhook's cursor over the committed outbox, queueing a delivery for each
 /// event it wants. Returns how many deliveries were queued.
 fn enqueue(
@@ -122,78 +71,21 @@ fn enqueue(
 ) -> Result<usize, StoreError> {
     let mut queued = 0;
     for webhook in webhooks {
-        let cursor: Option<i64> = conn
-            .query_row_cached(
-                "SELECT last_event_id FROM webhook_cursors WHERE webhook = ?1",
-                [&webhook.name],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(cursor) = cursor else {
+        let Some(cursor) = store_webhooks::cursor(conn, &webhook.name)? else {
             // New webhook: from now on.
-            conn.execute_cached(
-                "INSERT INTO webhook_cursors (webhook, last_event_id)
-                 SELECT ?1, COALESCE(MAX(id), 0) FROM outbox",
-                [&webhook.name],
-            )?;
+            store_webhooks::start_cursor_at_the_end(conn, &webhook.name)?;
             continue;
         };
-        let events: Vec<(i64, String)> = {
-            let mut statement = conn.prepare_cached(
-                "SELECT id, kind FROM outbox WHERE id > ?1 ORDER BY id LIMIT 1000",
-            )?;
-            let rows = statement.query_map([cursor], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let events = store_webhooks::events_after(conn, cursor, 1000)?;
         let Some((last, _)) = events.last() else { continue };
         for (id, kind) in &events {
             if webhook.wants(kind) {
-                queued += conn.execute_cached(
-                    "INSERT OR IGNORE INTO webhook_deliveries (webhook, event_id, next_attempt_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?3, ?3)",
-                    params![webhook.name, id, to_millis(now)],
-                )?;
+                queued += store_webhooks::queue_delivery(conn, &webhook.name, *id, now)?;
             }
         }
-        conn.execute_cached(
-            "UPDATE webhook_cursors SET last_event_id = ?2 WHERE webhook = ?1",
-            params![webhook.name, last],
-        )?;
+        store_webhooks::move_cursor(conn, &webhook.name, *last)?;
     }
     Ok(queued)
-}
-
-/// A due delivery with what to send.
-struct Due {
-    id: i64,
-    webhook: String,
-    event_id: i64,
-    kind: String,
-    payload: String,
-    created_at: i64,
-    attempts: u32,
-}
-
-fn due(conn: &Connection, now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT d.id, d.webhook, d.event_id, o.kind, o.payload, o.created_at, d.attempts
-           FROM webhook_deliveries d JOIN outbox o ON o.id = d.event_id
-          WHERE d.status = 'pending' AND d.next_attempt_at <= ?1
-          ORDER BY d.next_attempt_at, d.id LIMIT ?2",
-    )?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement.query_map(params![to_millis(now), limit], |row| {
-        Ok(Due {
-            id: row.get(0)?,
-            webhook: row.get(1)?,
-            event_id: row.get(2)?,
-            kind: row.get(3)?,
-            payload: row.get(4)?,
-            created_at: row.get(5)?,
-            attempts: row.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The outcome of one attempt.
@@ -247,7 +139,7 @@ impl Worker {
         self.store.write(move |tx| enqueue(tx, &configured, now)).await?;
         loop {
             let now = self.clock.now();
-            let batch = self.store.read(move |conn| due(conn, now, 32)).await?;
+            let batch = self.store.read(move |conn| store_webhooks::due(conn, now, 32)).await?;
             if batch.is_empty() {
                 break;
             }
@@ -280,16 +172,7 @@ impl Worker {
                 break;
             }
         }
-        let pending: i64 = self
-            .store
-            .read(|conn| {
-                Ok(conn.query_row_cached(
-                    "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'",
-                    [],
-                    |row| row.get(0),
-                )?)
-            })
-            .await?;
+        let pending = self.store.read(store_webhooks::pending_count).await?;
         self.metrics.webhook_pending.set(pending);
         Ok(())
     }
@@ -358,10 +241,7 @@ fn record(
 ) -> Result<(), StoreError> {
     for id in orphaned {
         // Look again in a minute.
-        conn.execute_cached(
-            "UPDATE webhook_deliveries SET next_attempt_at = ?2 WHERE id = ?1",
-            params![id, to_millis(now) + 60_000],
-        )?;
+        store_webhooks::postpone(conn, *id, to_millis(now) + 60_000)?;
     }
     for (webhook, previous_attempts, attempt) in outcomes {
         let attempts = previous_attempts + 1;
@@ -373,20 +253,17 @@ fn record(
                 ("pending", to_millis(now) + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
             }
         };
-        conn.execute_cached(
-            "UPDATE webhook_deliveries
-                SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_status = ?5,
-                    last_error = ?6, updated_at = ?7
-              WHERE id = ?1",
-            params![
-                attempt.delivery_id,
+        store_webhooks::record_attempt(
+            conn,
+            &AttemptRecord {
+                delivery_id: attempt.delivery_id,
                 status,
                 attempts,
-                next,
-                attempt.status,
-                attempt.error,
-                to_millis(now)
-            ],
+                next_attempt_at: next,
+                last_status: attempt.status,
+                last_error: attempt.error.as_deref(),
+            },
+            now,
         )?;
         let result = match status {
             "delivered" => "delivered",

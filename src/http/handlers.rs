@@ -633,7 +633,7 @@ pub async fn webhook_deliveries(ctx: &Ctx, request: &Request<Incoming>) -> ApiRe
         .state
         .ctx
         .store
-        .read(move |conn| crate::events::webhooks::deliveries(conn, status.as_deref(), limit))
+        .read(move |conn| crate::store::webhooks::deliveries(conn, status.as_deref(), limit))
         .await?;
     json(StatusCode::OK, &json!({ "deliveries": deliveries }))
 }

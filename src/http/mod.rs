@@ -12,7 +12,6 @@ pub mod limits;
 mod stream;
 mod workspaces;
 
-use crate::store::CachedStatements;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,11 +197,7 @@ async fn readyz(state: &HttpState) -> HttpResponse {
     if !state.ready.load(Ordering::Acquire) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
     }
-    let probe = state
-        .ctx
-        .store
-        .read(|conn| Ok(conn.query_row_cached("SELECT 1", [], |row| row.get::<_, i64>(0))?))
-        .await;
+    let probe = state.ctx.store.read(crate::store::ping).await;
     if let Some(reason) = state.ctx.store.write_failure() {
         // Reads still work, but nothing the daemon decides can be recorded.
         let mut response = Response::new(full(format!("database writes failing: {reason}\n")));

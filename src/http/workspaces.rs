@@ -1,7 +1,6 @@
 //! API handlers for workspaces: create (claiming a ready prebuild when the preset has one),
 //! list, get, start, stop, delete, protect, activity, builds, build logs, cancel.
 
-use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 
 use hyper::body::Incoming;
@@ -19,7 +18,7 @@ use crate::store::audit::{self, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest};
 use crate::store::jobs::CancelResult;
 use crate::store::views::{self, WorkspaceFilter, WorkspaceView};
-use crate::store::{StoreError, users};
+use crate::store::{StoreError, users, workspaces};
 
 /// `POST /workspaces/{id}/<action>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,34 +380,21 @@ async fn enqueue(
         .write(move |tx| -> Result<_, ApiError> {
             // Re-read the owner the caller was authorized against: a prebuild a template
             // admin may delete can have been claimed by a user since.
-            let owner: Result<String, _> = tx
-                .query_row_cached(
-                    "SELECT owner_id FROM workspaces WHERE id = ?1 AND deleted = 0",
-                    [&workspace_id],
-                    |row| row.get(0),
-                );
-            let owner = rusqlite::OptionalExtension::optional(owner).map_err(StoreError::from)?;
-            if owner.as_deref() != Some(authorized_owner.as_str()) {
+            let current = workspaces::get(tx, &workspace_id)?.filter(|found| !found.deleted);
+            if current.as_ref().map(|found| found.owner_id.as_str())
+                != Some(authorized_owner.as_str())
+            {
                 return Err(ApiError::conflict(
                     "the workspace changed owner (a prebuild was claimed) or was deleted meanwhile; look again",
                 ));
             }
-            if refuse_protected {
-                // Re-read: protection may have changed since the request's first read.
-                let protected: bool = tx
-                    .query_row_cached(
-                        "SELECT protected FROM workspaces WHERE id = ?1",
-                        [&workspace_id],
-                        |row| row.get(0),
-                    )
-                    .map_err(StoreError::from)?;
-                if protected {
-                    return Err(ApiError::field(
-                        StatusCode::CONFLICT,
-                        "protected",
-                        "the workspace is protected; unprotect it first",
-                    ));
-                }
+            // Re-read: protection may have changed since the request's first read.
+            if refuse_protected && current.is_some_and(|found| found.protected) {
+                return Err(ApiError::field(
+                    StatusCode::CONFLICT,
+                    "protected",
+                    "the workspace is protected; unprotect it first",
+                ));
             }
             let request =
                 BuildRequest::new(&workspace_id, transition, BuildReason::Initiator, &initiator);
@@ -475,14 +461,7 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
                 .ctx
                 .store
                 .write(move |tx| {
-                    tx.execute_cached(
-                        "UPDATE workspaces SET protected = ?2, updated_at = ?3 WHERE id = ?1",
-                        rusqlite::params![
-                            workspace_id,
-                            protected,
-                            crate::store::time::to_millis(now)
-                        ],
-                    )?;
+                    workspaces::set_protected(tx, &workspace_id, protected, now)?;
                     audit::record(
                         tx,
                         &actor,

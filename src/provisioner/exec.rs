@@ -20,7 +20,7 @@ use crate::config::ExecBackendConfig;
 use crate::domain::{LogLevel, LogLine, Replacement, Resource};
 use crate::provisioner::protocol::{JobRequest, Message};
 use crate::provisioner::{Backend, BoxFuture, JobIo, ProvisionerError};
-use crate::store::jobs::SuccessReport;
+use crate::domain::job::SuccessReport;
 
 pub struct ExecBackend {
     config: ExecBackendConfig,

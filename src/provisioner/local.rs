@@ -16,7 +16,7 @@ use crate::config::LocalBackendConfig;
 use crate::domain::{Agent, LogLevel, LogLine, Resource, Timing, Transition};
 use crate::provisioner::protocol::JobRequest;
 use crate::provisioner::{Backend, BoxFuture, JobIo, ProvisionerError};
-use crate::store::jobs::SuccessReport;
+use crate::domain::job::SuccessReport;
 
 /// Where the local backend keeps workspace directories.
 pub fn workspaces_root(data_dir: &Path) -> PathBuf {

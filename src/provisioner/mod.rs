@@ -23,14 +23,13 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::ProvisionerConfig;
 use crate::domain::{LogLine, Transition};
-use crate::store::jobs::SuccessReport;
+use crate::domain::job::SuccessReport;
 use protocol::JobRequest;
 
 /// A boxed future, so backends can be trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The name of the built-in backend.
-pub const LOCAL_BACKEND: &str = "local";
+pub use crate::domain::LOCAL_BACKEND;
 
 /// What a backend gets besides the request.
 pub struct JobIo {

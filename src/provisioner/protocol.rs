@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{BuildReason, LogLevel, Resource, Timing, Transition};
-use crate::store::jobs::AcquiredJob;
+use crate::domain::job::AcquiredJob;
 
 /// Bumped on an incompatible change of the request or the messages.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -24,7 +24,8 @@ use crate::error::error_chain;
 use crate::metrics::ProvisionerMetrics;
 use crate::provisioner::protocol::JobRequest;
 use crate::provisioner::{JobIo, ProvisionerError, backend_for};
-use crate::store::jobs::{self, AcquiredJob, CancelResult, CompletedJob, JobOutcome};
+use crate::domain::job::{AcquiredJob, CompletedJob, JobOutcome};
+use crate::store::jobs::{self, CancelResult};
 use crate::store::{Store, StoreError};
 
 /// Lines buffered before a flush, and the longest a line waits in the buffer.

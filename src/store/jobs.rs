@@ -16,83 +16,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::event::{BuildRef, Event};
 use crate::domain::{
-    JobPriority, JobStatus, LogLevel, LogLine, Replacement, Resource, Timing, Transition,
+    JobPriority, JobStatus, LogLevel, LogLine, Replacement, Timing, Transition,
     agents_ready,
 };
 use crate::store::time::{from_millis, to_millis};
 use crate::store::{StoreError, WriteTx, builds, parse_text};
 
-/// Everything a backend needs to run a job (and the runner to report on it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AcquiredJob {
-    pub job_id: String,
-    pub priority: JobPriority,
-    pub backend: String,
-    pub build: BuildRef,
-    pub workspace_name: String,
-    pub owner_name: String,
-    pub organization_name: String,
-    pub template_id: String,
-    pub template_name: String,
-    pub template_version_id: String,
-    pub template_version_name: String,
-    pub provisioner_config: serde_json::Value,
-    pub parameters: BTreeMap<String, String>,
-    pub previous_parameters: BTreeMap<String, String>,
-    /// The opaque state of the workspace's last successful build.
-    pub previous_state: Option<String>,
-    pub is_prebuild: bool,
-    pub is_prebuild_claim: bool,
-    pub preset_id: Option<String>,
-    pub preset_name: Option<String>,
-    pub started_at: DateTime<Utc>,
-}
-
-/// How a job ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobOutcome {
-    Succeeded(SuccessReport),
-    Failed {
-        error: String,
-        code: String,
-    },
-    Canceled {
-        reason: String,
-    },
-    /// The daemon stopped during the job (shutdown, or a crash found at the next start).
-    Interrupted {
-        reason: String,
-    },
-}
-
-/// What a successful build reported.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SuccessReport {
-    pub state: Option<String>,
-    pub resources: Vec<Resource>,
-    pub replacements: Vec<Replacement>,
-    pub timings: Vec<Timing>,
-}
-
-/// A job that was completed by `complete`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompletedJob {
-    pub build: BuildRef,
-    pub status: JobStatus,
-    pub backend: String,
-    pub started_at: Option<DateTime<Utc>>,
-    /// Replacements recorded for a prebuild claim, with the labels of the preset.
-    pub replacements: Vec<Replacement>,
-    pub preset_labels: Option<PresetLabels>,
-}
-
-/// Metric labels of a preset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresetLabels {
-    pub organization_name: String,
-    pub template_name: String,
-    pub preset_name: String,
-}
+pub use crate::domain::job::{AcquiredJob, CompletedJob, JobOutcome, PresetLabels, SuccessReport};
 
 /// The most urgent pending job, oldest first within a class, marked running by
 /// `worker_id`. Prebuild jobs are skipped when `allow_prebuild` is false.

@@ -26,6 +26,7 @@ pub mod templates;
 pub mod time;
 pub mod users;
 pub mod views;
+pub mod webhooks;
 pub mod workspaces;
 
 use std::fs::File;
@@ -613,6 +614,11 @@ impl Store {
 /// `execute` and `query_row` through the connection's prepared-statement cache: the hot
 /// paths (claims, job updates, snapshots) run the same SQL thousands of times, and parsing
 /// it each time cost more than running it.
+/// The cheapest round trip through a connection (readiness probe).
+pub fn ping(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row_cached("SELECT 1", [], |row| row.get(0))?)
+}
+
 pub trait CachedStatements {
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
     fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>

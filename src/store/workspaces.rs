@@ -157,6 +157,20 @@ pub fn is_live(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     )?)
 }
 
+/// Protects a workspace from deletion (or lifts it).
+pub fn set_protected(
+    conn: &Connection,
+    id: &str,
+    protected: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE workspaces SET protected = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, protected, to_millis(now)],
+    )?;
+    Ok(())
+}
+
 /// Records that the garbage collector warned the owner.
 pub fn mark_gc_warned(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
     conn.execute_cached(

@@ -141,3 +141,126 @@ fn the_example_config_documents_the_defaults() {
     expected.storage.data_dir = PathBuf::from("./data");
     assert_eq!(example, expected);
 }
+
+/// The layers of ARCHITECTURE.md, lowest first. A module may import modules of lower
+/// layers only (never its own layer's neighbours, never upward).
+const LAYERS: &[&[&str]] = &[
+    &["domain", "error", "clock"],
+    &["planner", "auth"],
+    &["config"],
+    &["store"],
+    &["metrics", "telemetry"],
+    &["context", "systemd"],
+    &["events", "provisioner"],
+    &["pools", "lifecycle", "gc", "retention", "templates"],
+    &["loops"],
+    &["http"],
+    &["app"],
+    &["signals"],
+    &["cli"],
+];
+
+/// Exported macros live at the crate root; this is the module that defines each.
+const MACROS: &[(&str, &str)] = &[("has_store_error", "store")];
+
+fn layer_of(module: &str) -> Option<usize> {
+    let module = MACROS.iter().find(|(name, _)| *name == module).map_or(module, |(_, home)| home);
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// The top-level module a file of `src/` belongs to (`src/store/jobs.rs` → `store`).
+fn top_module(file: &Path) -> String {
+    let relative = file.strip_prefix(root().join("src")).unwrap();
+    let first = relative.components().next().unwrap().as_os_str().to_string_lossy();
+    first.trim_end_matches(".rs").to_owned()
+}
+
+/// The lines of a file that are code: not blank, not comments, before its test module.
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .take_while(|(_, line)| line.trim() != "#[cfg(test)]")
+        .filter(|(_, line)| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with("//")
+        })
+        .map(|(index, line)| (index + 1, line))
+}
+
+fn is_test_file(file: &Path) -> bool {
+    file.file_name().is_some_and(|name| name == "tests.rs")
+        || file.components().any(|part| part.as_os_str() == "tests")
+}
+
+#[test]
+fn every_module_imports_only_lower_layers() {
+    let mut upward = Vec::new();
+    for file in rust_files(&root().join("src")) {
+        let module = top_module(&file);
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let Some(own) = layer_of(&module) else {
+            panic!("src/{module} is in no layer of tests/it/tidy.rs LAYERS (and ARCHITECTURE.md)");
+        };
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (at, _) in line.match_indices("crate::") {
+                let used: String = line[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let home = MACROS.iter().find(|(name, _)| *name == used).map(|(_, home)| *home);
+                if used == module || home == Some(module.as_str()) || used.is_empty() {
+                    continue;
+                }
+                match layer_of(&used) {
+                    Some(layer) if layer < own => {}
+                    _ => upward.push(format!(
+                        "{}:{}: {module} uses crate::{used}",
+                        relative(&file),
+                        number + 1
+                    )),
+                }
+            }
+        }
+    }
+    assert!(upward.is_empty(), "imports that are not downward:\n{}", upward.join("\n"));
+}
+
+#[test]
+fn sql_lives_only_in_the_store() {
+    const SQL_STARTS: [&str; 9] = [
+        "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH ", "CREATE ", "PRAGMA ", "BEGIN",
+        "EXPLAIN ",
+    ];
+    const CALLS: [&str; 8] = [
+        ".prepare(",
+        ".prepare_cached(",
+        ".query_row(",
+        ".query_row_cached(",
+        ".execute_cached(",
+        ".execute_batch(",
+        ".query_map(",
+        ".pragma_update(",
+    ];
+    let mut found = Vec::new();
+    for file in rust_files(&root().join("src")) {
+        if top_module(&file) == "store" || is_test_file(&file) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in code_lines(&text) {
+            let literal = line.split('"').skip(1).step_by(2).any(|quoted| {
+                SQL_STARTS.iter().any(|start| quoted.trim_start().starts_with(start))
+            });
+            if literal || CALLS.iter().any(|call| line.contains(call)) {
+                found.push(format!("{}:{number}: {line}", relative(&file)));
+            }
+        }
+    }
+    assert!(found.is_empty(), "SQL outside src/store/:\n{}", found.join("\n"));
+}
