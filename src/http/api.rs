@@ -1,6 +1,5 @@
 //! The JSON API under `/api/v1`: authentication, routing, request parsing and error
-//! mapping. Handlers live in `handlers` (users, tokens, organizations, templates,
-//! presets, plan, GC, audit, webhooks), `workspaces` and `stream` (SSE, log follow).
+//! mapping. The routing table is `routes`; handlers live in one module per resource.
 //!
 //! Every route needs `Authorization: Bearer <token>`: 401 without a valid one. Permission
 //! checks go through `auth::Subject::can` only; an object the caller may not read is
@@ -24,7 +23,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::Subject;
-use crate::http::{HttpResponse, HttpState, full, handlers, stream, workspaces};
+use crate::http::routes::{self, Route};
+use crate::http::{HttpResponse, HttpState, full};
 use crate::store::StoreError;
 use crate::store::audit::Actor;
 use crate::store::users::{self, Refused};
@@ -127,113 +127,6 @@ pub struct Ctx {
     pub now: DateTime<Utc>,
 }
 
-/// The routes, by path; `segments` are the path parts after `/api/v1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    Users,
-    User(String),
-    Tokens,
-    Token(String),
-    Organizations,
-    Templates,
-    Template(String),
-    TemplateVersions(String),
-    TemplatePresets(String),
-    PresetReset(String),
-    Workspaces,
-    Workspace(String),
-    WorkspaceAction(String, workspaces::Action),
-    WorkspaceBuilds(String),
-    BuildLogs(String, String),
-    BuildCancel(String, String),
-    Plan,
-    GcRun,
-    Audit,
-    Events,
-    WebhookDeliveries,
-}
-
-impl Route {
-    fn parse(segments: &[&str]) -> Option<Route> {
-        let owned = |s: &str| s.to_owned();
-        Some(match segments {
-            ["users"] => Route::Users,
-            ["users", id] => Route::User(owned(id)),
-            ["tokens"] => Route::Tokens,
-            ["tokens", id] => Route::Token(owned(id)),
-            ["organizations"] => Route::Organizations,
-            ["templates"] => Route::Templates,
-            ["templates", id] => Route::Template(owned(id)),
-            ["templates", id, "versions"] => Route::TemplateVersions(owned(id)),
-            ["templates", id, "presets"] => Route::TemplatePresets(owned(id)),
-            ["presets", id, "reset"] => Route::PresetReset(owned(id)),
-            ["workspaces"] => Route::Workspaces,
-            ["workspaces", id] => Route::Workspace(owned(id)),
-            ["workspaces", id, "builds"] => Route::WorkspaceBuilds(owned(id)),
-            ["workspaces", id, "builds", number, "logs"] => {
-                Route::BuildLogs(owned(id), owned(number))
-            }
-            ["workspaces", id, "builds", number, "cancel"] => {
-                Route::BuildCancel(owned(id), owned(number))
-            }
-            ["workspaces", id, action] => {
-                Route::WorkspaceAction(owned(id), workspaces::Action::parse(action)?)
-            }
-            ["plan"] => Route::Plan,
-            ["gc", "run"] => Route::GcRun,
-            ["audit"] => Route::Audit,
-            ["events"] => Route::Events,
-            ["webhooks", "deliveries"] => Route::WebhookDeliveries,
-            _ => return None,
-        })
-    }
-
-    /// The route pattern: the `route` label of the request metrics.
-    fn pattern(&self) -> &'static str {
-        match self {
-            Route::Users => "/users",
-            Route::User(_) => "/users/{id}",
-            Route::Tokens => "/tokens",
-            Route::Token(_) => "/tokens/{id}",
-            Route::Organizations => "/organizations",
-            Route::Templates => "/templates",
-            Route::Template(_) => "/templates/{id}",
-            Route::TemplateVersions(_) => "/templates/{id}/versions",
-            Route::TemplatePresets(_) => "/templates/{id}/presets",
-            Route::PresetReset(_) => "/presets/{id}/reset",
-            Route::Workspaces => "/workspaces",
-            Route::Workspace(_) => "/workspaces/{id}",
-            Route::WorkspaceAction(_, action) => action.pattern(),
-            Route::WorkspaceBuilds(_) => "/workspaces/{id}/builds",
-            Route::BuildLogs(..) => "/workspaces/{id}/builds/{number}/logs",
-            Route::BuildCancel(..) => "/workspaces/{id}/builds/{number}/cancel",
-            Route::Plan => "/plan",
-            Route::GcRun => "/gc/run",
-            Route::Audit => "/audit",
-            Route::Events => "/events",
-            Route::WebhookDeliveries => "/webhooks/deliveries",
-        }
-    }
-
-    fn methods(&self) -> &'static [Method] {
-        const GET: &[Method] = &[Method::GET];
-        const POST: &[Method] = &[Method::POST];
-        const GET_POST: &[Method] = &[Method::GET, Method::POST];
-        const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
-        const DELETE: &[Method] = &[Method::DELETE];
-        match self {
-            Route::Users | Route::Tokens | Route::Organizations | Route::Workspaces => GET_POST,
-            Route::Token(_) => DELETE,
-            Route::Workspace(_) => GET_DELETE,
-            Route::PresetReset(_)
-            | Route::WorkspaceAction(..)
-            | Route::BuildCancel(..)
-            | Route::GcRun => POST,
-            _ => GET,
-        }
-    }
-}
-
 /// Serves one `/api/v1` request and records its metrics.
 pub async fn handle(
     state: &Arc<HttpState>,
@@ -295,40 +188,8 @@ async fn dispatch(
         token_id,
         now: state.ctx.clock.now(),
     };
-    let result = route_to(ctx, route, request).await;
+    let result = routes::route_to(ctx, route, request).await;
     (pattern, result.unwrap_or_else(ApiError::into_response))
-}
-
-async fn route_to(ctx: Ctx, route: Route, request: Request<Incoming>) -> ApiResult {
-    let method = request.method().clone();
-    match (route, method) {
-        (Route::Users, Method::GET) => handlers::list_users(&ctx, &request).await,
-        (Route::Users, _) => handlers::create_user(&ctx, request).await,
-        (Route::User(id), _) => handlers::get_user(&ctx, &request, id).await,
-        (Route::Tokens, Method::GET) => handlers::list_tokens(&ctx, &request).await,
-        (Route::Tokens, _) => handlers::create_token(&ctx, request).await,
-        (Route::Token(id), _) => handlers::revoke_token(&ctx, &request, id).await,
-        (Route::Organizations, Method::GET) => handlers::list_organizations(&ctx, &request).await,
-        (Route::Organizations, _) => handlers::create_organization(&ctx, request).await,
-        (Route::Templates, _) => handlers::list_templates(&ctx, &request).await,
-        (Route::Template(id), _) => handlers::get_template(&ctx, &request, id).await,
-        (Route::TemplateVersions(id), _) => handlers::template_versions(&ctx, &request, id).await,
-        (Route::TemplatePresets(id), _) => handlers::template_presets(&ctx, &request, id).await,
-        (Route::PresetReset(id), _) => handlers::reset_preset(&ctx, request, id).await,
-        (Route::Workspaces, Method::GET) => workspaces::list(&ctx, &request).await,
-        (Route::Workspaces, _) => workspaces::create(&ctx, request).await,
-        (Route::Workspace(id), Method::GET) => workspaces::get(&ctx, &request, id).await,
-        (Route::Workspace(id), _) => workspaces::delete(&ctx, &request, id).await,
-        (Route::WorkspaceAction(id, action), _) => workspaces::act(&ctx, request, id, action).await,
-        (Route::WorkspaceBuilds(id), _) => workspaces::builds(&ctx, &request, id).await,
-        (Route::BuildLogs(id, number), _) => workspaces::logs(&ctx, &request, id, number).await,
-        (Route::BuildCancel(id, number), _) => workspaces::cancel(&ctx, request, id, number).await,
-        (Route::Plan, _) => handlers::plan(&ctx, &request).await,
-        (Route::GcRun, _) => handlers::gc_run(&ctx, request).await,
-        (Route::Audit, _) => handlers::audit(&ctx, &request).await,
-        (Route::Events, _) => stream::events(&ctx, &request).await,
-        (Route::WebhookDeliveries, _) => handlers::webhook_deliveries(&ctx, &request).await,
-    }
 }
 
 /// The caller, from `Authorization: Bearer <token>`; the 401 response otherwise.
@@ -436,6 +297,40 @@ pub async fn json_body<T: DeserializeOwned>(
     })
 }
 
+pub fn require(allowed: bool, action: &str) -> Result<(), ApiError> {
+    if allowed { Ok(()) } else { Err(ApiError::forbidden(action)) }
+}
+
+pub fn valid_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            field,
+            format!(
+                "{name:?} is not a valid name: 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// `limit` of a list request: default 100, at most 1000.
+pub fn page_limit(
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> Result<usize, ApiError> {
+    let limit = parse_param::<usize>(parameters, "limit")?.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "use 1 to 1000"));
+    }
+    Ok(limit)
+}
+
 /// The query parameters; any name outside `allowed` is a 400 naming it.
 pub fn query(
     request: &Request<Incoming>,
@@ -496,20 +391,6 @@ fn percent_decode(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_parse_by_segments() {
-        assert_eq!(
-            Route::parse(&["workspaces", "w1", "start"]),
-            Some(Route::WorkspaceAction("w1".into(), workspaces::Action::Start))
-        );
-        assert_eq!(Route::parse(&["workspaces", "w1", "explode"]), None);
-        assert_eq!(
-            Route::parse(&["workspaces", "w1", "builds", "3", "logs"]),
-            Some(Route::BuildLogs("w1".into(), "3".into()))
-        );
-        assert_eq!(Route::parse(&[]), None);
-    }
 
     #[test]
     fn percent_decoding() {

@@ -7,9 +7,14 @@
 //! store's writer across an await.
 
 pub mod api;
-mod handlers;
+mod builds;
+mod create;
 pub mod limits;
+mod operations;
+mod routes;
 mod stream;
+mod templates;
+mod users;
 mod workspaces;
 
 use std::convert::Infallible;

@@ -1,22 +1,15 @@
 //! API handlers for workspaces: create (claiming a ready prebuild when the preset has one),
 //! list, get, start, stop, delete, protect, activity, builds, build logs, cancel.
 
-use std::collections::BTreeMap;
-
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Action as Permission, Object};
 use crate::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, Transition};
 use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, query};
-use crate::http::stream;
-use crate::pools::{self, ClaimError, ClaimOutcome, ClaimRequest};
-use crate::provisioner::runner::Runner;
 use crate::store::audit::{self, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest};
-use crate::store::jobs::CancelResult;
 use crate::store::views::{self, WorkspaceFilter, WorkspaceView};
 use crate::store::{StoreError, users, workspaces};
 
@@ -53,12 +46,12 @@ impl Action {
     }
 }
 
-fn object(workspace: &WorkspaceView) -> Object<'_> {
+pub(super) fn object(workspace: &WorkspaceView) -> Object<'_> {
     Object::workspace(&workspace.organization_id, &workspace.owner_id)
 }
 
 /// A live workspace the caller may read; 404 otherwise (whether or not it exists).
-async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
+pub(super) async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
     let found = ctx.state.ctx.store.read(move |conn| views::workspace(conn, &id)).await?;
     match found {
         Some(workspace)
@@ -70,7 +63,7 @@ async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
     }
 }
 
-fn build_error(error: BuildError) -> ApiError {
+pub(super) fn build_error(error: BuildError) -> ApiError {
     match error {
         BuildError::InProgress { .. } => ApiError::conflict(error.to_string()),
         BuildError::WorkspaceNotFound(_) | BuildError::WorkspaceDeleted(_) => {
@@ -80,163 +73,6 @@ fn build_error(error: BuildError) -> ApiError {
         BuildError::Parameter(error) => ApiError::bad_request("parameters", error.to_string()),
         BuildError::Store(error) => ApiError::from(error),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateWorkspace {
-    /// Template id, or name in `organization`.
-    template: String,
-    #[serde(default)]
-    organization: Option<String>,
-    /// Preset id or name (of the template's active version).
-    #[serde(default)]
-    preset: Option<String>,
-    name: String,
-    /// Username or id; default: the caller.
-    #[serde(default)]
-    owner: Option<String>,
-    #[serde(default)]
-    parameters: BTreeMap<String, String>,
-    #[serde(default)]
-    autostart_schedule: Option<String>,
-    #[serde(default)]
-    ttl_s: Option<u32>,
-}
-
-fn claim_error(error: ClaimError) -> ApiError {
-    match error {
-        ClaimError::UnknownTemplate(_) => {
-            ApiError::field(StatusCode::NOT_FOUND, "template", "no such template")
-        }
-        ClaimError::UnknownPreset(_) => ApiError::bad_request("preset", error.to_string()),
-        ClaimError::Schedule(reason) => ApiError::bad_request("autostart_schedule", reason),
-        ClaimError::NameTaken(error) => {
-            ApiError::field(StatusCode::CONFLICT, "name", error.to_string())
-        }
-        ClaimError::Build(error) => build_error(error),
-        ClaimError::Store(error) => ApiError::from(error),
-    }
-}
-
-/// Resolves names to ids, authorizes, and claims or builds — all inside one grouped
-/// write transaction, so what was checked is what is written.
-fn create_in(
-    tx: &mut crate::store::WriteTx<'_>,
-    body: CreateWorkspace,
-    subject: &crate::auth::Subject,
-    actor: &crate::store::audit::Actor,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<(ClaimOutcome, String, String, String), ApiError> {
-    let not_found = || ApiError::field(StatusCode::NOT_FOUND, "template", "no such template");
-    // An organization that does not exist and one the caller has no role in answer alike,
-    // so organization names cannot be probed from outside.
-    let organization_id = match &body.organization {
-        Some(name) => users::organization(tx, name)?
-            .map(|organization| organization.id)
-            .filter(|id| subject.roles.iter().any(|(organization, _)| organization == id))
-            .ok_or_else(not_found)?,
-        None => DEFAULT_ORGANIZATION_ID.to_owned(),
-    };
-    let template = views::template(tx, &body.template, &organization_id)?.ok_or_else(not_found)?;
-    let template_object =
-        Object::new(crate::auth::Resource::Template, Some(&template.organization_id), None);
-    if !subject.can(Permission::Read, &template_object) {
-        return Err(not_found());
-    }
-    let preset_id = match (&body.preset, &template.active_version_id) {
-        (Some(preset), Some(version)) => Some(
-            views::presets(tx, version)?
-                .into_iter()
-                .find(|p| &p.id == preset || &p.name == preset)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "preset",
-                        format!(
-                            "template {:?} has no preset {preset:?} on its active version",
-                            template.name
-                        ),
-                    )
-                })?
-                .id,
-        ),
-        _ => None,
-    };
-    // A workspace's owner belongs to the template's organization; a user of another
-    // organization answers exactly like a user that does not exist.
-    let owner_id = match &body.owner {
-        Some(owner) => {
-            users::get(tx, owner)?
-                .filter(|user| {
-                    user.roles.iter().any(|role| role.organization_id == template.organization_id)
-                })
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "owner",
-                        format!("no user {owner:?} in the template's organization"),
-                    )
-                })?
-                .id
-        }
-        None => subject.user_id.clone(),
-    };
-    if !subject.can(Permission::Create, &Object::workspace(&template.organization_id, &owner_id)) {
-        return Err(ApiError::forbidden("create workspaces for this owner"));
-    }
-    let request = ClaimRequest {
-        user_id: owner_id.clone(),
-        template_id: template.id.clone(),
-        preset_id,
-        name: body.name,
-        parameters: body.parameters,
-        autostart_schedule: body.autostart_schedule,
-        ttl_s: body.ttl_s.map(i64::from),
-    };
-    let outcome = pools::claim_audited(tx, &request, actor, now).map_err(claim_error)?;
-    Ok((outcome, owner_id, template.organization_id, template.id))
-}
-
-pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
-    let body: CreateWorkspace = json_body(ctx, request).await?;
-    crate::http::handlers::valid_name("name", &body.name)?;
-    let name = body.name.clone();
-    let (subject, actor, now) = (ctx.subject.clone(), ctx.actor.clone(), ctx.now);
-    let started = tokio::time::Instant::now();
-    let (outcome, owner_id, organization_id, template_id) = ctx
-        .state
-        .ctx
-        .store
-        .write_grouped(move |tx| create_in(tx, body, &subject, &actor, now))
-        .await?;
-    let (claimed, workspace_id, build) = match outcome {
-        ClaimOutcome::Claimed { workspace_id, build } => {
-            ctx.state.ctx.metrics.prebuilds.claim_duration.observe(started.elapsed().as_secs_f64());
-            (true, workspace_id, build)
-        }
-        ClaimOutcome::Built { workspace_id, build } => (false, workspace_id, build),
-    };
-    json(
-        StatusCode::CREATED,
-        &json!({
-            "claimed": claimed,
-            "workspace": {
-                "id": workspace_id,
-                "name": name,
-                "owner_id": owner_id,
-                "organization_id": organization_id,
-                "template_id": template_id,
-            },
-            "build": {
-                "id": build.build.build_id,
-                "build_number": build.build.build_number,
-                "transition": build.build.transition,
-                "reason": build.build.reason,
-                "job_id": build.build.job_id,
-                "template_version_id": build.template_version_id,
-                "parameters": build.parameters,
-            },
-        }),
-    )
 }
 
 /// Rows one list request reads at most before it answers with a cursor.
@@ -522,108 +358,4 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
             json(StatusCode::OK, &json!({ "recorded": recorded, "deadline_extended": extended }))
         }
     }
-}
-
-pub async fn builds(ctx: &Ctx, request: &Request<Incoming>, id: String) -> ApiResult {
-    let parameters = query(request, &["limit", "before"])?;
-    let limit = crate::http::handlers::page_limit(&parameters)?;
-    let before = parse_param::<i64>(&parameters, "before")?;
-    let workspace = readable(ctx, id).await?;
-    let builds = ctx
-        .state
-        .ctx
-        .store
-        .read(move |conn| views::builds(conn, &workspace.id, before, limit))
-        .await?;
-    // Newest first; `next` is the `before=` of the next (older) page.
-    let next = (builds.len() == limit).then(|| builds.last().map(|build| build.build_number));
-    json(StatusCode::OK, &json!({ "builds": builds, "next": next.flatten() }))
-}
-
-async fn find_build(
-    ctx: &Ctx,
-    workspace: &WorkspaceView,
-    number: &str,
-) -> Result<views::BuildView, ApiError> {
-    let number: i64 = number.parse().map_err(|_| {
-        ApiError::bad_request("build_number", format!("{number:?} is not a build number"))
-    })?;
-    let workspace_id = workspace.id.clone();
-    ctx.state
-        .ctx
-        .store
-        .read(move |conn| views::build(conn, &workspace_id, number))
-        .await?
-        .ok_or_else(|| ApiError::not_found("build"))
-}
-
-pub async fn logs(ctx: &Ctx, request: &Request<Incoming>, id: String, number: String) -> ApiResult {
-    let parameters = query(request, &["follow"])?;
-    let follow = parse_param::<bool>(&parameters, "follow")?.unwrap_or(false);
-    let workspace = readable(ctx, id).await?;
-    let build = find_build(ctx, &workspace, &number).await?;
-    if follow {
-        return stream::follow_logs(ctx, build.job_id);
-    }
-    let job_id = build.job_id.clone();
-    let logs = ctx
-        .state
-        .ctx
-        .store
-        .read(move |conn| views::logs_after(conn, &job_id, 0, usize::MAX))
-        .await?;
-    json(
-        StatusCode::OK,
-        &json!({ "job_id": build.job_id, "job_status": build.job_status, "logs": logs }),
-    )
-}
-
-pub async fn cancel(
-    ctx: &Ctx,
-    request: Request<Incoming>,
-    id: String,
-    number: String,
-) -> ApiResult {
-    let workspace = readable(ctx, id).await?;
-    if !ctx.subject.can(Permission::Update, &object(&workspace)) {
-        return Err(ApiError::forbidden("cancel builds of this workspace"));
-    }
-    let _: serde::de::IgnoredAny = json_body(ctx, request).await?;
-    let build = find_build(ctx, &workspace, &number).await?;
-    let runner: &Runner = &ctx.state.runner;
-    let (actor, now, organization_id, job_id) =
-        (ctx.actor.clone(), ctx.now, workspace.organization_id.clone(), build.job_id.clone());
-    let outcome_of = |result: &CancelResult| match result {
-        CancelResult::Canceled(_) => Some("canceled"),
-        CancelResult::Canceling => Some("canceling"),
-        _ => None,
-    };
-    // The audit entry commits with the cancel, in its transaction.
-    let result = runner
-        .cancel_recorded(&build.job_id, move |tx, result| {
-            let Some(outcome) = outcome_of(result) else { return Ok(()) };
-            audit::record(
-                tx,
-                &actor,
-                &Entry {
-                    action: "build.cancel",
-                    resource_type: "job",
-                    resource_id: &job_id,
-                    organization_id: Some(&organization_id),
-                    details: json!({ "outcome": outcome }),
-                },
-                now,
-            )
-            .map(|_| ())
-        })
-        .await?;
-    let outcome = match result {
-        CancelResult::Canceled(_) => "canceled",
-        CancelResult::Canceling => "canceling",
-        CancelResult::AlreadyFinished(status) => {
-            return Err(ApiError::conflict(format!("the build already finished ({status})")));
-        }
-        CancelResult::NotFound => return Err(ApiError::not_found("build")),
-    };
-    json(StatusCode::ACCEPTED, &json!({ "result": outcome }))
 }

@@ -17,10 +17,10 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::process::{Child, Command};
 
 use crate::config::ExecBackendConfig;
+use crate::domain::job::SuccessReport;
 use crate::domain::{LogLevel, LogLine, Replacement, Resource};
 use crate::provisioner::protocol::{JobRequest, Message};
 use crate::provisioner::{Backend, BoxFuture, JobIo, ProvisionerError};
-use crate::domain::job::SuccessReport;
 
 pub struct ExecBackend {
     config: ExecBackendConfig,

@@ -13,10 +13,10 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::LocalBackendConfig;
+use crate::domain::job::SuccessReport;
 use crate::domain::{Agent, LogLevel, LogLine, Resource, Timing, Transition};
 use crate::provisioner::protocol::JobRequest;
 use crate::provisioner::{Backend, BoxFuture, JobIo, ProvisionerError};
-use crate::domain::job::SuccessReport;
 
 /// Where the local backend keeps workspace directories.
 pub fn workspaces_root(data_dir: &Path) -> PathBuf {

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::ProvisionerConfig;
-use crate::domain::{LogLine, Transition};
 use crate::domain::job::SuccessReport;
+use crate::domain::{LogLine, Transition};
 use protocol::JobRequest;
 
 /// A boxed future, so backends can be trait objects.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{BuildReason, LogLevel, Resource, Timing, Transition};
 use crate::domain::job::AcquiredJob;
+use crate::domain::{BuildReason, LogLevel, Resource, Timing, Transition};
 
 /// Bumped on an incompatible change of the request or the messages.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -17,20 +17,18 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod logs;
+
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::job::{AcquiredJob, CompletedJob, JobOutcome};
 use crate::domain::{JobPriority, JobStatus, LogLevel, LogLine};
 use crate::error::error_chain;
 use crate::metrics::ProvisionerMetrics;
 use crate::provisioner::protocol::JobRequest;
 use crate::provisioner::{JobIo, ProvisionerError, backend_for};
-use crate::domain::job::{AcquiredJob, CompletedJob, JobOutcome};
 use crate::store::jobs::{self, CancelResult};
 use crate::store::{Store, StoreError};
-
-/// Lines buffered before a flush, and the longest a line waits in the buffer.
-const LOG_BATCH_LINES: usize = 64;
-const LOG_BATCH_WAIT: Duration = Duration::from_millis(200);
 
 /// Runs provisioner jobs. Cheap to clone.
 #[derive(Clone)]
@@ -420,55 +418,6 @@ impl Runner {
                 JobOutcome::Canceled { reason: "canceled by request".to_owned() }
             }
             Err(error) => failed(&error),
-        }
-    }
-
-    /// Writes log lines in batches (every `LOG_BATCH_LINES` lines or `LOG_BATCH_WAIT`)
-    /// until the backend drops its sender.
-    async fn pump_logs(&self, job_id: String, mut lines: mpsc::Receiver<LogLine>, cap: u64) {
-        let mut buffer = Vec::new();
-        loop {
-            let next = if buffer.is_empty() {
-                lines.recv().await
-            } else {
-                match tokio::time::timeout(LOG_BATCH_WAIT, lines.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        self.flush_logs(&job_id, &mut buffer, cap).await;
-                        continue;
-                    }
-                }
-            };
-            match next {
-                Some(line) => {
-                    buffer.push(line);
-                    if buffer.len() >= LOG_BATCH_LINES {
-                        self.flush_logs(&job_id, &mut buffer, cap).await;
-                    }
-                }
-                None => {
-                    self.flush_logs(&job_id, &mut buffer, cap).await;
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn flush_logs(&self, job_id: &str, buffer: &mut Vec<LogLine>, cap: u64) {
-        if buffer.is_empty() {
-            return;
-        }
-        let lines = std::mem::take(buffer);
-        let job_id = job_id.to_owned();
-        let now = self.inner.clock.now();
-        let result = self
-            .inner
-            .store
-            .write(move |tx| jobs::append_logs(tx, &job_id, &lines, cap, now))
-            .await;
-        if let Err(error) = result {
-            // Losing log lines must not fail the build itself.
-            tracing::warn!(error = %error_chain(&error), "cannot store job log lines");
         }
     }
 
