@@ -331,25 +331,43 @@ pub fn page_limit(
     Ok(limit)
 }
 
-/// The query parameters; any name outside `allowed` is a 400 naming it.
+/// The query parameters of a request (`application/x-www-form-urlencoded`); 400 naming
+/// the parameter for a malformed escape, an unknown name or a repeated one.
 pub fn query(
     request: &Request<Incoming>,
     allowed: &[&str],
 ) -> Result<BTreeMap<String, String>, ApiError> {
+    parse_query(request.uri().query().unwrap_or(""), allowed)
+}
+
+pub fn parse_query(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    // `form_urlencoded` passes malformed escapes through as text; a client that sent one
+    // meant something else, so it is refused (strict hex digits: no sign, no space).
+    for pair in query.split('&') {
+        let bytes = pair.as_bytes();
+        for (at, _) in pair.match_indices('%') {
+            let escape = bytes.get(at + 1..at + 3);
+            if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+                return Err(ApiError::bad_request(name, "invalid percent escape"));
+            }
+        }
+    }
     let mut parameters = BTreeMap::new();
-    let Some(query) = request.uri().query() else { return Ok(parameters) };
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name).map_err(|reason| ApiError::bad_request(name, reason))?;
-        let value = percent_decode(value).map_err(|reason| ApiError::bad_request(&name, reason))?;
-        if !allowed.contains(&name.as_str()) {
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if name.contains('\u{FFFD}') || value.contains('\u{FFFD}') {
+            return Err(ApiError::bad_request(&name, "not UTF-8"));
+        }
+        if !allowed.contains(&name.as_ref()) {
             let expected = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
             return Err(ApiError::bad_request(
                 &name,
                 format!("unknown query parameter {name:?}; expected: {expected}"),
             ));
         }
-        parameters.insert(name, value);
+        if parameters.insert(name.clone().into_owned(), value.into_owned()).is_some() {
+            return Err(ApiError::bad_request(&name, "given more than once"));
+        }
     }
     Ok(parameters)
 }
@@ -369,33 +387,28 @@ pub fn parse_param<T: std::str::FromStr>(
         .transpose()
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = text.get(index + 1..index + 3).ok_or("truncated percent escape")?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| "invalid percent escape")?);
-                index += 2;
-            }
-            byte => out.push(byte),
-        }
-        index += 1;
-    }
-    String::from_utf8(out).map_err(|_| "not UTF-8".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b+c").unwrap(), "a b c");
-        assert!(percent_decode("%2").is_err());
-        assert!(percent_decode("%zz").is_err());
+    fn query_strings_decode_strictly() {
+        let all = ["a", "b"];
+        let parsed = parse_query("a=x%20y+z&b=", &all).unwrap();
+        assert_eq!(parsed["a"], "x y z");
+        assert_eq!(parsed["b"], "");
+        assert!(parse_query("", &all).unwrap().is_empty());
+        for (bad, field) in [
+            ("a=%2", "a"),
+            ("a=%zz", "a"),
+            ("a=%+1", "a"),
+            ("a=%-1", "a"),
+            ("a=%ff", "a"),
+            ("a=1&a=2", "a"),
+            ("c=1", "c"),
+        ] {
+            let error = parse_query(bad, &all).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some(field), "{bad}");
+        }
     }
 }
