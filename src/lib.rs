@@ -1,30 +1,21 @@
 //! workspaced keeps developer workspaces on an edge host alive, warm and tidy.
 //!
-//! Codemap, in reading order:
+//! Codemap, by layer (each imports only from the layers above it in this list):
+//! - `domain`, `error`, `clock`: plain data and ids, the error-chain helper, wall time.
+//! - `planner`, `auth`: pure decisions (pools, lifecycle, GC, deadlines, cron; who may
+//!   do what).
 //! - `config`: TOML + environment into a typed, validated `Config`.
-//! - `clock`: the one source of wall time (`Clock`, `SystemClock`, `ManualClock`).
-//! - `domain`: plain data and fixed ids.
-//! - `planner`: pure decisions (cron dialect; reconciler, lifecycle and GC plans).
-//! - `gc`: the garbage collector's run (judge, warn, delete, orphan sweep).
-//! - `lifecycle`: the lifecycle executor's write side (re-decide, enqueue), activity.
-//! - `prebuilds`: creating, deleting and claiming prebuilt workspaces (write side).
-//! - `retention`: prunes history older than `[retention]` allows, in batches.
-//! - `store`: SQLite (one writer, read-only readers, migrations, the event outbox).
-//! - `templates`: applies `[[templates]]` from the config to the database.
-//! - `events`: the `Event` type and the publisher that delivers committed events.
-//! - `loops`: reconciler, lifecycle and GC loops and their driver.
-//! - `provisioner`: backends (local, exec) and the job runner that feeds them.
-//! - `metrics`: the Prometheus registry.
-//! - `auth`: who may do what (roles × resources × actions), pure.
-//! - `http`: the hyper server (`/healthz`, `/readyz`, `/metrics`, the `/api/v1` JSON API,
-//!   the SSE event stream).
-//! - `webhooks`: signed webhook delivery with retries and dead letters.
-//! - `app`: start-up and shutdown order.
-//! - `signals`: SIGTERM/SIGINT/SIGHUP.
-//! - `telemetry`: logging setup.
-//! - `cli`: subcommands.
+//! - `store`: all SQL (one writer, read-only readers, migrations, the event outbox).
+//! - `metrics`, `telemetry`: the Prometheus registry; logging.
+//! - `context`, `systemd`: what a loop iteration gets; sd_notify and the watchdog.
+//! - `events`, `provisioner`: publisher and webhooks; backends and the job runner.
+//! - `pools`, `lifecycle`, `gc`, `retention`, `templates`: the capabilities, each with its
+//!   loop iteration and write side.
+//! - `loops`: the driver that runs the loops.
+//! - `http`, `app`, `signals`, `cli`: the server and API; start-up and shutdown; signals;
+//!   subcommands.
 //!
-//! See ARCHITECTURE.md for the invariants.
+//! See ARCHITECTURE.md for the map of every module and the invariants.
 
 pub mod app;
 pub mod auth;

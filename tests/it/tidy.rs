@@ -283,3 +283,45 @@ fn no_module_is_over_450_lines_of_code() {
     }
     assert!(long.is_empty(), "modules over 450 lines of code:\n{}", long.join("\n"));
 }
+
+/// `store::jobs::effects` for `src/store/jobs/effects.rs`; `None` for lib, main, tests.
+fn module_path(file: &Path) -> Option<String> {
+    if is_test_file(file) {
+        return None;
+    }
+    let relative = file.strip_prefix(root().join("src")).unwrap().with_extension("");
+    let parts: Vec<String> =
+        relative.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
+    let parts = match parts.as_slice() {
+        [only] if only == "lib" || only == "main" => return None,
+        [rest @ .., last] if last == "mod" => rest.to_vec(),
+        all => all.to_vec(),
+    };
+    Some(parts.join("::"))
+}
+
+#[test]
+fn the_architecture_codemap_names_every_module_and_only_modules() {
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let start = text.find("## Codemap").expect("ARCHITECTURE.md has a Codemap section");
+    let codemap = &text[start..];
+    let codemap = &codemap[..codemap[3..].find("\n## ").map_or(codemap.len(), |end| end + 3)];
+    let modules: std::collections::BTreeSet<String> =
+        rust_files(&root().join("src")).iter().filter_map(|file| module_path(file)).collect();
+    let named: std::collections::BTreeSet<&str> = codemap.split('`').skip(1).step_by(2).collect();
+    let missing: Vec<&String> =
+        modules.iter().filter(|module| !named.contains(module.as_str())).collect();
+    assert!(missing.is_empty(), "modules ARCHITECTURE.md's codemap does not name: {missing:?}");
+    let tops: std::collections::BTreeSet<&str> =
+        modules.iter().map(|module| module.split("::").next().unwrap()).collect();
+    let stale: Vec<&&str> = named
+        .iter()
+        .filter(|name| {
+            name.contains("::")
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == ':')
+                && tops.contains(name.split("::").next().unwrap())
+                && !modules.contains(**name)
+        })
+        .collect();
+    assert!(stale.is_empty(), "the codemap names modules src/ does not have: {stale:?}");
+}
