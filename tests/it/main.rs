@@ -8,6 +8,7 @@
 mod api;
 mod bad_input;
 mod binary;
+mod candidates;
 mod client;
 mod daemon;
 mod fixtures;
