@@ -504,3 +504,20 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+impl WebhookConfig {
+    /// A valid webhook for tests to change one field of.
+    pub(crate) fn example() -> WebhookConfig {
+        WebhookConfig {
+            name: "ops".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec![],
+            secret: "0123456789abcdef".into(),
+            max_attempts: 5,
+            initial_backoff: super::duration::HumanDuration::from_secs(5),
+            max_backoff: super::duration::HumanDuration::from_secs(60),
+            timeout: super::duration::HumanDuration::from_secs(10),
+        }
+    }
+}

@@ -291,19 +291,9 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::duration::HumanDuration;
 
     fn webhook() -> WebhookConfig {
-        WebhookConfig {
-            name: "ops".into(),
-            url: "http://127.0.0.1:9/hook".into(),
-            events: vec![],
-            secret: "0123456789abcdef".into(),
-            max_attempts: 5,
-            initial_backoff: HumanDuration::from_secs(5),
-            max_backoff: HumanDuration::from_secs(60),
-            timeout: HumanDuration::from_secs(10),
-        }
+        WebhookConfig::example()
     }
 
     #[test]

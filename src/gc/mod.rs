@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde_json::json;
 
+use crate::store::notifications::NewNotification;
+
 use crate::config::Config;
 use crate::domain::event::Event;
 use crate::domain::{BuildReason, JobStatus, Transition};
@@ -264,13 +266,15 @@ fn act(
             let deletes_at =
                 action.deletes_at.map(|time| rfc3339::format(&time)).unwrap_or_default();
             crate::store::workspaces::mark_gc_warned(tx, workspace_id, now)?;
-            crate::store::notifications::queue_for_owner(
+            crate::store::notifications::queue(
                 tx,
-                "gc.warning",
-                &owner_id,
-                &template.organization_id,
-                &template.id,
-                &json!({ "workspace_id": workspace_id, "deletes_at": deletes_at }),
+                &NewNotification {
+                    kind: "gc.warning",
+                    user_id: Some(&owner_id),
+                    organization_id: &template.organization_id,
+                    template_id: &template.id,
+                    payload: json!({ "workspace_id": workspace_id, "deletes_at": deletes_at }),
+                },
                 now,
             )?;
             audit::record(

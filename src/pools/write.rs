@@ -176,12 +176,15 @@ pub fn sync_hard_limit(
     }
     let Some(preset) = presets::preset_row(tx, preset_id)? else { return Ok(false) };
     presets::mark_hard_limit_notified(tx, preset_id, now)?;
-    notifications::queue_for_template(
+    notifications::queue(
         tx,
-        "preset.hard_limited",
-        &preset.organization_id,
-        &preset.template_id,
-        &json!({ "preset_id": preset_id }),
+        &notifications::NewNotification {
+            kind: "preset.hard_limited",
+            user_id: None,
+            organization_id: &preset.organization_id,
+            template_id: &preset.template_id,
+            payload: json!({ "preset_id": preset_id }),
+        },
         now,
     )?;
     tx.emit(

@@ -64,37 +64,32 @@ pub fn dispatch(
     Ok(pending.len())
 }
 
-/// Queues a notification for template admins of `template_id`.
-pub fn queue_for_template(
-    conn: &rusqlite::Connection,
-    kind: &str,
-    organization_id: &str,
-    template_id: &str,
-    payload: &serde_json::Value,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    conn.execute_cached(
-        "INSERT INTO notifications (kind, organization_id, template_id, payload, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![kind, organization_id, template_id, payload.to_string(), to_millis(now)],
-    )?;
-    Ok(())
+/// A notification to queue: for template admins of `template_id`, and for `user_id`
+/// when given (a workspace's owner).
+pub struct NewNotification<'a> {
+    pub kind: &'a str,
+    pub user_id: Option<&'a str>,
+    pub organization_id: &'a str,
+    pub template_id: &'a str,
+    pub payload: serde_json::Value,
 }
 
-/// Queues a notification for a workspace's owner.
-pub fn queue_for_owner(
+pub fn queue(
     conn: &rusqlite::Connection,
-    kind: &str,
-    user_id: &str,
-    organization_id: &str,
-    template_id: &str,
-    payload: &serde_json::Value,
+    notification: &NewNotification<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     conn.execute_cached(
         "INSERT INTO notifications (kind, user_id, organization_id, template_id, payload, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![kind, user_id, organization_id, template_id, payload.to_string(), to_millis(now)],
+        params![
+            notification.kind,
+            notification.user_id,
+            notification.organization_id,
+            notification.template_id,
+            notification.payload.to_string(),
+            to_millis(now)
+        ],
     )?;
     Ok(())
 }
