@@ -16,62 +16,56 @@
 //! first and then as `workspace`: `prebuilt_workspace.delete` deletes only prebuilds,
 //! `workspace.delete` deletes both. Deleting needs read, update and delete.
 
+use crate::domain::TextEnum;
 use crate::domain::{DEFAULT_ORGANIZATION_ID, PREBUILDS_USER_ID};
 
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<$name> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-    };
+/// A role, granted per organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Role {
+    Owner,
+    TemplateAdmin,
+    Member,
+    Auditor,
 }
 
-string_enum!(
-    /// A role, granted per organization.
-    Role {
-        Owner => "owner",
-        TemplateAdmin => "template-admin",
-        Member => "member",
-        Auditor => "auditor",
-    }
-);
+impl TextEnum for Role {
+    const WHAT: &'static str = "role";
+}
 
-string_enum!(
-    /// What is acted on. `system` = deployment-wide operations (the plan, GC runs).
-    Resource {
-        Organization => "organization",
-        User => "user",
-        Token => "token",
-        Template => "template",
-        Preset => "preset",
-        Workspace => "workspace",
-        PrebuiltWorkspace => "prebuilt_workspace",
-        AuditLog => "audit_log",
-        Webhook => "webhook",
-        System => "system",
-    }
-);
+/// What is acted on. `system` = deployment-wide operations (the plan, GC runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum Resource {
+    Organization,
+    User,
+    Token,
+    Template,
+    Preset,
+    Workspace,
+    PrebuiltWorkspace,
+    AuditLog,
+    Webhook,
+    System,
+}
 
-string_enum!(
-    Action {
-        Read => "read",
-        Create => "create",
-        Update => "update",
-        Delete => "delete",
-    }
-);
+impl TextEnum for Resource {
+    const WHAT: &'static str = "resource";
+}
+
+/// What is done to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
+pub enum Action {
+    Read,
+    Create,
+    Update,
+    Delete,
+}
+
+impl TextEnum for Action {
+    const WHAT: &'static str = "action";
+}
 
 /// The caller: a user and its roles.
 #[derive(Debug, Clone, PartialEq, Eq)]

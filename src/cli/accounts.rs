@@ -1,6 +1,7 @@
 //! `user create` and `token create|list|revoke`: accounts and API tokens from the command
 //! line, for the first owner and for automation.
 
+use crate::domain::TextEnum;
 use chrono::{DateTime, Utc};
 
 use crate::auth::Role;

@@ -7,7 +7,10 @@
 pub mod event;
 pub mod job;
 pub mod parameters;
+pub mod text;
 pub mod time;
+
+pub use text::{TextEnum, UnknownVariant};
 
 /// The organization every installation has (created by the first migration).
 pub const DEFAULT_ORGANIZATION_ID: &str = "00000000-0000-0000-0000-000000000001";
@@ -61,89 +64,61 @@ impl Synchronous {
     }
 }
 
-/// An unknown string for one of the enums below.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} {value:?}; expected one of: {expected}")]
-pub struct UnknownVariant {
-    pub what: &'static str,
-    pub value: String,
-    pub expected: String,
+/// What a build does to its workspace.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
+pub enum Transition {
+    Start,
+    Stop,
+    Delete,
 }
 
-/// Declares a fieldless enum with its one string form, `FromStr`, `Display` and serde.
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = UnknownVariant;
-
-            fn from_str(value: &str) -> Result<Self, UnknownVariant> {
-                match value {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownVariant {
-                        what: $what,
-                        value: value.to_owned(),
-                        expected: [$($text),+].join(", "),
-                    }),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
+impl TextEnum for Transition {
+    const WHAT: &'static str = "transition";
 }
 
-string_enum! {
-    /// What a build does to its workspace.
-    Transition, "transition" {
-        Start => "start",
-        Stop => "stop",
-        Delete => "delete",
-    }
+/// The state of a provisioner job.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    /// Cancellation requested while running; the backend is being stopped.
+    Canceling,
+    Canceled,
+    /// The daemon stopped during the job (crash, kill, restart or shutdown): neither a
+    /// failure of the template nor a cancel. Planners see it as `canceled`.
+    Interrupted,
 }
 
-string_enum! {
-    /// The state of a provisioner job.
-    JobStatus, "job status" {
-        Pending => "pending",
-        Running => "running",
-        Succeeded => "succeeded",
-        Failed => "failed",
-        /// Cancellation requested while running; the backend is being stopped.
-        Canceling => "canceling",
-        Canceled => "canceled",
-        /// The daemon stopped during the job (crash, kill, restart or shutdown): neither a
-        /// failure of the template nor a cancel. Planners see it as `canceled`.
-        Interrupted => "interrupted",
-    }
+impl TextEnum for JobStatus {
+    const WHAT: &'static str = "job status";
 }
 
 impl JobStatus {
@@ -170,23 +145,39 @@ impl JobStatus {
     }
 }
 
-string_enum! {
-    /// Why a build exists.
-    BuildReason, "build reason" {
-        /// A person asked for it (API, CLI).
-        Initiator => "initiator",
-        Autostart => "autostart",
-        Autostop => "autostop",
-        /// Dormancy stopped the workspace.
-        Autolock => "autolock",
-        Failedstop => "failedstop",
-        Autodelete => "autodelete",
-        Gc => "gc",
-        /// The reconciler creates or deletes a prebuild.
-        Prebuild => "prebuild",
-        /// A user claimed a prebuild.
-        Claim => "claim",
-    }
+/// Why a build exists.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
+pub enum BuildReason {
+    /// A person asked for it (API, CLI).
+    Initiator,
+    Autostart,
+    Autostop,
+    /// Dormancy stopped the workspace.
+    Autolock,
+    Failedstop,
+    Autodelete,
+    Gc,
+    /// The reconciler creates or deletes a prebuild.
+    Prebuild,
+    /// A user claimed a prebuild.
+    Claim,
+}
+
+impl TextEnum for BuildReason {
+    const WHAT: &'static str = "build reason";
 }
 
 impl BuildReason {
@@ -228,26 +219,61 @@ impl JobPriority {
     }
 }
 
-string_enum! {
-    /// Severity of a build log line.
-    LogLevel, "log level" {
-        Trace => "trace",
-        Debug => "debug",
-        Info => "info",
-        Warn => "warn",
-        Error => "error",
-    }
+/// Severity of a build log line.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
-string_enum! {
-    /// The type of a template parameter.
-    ParameterType, "parameter type" {
-        String => "string",
-        Number => "number",
-        Bool => "bool",
-        ListString => "list(string)",
-    }
+impl TextEnum for LogLevel {
+    const WHAT: &'static str = "log level";
 }
+
+/// The type of a template parameter.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
+pub enum ParameterType {
+    String,
+    Number,
+    Bool,
+    #[strum(serialize = "list(string)")]
+    ListString,
+}
+
+impl TextEnum for ParameterType {
+    const WHAT: &'static str = "parameter type";
+}
+
+crate::serde_as_text!(Transition, JobStatus, BuildReason, LogLevel, ParameterType);
 
 #[cfg(test)]
 mod tests {
@@ -269,6 +295,23 @@ mod tests {
             error.to_string(),
             "unknown transition \"restart\"; expected one of: start, stop, delete"
         );
+    }
+
+    #[test]
+    fn the_strings_are_the_schemas_and_serde_uses_them() {
+        let strings = |all: &[ParameterType]| all.iter().map(|v| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(strings(ParameterType::ALL), ["string", "number", "bool", "list(string)"]);
+        assert_eq!(BuildReason::Failedstop.to_string(), "failedstop");
+        assert_eq!(
+            serde_json::to_string(&JobStatus::Canceling).ok().as_deref(),
+            Some("\"canceling\"")
+        );
+        let error = serde_json::from_str::<LogLevel>("\"fatal\"").map(|_| ()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown log level \"fatal\"; expected one of: trace, debug, info, warn, error"
+        );
+        assert_eq!(LogLevel::parse("warn"), Some(LogLevel::Warn));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! API handlers for users, their tokens and organizations.
 
+use crate::domain::TextEnum;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;

@@ -6,6 +6,7 @@
 //! workspace is logged and counted; the others go on. Unclaimed prebuilds are never its
 //! business.
 
+use crate::domain::TextEnum;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

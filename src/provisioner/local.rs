@@ -6,6 +6,7 @@
 //! can be made to fail per transition (`fail_transitions`, in the config or in the
 //! template version's provisioner config) for demos and tests.
 
+use crate::domain::TextEnum;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

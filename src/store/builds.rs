@@ -5,6 +5,7 @@
 //! requested one, else the last build's, else the template's active version) and the
 //! parameter resolution through `domain::parameters`.
 
+use crate::domain::TextEnum;
 use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 

@@ -4,6 +4,7 @@
 //! content, diffing the config file against the database) is the templates-config code's
 //! job, not this module's.
 
+use crate::domain::TextEnum;
 use crate::store::CachedStatements;
 use std::collections::BTreeMap;
 

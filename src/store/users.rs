@@ -4,6 +4,7 @@
 //! the first migration and is never modified here. Token secrets are never stored: only
 //! their SHA-256, compared in constant time.
 
+use crate::domain::TextEnum;
 use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};

@@ -7,6 +7,7 @@
 //! `max_prebuild_jobs` workers) and orphan recovery (jobs a dead process left running are
 //! failed at start and periodically). It decides nothing about *which* builds exist.
 
+use crate::domain::TextEnum;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

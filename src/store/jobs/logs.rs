@@ -1,5 +1,6 @@
 //! Job logs: appended in batches under a per-job byte cap, read back in order.
 
+use crate::domain::TextEnum;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
