@@ -1,7 +1,9 @@
 //! The loops' SQL candidate queries against the planner's rules, on generated fleets in a
 //! real SQLite file: every workspace the planner would transition from the full snapshot
 //! must be among the lifecycle query's candidates (the query may find more; the executor
-//! re-judges each). A rule the SQL misses would silently never fire.
+//! re-judges each), and the GC run, which reads only the workspaces old enough to be due,
+//! must decide exactly what the planner decides from everything. A rule the SQL misses
+//! would silently never fire. (The reconciler reads the full snapshot: nothing to check.)
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
@@ -9,8 +11,9 @@ use rusqlite::params;
 
 use workspaced::config::Config;
 use workspaced::domain::{DEFAULT_ORGANIZATION_ID, PREBUILDS_USER_ID};
-use workspaced::planner::lifecycle;
-use workspaced::planner::snapshot::Index;
+use workspaced::gc;
+use workspaced::planner::snapshot::{Fraction, GcBasis, GcSettings, Index};
+use workspaced::planner::{gc as planner_gc, lifecycle};
 use workspaced::store::{Store, StoreOptions, lifecycle as store_lifecycle, snapshot};
 
 const TRANSITIONS: [&str; 3] = ["start", "stop", "delete"];
@@ -218,5 +221,133 @@ proptest! {
                 decision.workspace_id
             );
         }
+    }
+}
+
+/// A template's GC overrides (`None` = the global setting).
+#[derive(Debug, Clone)]
+struct GcOverride {
+    enabled: Option<bool>,
+    ttl_s: Option<i64>,
+    basis: Option<&'static str>,
+    warn_before_s: Option<i64>,
+    active_grace_s: Option<i64>,
+}
+
+/// A workspace's GC-only state: protection and a warning (minutes relative to now).
+#[derive(Debug, Clone)]
+struct GcState {
+    protected: bool,
+    warned: Option<i64>,
+}
+
+const TTLS: [i64; 4] = [0, 3600, 86_400, 14 * 86_400];
+const WARNS: [i64; 3] = [0, 3600, 86_400];
+const GRACES: [i64; 3] = [0, 900, 86_400];
+
+fn gc_override() -> impl Strategy<Value = GcOverride> {
+    (
+        prop::option::of(any::<bool>()),
+        prop::option::of(prop::sample::select(TTLS.to_vec())),
+        prop::option::of(prop::sample::select(vec!["last_activity", "creation"])),
+        prop::option::of(prop::sample::select(WARNS.to_vec())),
+        prop::option::of(prop::sample::select(GRACES.to_vec())),
+    )
+        .prop_map(|(enabled, ttl_s, basis, warn_before_s, active_grace_s)| GcOverride {
+            enabled,
+            ttl_s,
+            basis,
+            warn_before_s,
+            active_grace_s,
+        })
+}
+
+fn gc_settings() -> impl Strategy<Value = GcSettings> {
+    (
+        prop::sample::select(TTLS.to_vec()),
+        any::<bool>(),
+        prop::sample::select(WARNS.to_vec()),
+        prop::sample::select(GRACES.to_vec()),
+        prop::sample::select(vec![25u128, 100]),
+        prop::sample::select(vec![2u64, 100]),
+    )
+        .prop_map(|(ttl_s, creation, warn_before_s, active_grace_s, percent, max)| {
+            GcSettings {
+                enabled: true,
+                ttl_s: ttl_s as u64,
+                basis: if creation { GcBasis::Creation } else { GcBasis::LastActivity },
+                warn_before_s: warn_before_s as u64,
+                active_grace_s: active_grace_s as u64,
+                max_delete_fraction: Fraction::from_decimal(percent, 2),
+                max_deletions_per_run: max,
+            }
+        })
+}
+
+fn set_gc_state(store: &Store, overrides: &[GcOverride], states: &[GcState]) {
+    store
+        .write_blocking(|tx| {
+            for (index, gc) in overrides.iter().enumerate() {
+                tx.execute(
+                    "UPDATE templates SET gc_enabled = ?2, gc_ttl_s = ?3, gc_basis = ?4,
+                        gc_warn_before_s = ?5, gc_active_grace_s = ?6 WHERE id = ?1",
+                    params![
+                        format!("t{index}"),
+                        gc.enabled,
+                        gc.ttl_s,
+                        gc.basis,
+                        gc.warn_before_s,
+                        gc.active_grace_s
+                    ],
+                )?;
+            }
+            for (index, state) in states.iter().enumerate() {
+                tx.execute(
+                    "UPDATE workspaces SET protected = ?2, gc_warned_at = ?3 WHERE id = ?1",
+                    params![format!("w{index:03}"), state.protected, state.warned.map(at)],
+                )?;
+            }
+            Ok::<_, workspaced::store::StoreError>(())
+        })
+        .unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_gc_run_decides_from_its_candidates_what_the_planner_decides_from_everything(
+        templates in prop::collection::vec(template_case(), 2),
+        overrides in prop::collection::vec(gc_override(), 2),
+        settings in gc_settings(),
+        fleet in prop::collection::vec(
+            (workspace_case(), any::<bool>(), prop::option::of(-30_000i64..0)), 1..40),
+    ) {
+        let (workspaces, states): (Vec<_>, Vec<_>) = fleet
+            .into_iter()
+            .map(|(workspace, protected, warned)| (workspace, GcState { protected, warned }))
+            .unzip();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreOptions::at(dir.path().join("w.db"))).unwrap();
+        seed(&store, &templates, &workspaces);
+        set_gc_state(&store, &overrides, &states);
+        let mut full_settings = Config::default().planner_settings();
+        full_settings.gc = Some(settings.clone());
+        let data_dir = dir.path().to_path_buf();
+        let (full, run) = store
+            .read_blocking(move |conn| {
+                Ok((
+                    snapshot::read(conn, now(), full_settings)?,
+                    gc::plan_run(conn, &settings, &data_dir, now())?,
+                ))
+            })
+            .unwrap();
+        prop_assert_eq!(full.workspaces.len(), workspaces.len(), "every seeded row is read");
+        let mut expected = planner_gc::plan(&Index::new(&full));
+        expected.actions.sort_by(|a, b| a.workspace_id.cmp(&b.workspace_id));
+        let mut decided: Vec<_> = run.judged.into_iter().map(|judged| judged.action).collect();
+        decided.sort_by(|a, b| a.workspace_id.cmp(&b.workspace_id));
+        prop_assert_eq!(decided, expected.actions);
+        prop_assert_eq!(run.safety_valve_tripped, expected.safety_valve_tripped);
     }
 }
