@@ -16,12 +16,17 @@
 //! first and then as `workspace`: `prebuilt_workspace.delete` deletes only prebuilds,
 //! `workspace.delete` deletes both. Deleting needs read, update and delete.
 
-use crate::domain::TextEnum;
+use strum::{Display, EnumString, IntoStaticStr, VariantArray};
+
+use crate::domain::text::{self, UnknownVariant};
 use crate::domain::{DEFAULT_ORGANIZATION_ID, PREBUILDS_USER_ID};
 
 /// A role, granted per organization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
+)]
 #[strum(serialize_all = "kebab-case")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
 pub enum Role {
     Owner,
     TemplateAdmin,
@@ -29,13 +34,12 @@ pub enum Role {
     Auditor,
 }
 
-impl TextEnum for Role {
-    const WHAT: &'static str = "role";
-}
-
 /// What is acted on. `system` = deployment-wide operations (the plan, GC runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
+)]
 #[strum(serialize_all = "snake_case")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
 pub enum Resource {
     Organization,
     User,
@@ -49,13 +53,12 @@ pub enum Resource {
     System,
 }
 
-impl TextEnum for Resource {
-    const WHAT: &'static str = "resource";
-}
-
 /// What is done to a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
+)]
 #[strum(serialize_all = "lowercase")]
+#[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
 pub enum Action {
     Read,
     Create,
@@ -63,8 +66,10 @@ pub enum Action {
     Delete,
 }
 
-impl TextEnum for Action {
-    const WHAT: &'static str = "action";
+crate::text_enums! {
+    Role => "role",
+    Resource => "resource",
+    Action => "action",
 }
 
 /// The caller: a user and its roles.
@@ -170,6 +175,7 @@ fn role_allows(role: Role, action: Action, resource: Resource, own: bool) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TextEnum;
 
     const ORG: &str = "org-a";
     const OTHER_ORG: &str = "org-b";

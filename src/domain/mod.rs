@@ -12,6 +12,8 @@ pub mod time;
 
 pub use text::{TextEnum, UnknownVariant};
 
+use strum::{Display, EnumString, IntoStaticStr, VariantArray};
+
 /// The organization every installation has (created by the first migration).
 pub const DEFAULT_ORGANIZATION_ID: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -66,16 +68,7 @@ impl Synchronous {
 
 /// What a build does to its workspace.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-    strum::Display,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
 )]
 #[strum(serialize_all = "lowercase")]
 #[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
@@ -85,22 +78,9 @@ pub enum Transition {
     Delete,
 }
 
-impl TextEnum for Transition {
-    const WHAT: &'static str = "transition";
-}
-
 /// The state of a provisioner job.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-    strum::Display,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
 )]
 #[strum(serialize_all = "lowercase")]
 #[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
@@ -115,10 +95,6 @@ pub enum JobStatus {
     /// The daemon stopped during the job (crash, kill, restart or shutdown): neither a
     /// failure of the template nor a cancel. Planners see it as `canceled`.
     Interrupted,
-}
-
-impl TextEnum for JobStatus {
-    const WHAT: &'static str = "job status";
 }
 
 impl JobStatus {
@@ -147,16 +123,7 @@ impl JobStatus {
 
 /// Why a build exists.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-    strum::Display,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
 )]
 #[strum(serialize_all = "lowercase")]
 #[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
@@ -174,10 +141,6 @@ pub enum BuildReason {
     Prebuild,
     /// A user claimed a prebuild.
     Claim,
-}
-
-impl TextEnum for BuildReason {
-    const WHAT: &'static str = "build reason";
 }
 
 impl BuildReason {
@@ -221,16 +184,7 @@ impl JobPriority {
 
 /// Severity of a build log line.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-    strum::Display,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
 )]
 #[strum(serialize_all = "lowercase")]
 #[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
@@ -242,22 +196,9 @@ pub enum LogLevel {
     Error,
 }
 
-impl TextEnum for LogLevel {
-    const WHAT: &'static str = "log level";
-}
-
 /// The type of a template parameter.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantArray,
-    strum::Display,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, VariantArray, Display,
 )]
 #[strum(serialize_all = "lowercase")]
 #[strum(parse_err_ty = UnknownVariant, parse_err_fn = text::unknown::<Self>)]
@@ -269,11 +210,13 @@ pub enum ParameterType {
     ListString,
 }
 
-impl TextEnum for ParameterType {
-    const WHAT: &'static str = "parameter type";
+crate::text_enums! {
+    Transition => "transition",
+    JobStatus => "job status",
+    BuildReason => "build reason",
+    LogLevel => "log level",
+    ParameterType => "parameter type",
 }
-
-crate::serde_as_text!(Transition, JobStatus, BuildReason, LogLevel, ParameterType);
 
 #[cfg(test)]
 mod tests {

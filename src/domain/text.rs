@@ -3,9 +3,9 @@
 //! `strum` derives the mapping (`IntoStaticStr`, `EnumString`, `VariantArray`, `Display`);
 //! [`TextEnum`] adds the shared surface every such enum has here (`ALL`, `as_str`,
 //! `parse`), [`unknown`] is the error an unknown string gets (it names the value and every
-//! accepted one), and [`serde_as_text!`](crate::serde_as_text) makes serde read and write
-//! the same strings through `FromStr`, so a bad value in a JSON document or a TOML file
-//! gets that same message.
+//! accepted one), and [`text_enums!`](crate::text_enums) implements it and makes serde read and
+//! write the same strings through `FromStr`, so a bad value in a JSON document or a TOML
+//! file gets that same message.
 
 /// An unknown string for one of the text enums.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,11 +44,16 @@ pub fn unknown<T: TextEnum>(value: &str) -> UnknownVariant {
     }
 }
 
-/// Implements `Serialize` (the variant's string) and `Deserialize` (through `FromStr`, so
-/// the error is [`UnknownVariant`]'s) for text enums.
+/// Declares strum-derived enums text enums: `Type => "what it is called"` implements
+/// [`TextEnum`], `Serialize` (the variant's string) and `Deserialize` (through `FromStr`, so
+/// the error is [`UnknownVariant`]'s).
 #[macro_export]
-macro_rules! serde_as_text {
-    ($($name:ty),+ $(,)?) => {$(
+macro_rules! text_enums {
+    ($($name:ty => $what:literal),+ $(,)?) => {$(
+        impl $crate::domain::text::TextEnum for $name {
+            const WHAT: &'static str = $what;
+        }
+
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str($crate::domain::text::TextEnum::as_str(*self))

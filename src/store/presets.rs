@@ -250,17 +250,7 @@ mod tests {
 
     #[test]
     fn the_claim_query_uses_its_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) =
-            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db")))
-                .unwrap();
-        let plan: Vec<String> = store
-            .read_blocking(|conn| {
-                let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIMABLE}"))?;
-                let rows = statement.query_map(params!["u", "p", "v", 0], |row| row.get(3))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap();
+        let plan = crate::store::tests::query_plan(CLAIMABLE, ("u", "p", "v", 0));
         assert!(plan.iter().any(|step| step.contains("workspaces_claimable")), "{plan:?}");
         assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
     }

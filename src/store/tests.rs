@@ -3,6 +3,23 @@ use super::*;
 use crate::store::CachedStatements;
 use rusqlite::params;
 
+/// SQLite's query plan for `sql` with `params`, on a freshly migrated file: one line per
+/// step (`SEARCH workspaces USING INDEX ...`), for tests that pin an index.
+pub(crate) fn query_plan<P: rusqlite::Params + Send + 'static>(
+    sql: &str,
+    params: P,
+) -> Vec<String> {
+    let (_dir, store) = fresh();
+    let sql = format!("EXPLAIN QUERY PLAN {sql}");
+    store
+        .read_blocking(move |conn| {
+            let mut statement = conn.prepare(&sql)?;
+            let steps = statement.query_map(params, |row| row.get(3))?;
+            Ok(steps.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+}
+
 fn fresh() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let (store, report) =

@@ -489,22 +489,11 @@ mod tests {
 
     #[test]
     fn a_workspace_page_walks_the_live_name_index_without_sorting() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) =
-            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db")))
-                .unwrap();
-        let plan: Vec<String> = store
-            .read_blocking(|conn| {
-                let mut statement =
-                    conn.prepare(&format!("EXPLAIN QUERY PLAN {}", workspaces_after_sql()))?;
-                let none: Option<String> = None;
-                let rows = statement
-                    .query_map(params![none, none, none, Some("o"), Some("n"), 100], |row| {
-                        row.get(3)
-                    })?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap();
+        let none: Option<String> = None;
+        let plan = crate::store::tests::query_plan(
+            &workspaces_after_sql(),
+            (none.clone(), none.clone(), none, Some("o"), Some("n"), 100),
+        );
         assert!(plan.iter().any(|step| step.contains("workspaces_live_name")), "{plan:?}");
         assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
     }

@@ -161,7 +161,7 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Exported macros live at the crate root; this is the module that defines each.
-const MACROS: &[(&str, &str)] = &[("has_store_error", "store"), ("serde_as_text", "domain")];
+const MACROS: &[(&str, &str)] = &[("has_store_error", "store"), ("text_enums", "domain")];
 
 fn layer_of(module: &str) -> Option<usize> {
     let module = MACROS.iter().find(|(name, _)| *name == module).map_or(module, |(_, home)| home);
