@@ -7,8 +7,10 @@
 //!
 //! `schema` is the shape with its defaults, `load` merges the sources and reports errors
 //! with file, line and key path, `validate` checks ranges and relations of every section,
-//! `templates` the `[[templates]]` declarations, `duration` the `15s` / `72h30m` parser.
+//! `templates` the `[[templates]]` declarations, `container` the container backend's
+//! section and a container template's workspace description, `duration` the `15s` / `72h30m` parser.
 
+pub mod container;
 pub mod duration;
 pub mod load;
 pub mod schema;

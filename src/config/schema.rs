@@ -393,6 +393,8 @@ pub struct ProvisionerConfig {
     /// How often jobs left running by a dead process are failed.
     pub orphan_check_interval: HumanDuration,
     pub local: LocalBackendConfig,
+    /// The container backend (`provisioner = "container"` templates).
+    pub container: crate::config::container::ContainerBackendConfig,
     /// External provisioners by profile name (`[provisioner.exec.NAME]`).
     pub exec: BTreeMap<String, ExecBackendConfig>,
 }
@@ -408,6 +410,7 @@ impl Default for ProvisionerConfig {
             poll_interval: HumanDuration::from_secs(1),
             orphan_check_interval: HumanDuration::from_secs(60),
             local: LocalBackendConfig::default(),
+            container: crate::config::container::ContainerBackendConfig::default(),
             exec: BTreeMap::new(),
         }
     }

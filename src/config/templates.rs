@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::container::{CONTAINER_BACKEND, check_spec, parse_spec};
 use crate::config::duration::HumanDuration;
 use crate::domain::ParameterType;
 use crate::domain::parameters::{ParameterSpec, check_value};
@@ -29,7 +30,7 @@ pub struct TemplateConfig {
     pub organization: String,
     #[serde(default)]
     pub display_name: String,
-    /// `local` or the name of a `[provisioner.exec.NAME]` profile.
+    /// `local`, `container` or the name of a `[provisioner.exec.NAME]` profile.
     #[serde(default = "default_provisioner")]
     pub provisioner: String,
     /// Settings handed to the provisioner with every job (part of the version content).
@@ -209,13 +210,24 @@ pub fn validate(
                 ),
             ));
         }
-        if template.provisioner != crate::domain::LOCAL_BACKEND
+        if template.provisioner == CONTAINER_BACKEND {
+            let parameters = template.parameters.iter().map(|p| p.name.clone()).collect();
+            parse_spec(&template.provisioner_config)
+                .and_then(|spec| check_spec(&spec, &parameters))
+                .map_err(|problem| {
+                    let key = match problem.key.as_str() {
+                        "" => String::new(),
+                        key => format!(".{key}"),
+                    };
+                    fail(&format!(".provisioner_config{key}"), problem.reason)
+                })?;
+        } else if template.provisioner != crate::domain::LOCAL_BACKEND
             && !exec_profiles.contains(&template.provisioner)
         {
             return Err(fail(
                 ".provisioner",
                 format!(
-                    "unknown provisioner {:?}: use \"local\" or declare [provisioner.exec.{}]",
+                    "unknown provisioner {:?}: use \"local\", \"container\" or declare [provisioner.exec.{}]",
                     template.provisioner, template.provisioner
                 ),
             ));

@@ -110,7 +110,10 @@ impl Config {
         }
         for (name, exec) in &provisioner.exec {
             let key = |field: &str| format!("provisioner.exec.{name}.{field}");
-            if name == "local" || name.is_empty() {
+            if name == "local"
+                || name == crate::config::container::CONTAINER_BACKEND
+                || name.is_empty()
+            {
                 return Err(fail(
                     &format!("provisioner.exec.{name}"),
                     "this name is reserved for the built-in backend".to_owned(),
@@ -123,6 +126,7 @@ impl Config {
                 return Err(fail(&key("max_output_bytes"), "must be at least 1024".to_owned()));
             }
         }
+        provisioner.container.check().map_err(|(key, reason)| fail(key, reason))?;
         if !(1..=10_000).contains(&self.reconciler.max_queued_creates) {
             return Err(fail(
                 "reconciler.max_queued_creates",

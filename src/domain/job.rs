@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::event::BuildRef;
-use crate::domain::{JobPriority, JobStatus, Replacement, Resource, Timing};
+use crate::domain::{App, JobPriority, JobStatus, Replacement, Resource, Timing};
 
 /// Everything a backend needs to run a job (and the runner to report on it).
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +59,10 @@ pub struct SuccessReport {
     pub resources: Vec<Resource>,
     pub replacements: Vec<Replacement>,
     pub timings: Vec<Timing>,
+    /// What a developer connects to (a start's published ports).
+    pub apps: Vec<App>,
+    /// A readiness probe passed before the build succeeded: the workspace starts healthy.
+    pub probed: bool,
 }
 
 /// A job that was completed by `complete`.

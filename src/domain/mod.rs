@@ -288,6 +288,14 @@ pub struct Agent {
     pub ready: bool,
 }
 
+/// Something a developer connects to in a workspace: a name and the URL it answers on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: String,
+    pub url: String,
+}
+
 /// A resource that had to be replaced (for a claim: the prebuild was not fully reusable).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -55,13 +55,22 @@ fn claim_error(error: ClaimError) -> ApiError {
 
 /// Resolves names to ids, authorizes, and claims or builds — all inside one grouped
 /// write transaction, so what was checked is what is written.
+/// What the create's write decided.
+struct Created {
+    outcome: ClaimOutcome,
+    apps: Vec<crate::domain::App>,
+    owner_id: String,
+    organization_id: String,
+    template_id: String,
+}
+
 fn create_in(
     tx: &mut crate::store::WriteTx<'_>,
     body: CreateWorkspace,
     subject: &crate::auth::Subject,
     actor: &crate::store::audit::Actor,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(ClaimOutcome, String, String, String), ApiError> {
+) -> Result<Created, ApiError> {
     let not_found = || ApiError::field(StatusCode::NOT_FOUND, "template", "no such template");
     // An organization that does not exist and one the caller has no role in answer alike,
     // so organization names cannot be probed from outside.
@@ -127,7 +136,20 @@ fn create_in(
         ttl_s: body.ttl_s.map(i64::from),
     };
     let outcome = pools::claim_audited(tx, &request, actor, now).map_err(claim_error)?;
-    Ok((outcome, owner_id, template.organization_id, template.id))
+    // A claimed prebuild runs already: its apps answer now.
+    let apps = match &outcome {
+        ClaimOutcome::Claimed { workspace_id, .. } => {
+            crate::store::workspaces::apps(tx, workspace_id)?
+        }
+        ClaimOutcome::Built { .. } => Vec::new(),
+    };
+    Ok(Created {
+        outcome,
+        apps,
+        owner_id,
+        organization_id: template.organization_id,
+        template_id: template.id,
+    })
 }
 
 pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
@@ -136,7 +158,7 @@ pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
     let name = body.name.clone();
     let (subject, actor, now) = (ctx.subject.clone(), ctx.actor.clone(), ctx.now);
     let started = tokio::time::Instant::now();
-    let (outcome, owner_id, organization_id, template_id) = ctx
+    let Created { outcome, apps, owner_id, organization_id, template_id } = ctx
         .state
         .ctx
         .store
@@ -159,6 +181,7 @@ pub async fn create(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {
                 "owner_id": owner_id,
                 "organization_id": organization_id,
                 "template_id": template_id,
+                "apps": apps,
             },
             "build": {
                 "id": build.build.build_id,

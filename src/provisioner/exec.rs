@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 
 use crate::config::ExecBackendConfig;
 use crate::domain::job::SuccessReport;
-use crate::domain::{LogLevel, LogLine, Replacement, Resource};
+use crate::domain::{App, LogLevel, LogLine, Replacement, Resource};
 use crate::provisioner::protocol::{JobRequest, Message};
 use crate::provisioner::{Backend, BoxFuture, JobIo, ProvisionerError};
 
@@ -28,9 +28,12 @@ pub struct ExecBackend {
 }
 
 /// What stdout said.
+/// A `complete` message: state, resources, apps, error.
+type Complete = (Option<String>, Vec<Resource>, Vec<App>, Option<String>);
+
 #[derive(Default)]
 struct Collected {
-    complete: Option<(Option<String>, Vec<Resource>, Option<String>)>,
+    complete: Option<Complete>,
     replacements: Vec<Replacement>,
     timings: Vec<crate::domain::Timing>,
 }
@@ -150,7 +153,7 @@ impl ExecBackend {
                 return Err(error);
             }
         };
-        let reported_error = collected.complete.as_ref().and_then(|(_, _, error)| error.clone());
+        let reported_error = collected.complete.as_ref().and_then(|(_, _, _, error)| error.clone());
         if !status.success() {
             let status = match status.code() {
                 Some(code) => format!("status {code}"),
@@ -161,7 +164,7 @@ impl ExecBackend {
                 detail: reported_error.or(last_stderr),
             });
         }
-        let Some((state, resources, error)) = collected.complete else {
+        let Some((state, resources, apps, error)) = collected.complete else {
             return Err(ProvisionerError::NoComplete);
         };
         if let Some(error) = error {
@@ -172,6 +175,8 @@ impl ExecBackend {
             resources,
             replacements: collected.replacements,
             timings: collected.timings,
+            apps,
+            probed: false,
         })
     }
 
@@ -247,14 +252,14 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
             Message::Replacement { resource, paths } => {
                 collected.replacements.push(Replacement { resource, paths })
             }
-            Message::Complete { state, resources, error } => {
+            Message::Complete { state, resources, apps, error } => {
                 if collected.complete.is_some() {
                     return Err(ProvisionerError::Malformed {
                         line: line_number,
                         reason: "a second \"complete\" message".to_owned(),
                     });
                 }
-                collected.complete = Some((state, resources, error));
+                collected.complete = Some((state, resources, apps, error));
             }
         }
     }

@@ -136,8 +136,8 @@ impl LocalBackend {
         Ok(SuccessReport {
             state: Some(json!({ "directory": dir }).to_string()),
             resources,
-            replacements: Vec::new(),
             timings: vec![timing],
+            ..SuccessReport::default()
         })
     }
 }

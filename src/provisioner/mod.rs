@@ -5,6 +5,8 @@
 //! runner that feeds backends from the database. Backends know nothing about SQLite:
 //! they get a request, a log channel and a cancellation token, and return a report.
 
+#[cfg(feature = "containers")]
+pub mod container;
 pub mod exec;
 pub mod local;
 pub mod process;
@@ -84,6 +86,12 @@ pub enum ProvisionerError {
     Reported(String),
     #[error("job timed out after {0:?}; the provisioner was stopped")]
     TimedOut(Duration),
+    #[error("{0}")]
+    Engine(String),
+    #[error("readiness probe failed: {0}")]
+    ProbeFailed(String),
+    #[error("provisioner \"container\" is not in this build (cargo feature `containers`)")]
+    NotBuilt,
 }
 
 impl ProvisionerError {
@@ -100,6 +108,9 @@ impl ProvisionerError {
             ProvisionerError::OutputTooLarge { .. } => "output_too_large",
             ProvisionerError::Reported(_) => "reported",
             ProvisionerError::TimedOut(_) => "timeout",
+            ProvisionerError::Engine(_) => "engine",
+            ProvisionerError::ProbeFailed(_) => "probe",
+            ProvisionerError::NotBuilt => "not_built",
         }
     }
 }
@@ -117,6 +128,15 @@ pub fn backend_for(
             config.local.clone(),
             Arc::clone(clock),
         )));
+    }
+    if name == crate::config::container::CONTAINER_BACKEND {
+        #[cfg(feature = "containers")]
+        return Ok(Box::new(container::ContainerBackend::new(
+            config.container.clone(),
+            config.kill_grace.as_duration(),
+        )));
+        #[cfg(not(feature = "containers"))]
+        return Err(ProvisionerError::NotBuilt);
     }
     match config.exec.get(name) {
         Some(profile) => {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::job::AcquiredJob;
-use crate::domain::{BuildReason, LogLevel, Resource, Timing, Transition};
+use crate::domain::{App, BuildReason, LogLevel, Resource, Timing, Transition};
 
 /// Bumped on an incompatible change of the request or the messages.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -129,6 +129,9 @@ pub enum Message {
         state: Option<String>,
         #[serde(default)]
         resources: Vec<Resource>,
+        /// Connection info: `[{"name": "web", "url": "http://127.0.0.1:8080/"}]`.
+        #[serde(default)]
+        apps: Vec<App>,
         #[serde(default)]
         error: Option<String>,
     },

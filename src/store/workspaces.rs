@@ -142,6 +142,16 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Workspace>, StoreError>
 }
 
 /// Ids of every live workspace.
+/// The apps a workspace's last start reported (none when it is not running).
+pub fn apps(conn: &Connection, id: &str) -> Result<Vec<crate::domain::App>, StoreError> {
+    let text: Option<String> = conn
+        .query_row_cached("SELECT apps FROM workspaces WHERE id = ?1", [id], |row| row.get(0))
+        .optional()?
+        .flatten();
+    // Written by the store from a typed list; an unreadable value shows as none.
+    Ok(text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default())
+}
+
 pub fn live_ids(conn: &Connection) -> Result<std::collections::HashSet<String>, StoreError> {
     let mut statement = conn.prepare_cached("SELECT id FROM workspaces WHERE deleted = 0")?;
     let rows = statement.query_map([], |row| row.get(0))?;

@@ -10,6 +10,7 @@ mod bad_input;
 mod binary;
 mod candidates;
 mod client;
+mod containers;
 mod daemon;
 mod fixtures;
 mod gc;

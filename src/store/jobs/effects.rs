@@ -1,5 +1,5 @@
-//! A finished build's effects on its workspace: readiness, the autostop deadline, the
-//! job's timings and a claim's resource replacements.
+//! A finished build's effects on its workspace: readiness, apps and health, the autostop
+//! deadline, the job's timings and a claim's resource replacements.
 
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -22,9 +22,17 @@ pub(super) fn apply_success(
     let workspace_id = &job.build.workspace_id;
     match job.build.transition {
         Transition::Start => {
+            let apps = match report.apps.as_slice() {
+                [] => None,
+                apps => Some(serde_json::to_string(apps).map_err(StoreError::Encode)?),
+            };
+            let health = report.probed.then_some("healthy");
+            let since = report.probed.then_some(now_ms);
             tx.execute_cached(
-                "UPDATE workspaces SET agents_ready = ?2, updated_at = ?3 WHERE id = ?1",
-                params![workspace_id, agents_ready(&report.resources), now_ms],
+                "UPDATE workspaces SET agents_ready = ?2, updated_at = ?3, apps = ?4, health = ?5,
+                    health_error = NULL, health_since = ?6, health_checked_at = ?6
+                  WHERE id = ?1",
+                params![workspace_id, agents_ready(&report.resources), now_ms, apps, health, since],
             )?;
             for resource in &report.resources {
                 let agents = serde_json::to_string(&resource.agents).map_err(StoreError::Encode)?;
@@ -40,13 +48,17 @@ pub(super) fn apply_success(
         }
         Transition::Stop => {
             tx.execute_cached(
-                "UPDATE workspaces SET agents_ready = NULL, updated_at = ?2 WHERE id = ?1",
+                "UPDATE workspaces SET agents_ready = NULL, updated_at = ?2, apps = NULL,
+                    health = NULL, health_error = NULL, health_since = NULL, health_checked_at = NULL
+                  WHERE id = ?1",
                 params![workspace_id, now_ms],
             )?;
         }
         Transition::Delete => {
             tx.execute_cached(
-                "UPDATE workspaces SET deleted = 1, agents_ready = NULL, updated_at = ?2 WHERE id = ?1",
+                "UPDATE workspaces SET deleted = 1, agents_ready = NULL, updated_at = ?2, apps = NULL,
+                    health = NULL, health_error = NULL, health_since = NULL, health_checked_at = NULL
+                  WHERE id = ?1",
                 params![workspace_id, now_ms],
             )?;
             tx.emit(

@@ -1,0 +1,12 @@
+-- workspaced schema, version 7: what a developer connects to, and whether it answers.
+--
+-- apps: the workspace's connection info as the last successful start reported it, a JSON
+-- array of {"name", "url"}; NULL when it reports none or is not running.
+-- health: the readiness probe's verdict on a running workspace ('healthy' or
+-- 'unhealthy'); NULL when nothing probes it (no probe, not running). health_since is when
+-- the verdict last changed, health_error the last failure (NULL while healthy).
+ALTER TABLE workspaces ADD COLUMN apps TEXT;
+ALTER TABLE workspaces ADD COLUMN health TEXT CHECK (health IN ('healthy', 'unhealthy'));
+ALTER TABLE workspaces ADD COLUMN health_error TEXT;
+ALTER TABLE workspaces ADD COLUMN health_since INTEGER;
+ALTER TABLE workspaces ADD COLUMN health_checked_at INTEGER;

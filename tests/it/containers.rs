@@ -1,0 +1,352 @@
+//! The container backend against a real engine: Podman's Docker-compatible API service,
+//! started by the tests on a socket of their own, with the example image built offline
+//! by `scripts/container-image`. No mock of the engine. When Podman cannot be had or
+//! started, the tests fail and say why; they never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::client::Api;
+use crate::helpers::{DaemonProcess, binary_config, run_binary, write_config};
+
+/// The image the example config and these tests run (`scripts/container-image`).
+pub const IMAGE: &str = "localhost/workspaced-web:1";
+
+struct Podman {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+static PODMAN: OnceLock<Result<Podman, String>> = OnceLock::new();
+
+fn podman_setup() -> Result<Podman, String> {
+    let found = Command::new("podman").arg("--version").output();
+    if !found.is_ok_and(|output| output.status.success()) {
+        return Err(
+            "podman is missing: scripts/test installs it (apt-get install podman runc)".into()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("wsd-podman-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    // The crun default cannot set rlimits in this sandbox kind; runc with cgroupfs and no
+    // default ulimits works (../deps recipe, also in docs/containers.md).
+    std::fs::write(dir.join("containers.conf"), "[containers]\ndefault_ulimits = []\n")
+        .map_err(|error| error.to_string())?;
+    let socket = dir.join("podman.sock");
+    let log = std::fs::File::create(dir.join("service.log")).map_err(|error| error.to_string())?;
+    // The service exits by itself after 10 idle minutes, so no engine outlives the tests long.
+    Command::new("podman")
+        .args(podman_flags())
+        .args(["system", "service", "--time=600"])
+        .arg(format!("unix://{}", socket.display()))
+        .env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|error| format!("cannot start podman system service: {error}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ping(&socket) {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("service.log")).unwrap_or_default();
+            return Err(format!(
+                "podman's API service did not answer on {}: {log}",
+                socket.display()
+            ));
+        }
+        pause(Duration::from_millis(100));
+    }
+    let podman = Podman { dir, socket };
+    let exists = podman.cli(&["image", "exists", IMAGE]);
+    if !exists.status.success() {
+        let built = Command::new(repo().join("scripts/container-image"))
+            .arg(IMAGE)
+            .env("CONTAINER_HOST", format!("unix://{}", podman.socket.display()))
+            .output()
+            .map_err(|error| format!("cannot run scripts/container-image: {error}"))?;
+        if !built.status.success() {
+            return Err(format!(
+                "scripts/container-image failed: {}",
+                String::from_utf8_lossy(&built.stderr)
+            ));
+        }
+    }
+    Ok(podman)
+}
+
+fn podman_flags() -> [&'static str; 4] {
+    ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pause(duration: Duration) {
+    let (_never, wait) = std::sync::mpsc::channel::<()>();
+    let _ = wait.recv_timeout(duration);
+}
+
+fn ping(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.") && answer.contains(" 200 ")
+}
+
+impl Podman {
+    fn get() -> &'static Podman {
+        match PODMAN.get_or_init(podman_setup) {
+            Ok(podman) => podman,
+            Err(reason) => panic!("no container engine for the container tests: {reason}"),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman")
+            .args(podman_flags())
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .output()
+            .unwrap()
+    }
+
+    /// `podman ARGS`, which must succeed; its stdout, trimmed.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn exists(&self, kind: &str, name: &str) -> bool {
+        let args: &[&str] = match kind {
+            "container" => &["container", "exists", name],
+            _ => &["volume", "exists", name],
+        };
+        self.cli(args).status.success()
+    }
+
+    /// The `.State.Status` of a container, or `None` when there is none.
+    fn state(&self, name: &str) -> Option<String> {
+        let output = self.cli(&["inspect", "--format", "{{.State.Status}}", name]);
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// Removes every container and volume of these workspaces (a failed test's leftovers).
+    fn clean(&self, workspace_ids: &[String]) {
+        for id in workspace_ids {
+            let _ = self.cli(&["rm", "-f", &format!("wsd-{id}")]);
+            let _ = self.cli(&["volume", "rm", "-f", &format!("wsd-{id}-home")]);
+        }
+    }
+}
+
+/// A daemon config with one container template `web` (a busybox web server on a
+/// published port, an HTTP readiness probe) and `extra` appended.
+fn config(dir: &Path, template_extra: &str, extra: &str) -> String {
+    let podman = Podman::get();
+    format!(
+        r#"{base}
+[provisioner]
+job_timeout = "60s"
+[provisioner.container]
+socket = "unix://{socket}"
+{extra}
+[[templates]]
+name = "web"
+provisioner = "container"
+{template_extra}
+"#,
+        base = binary_config(dir),
+        socket = podman.socket.display(),
+    )
+}
+
+fn web_spec(probe: &str) -> String {
+    format!(
+        r#"[templates.provisioner_config]
+image = "{IMAGE}"
+command = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+ports = {{ web = 8080 }}
+env = {{ GREETING = "hello {{workspace.id}}" }}
+[templates.provisioner_config.ready]
+{probe}
+interval = "1s"
+timeout = "2s"
+failure_threshold = 3
+"#
+    )
+}
+
+fn owner_token(config: &Path) -> String {
+    let issued = run_binary(
+        &[
+            "token",
+            "create",
+            "--user",
+            "root",
+            "--role",
+            "owner",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    String::from_utf8_lossy(&issued.stdout).trim().to_owned()
+}
+
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Live workspaces of template `web` with their JSON, by a direct read of the file.
+fn workspaces(dir: &Path, sql_filter: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(dir.join("data/workspaced.db")).unwrap();
+    let sql = format!("SELECT id FROM workspaces WHERE deleted = 0 AND {sql_filter} ORDER BY id");
+    let mut statement = conn.prepare(&sql).unwrap();
+    statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+async fn http_body(url: &str) -> Option<(u16, String)> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await.ok()?.ok()?;
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_real_containers_fills_a_claim_hands_out_a_url_and_stop_keeps_the_home() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    let template = format!(
+        "{}\n[[templates.presets]]\nname = \"default\"\n[templates.presets.prebuilds]\ninstances = 2\n",
+        web_spec(r#"http = "http://{port.web}/healthz""#)
+    );
+    let path = write_config(dir.path(), &config(dir.path(), &template, ""));
+    let token = owner_token(&path);
+    let daemon = DaemonProcess::start(&path);
+    let api = Api::new(daemon.addr, Some(&token));
+
+    // The pool fills with two running containers whose probe passed.
+    let prebuilds = wait_for("two ready prebuilds", Duration::from_secs(90), async || {
+        let ready = workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy'");
+        (ready.len() == 2).then_some(ready)
+    })
+    .await;
+    for id in &prebuilds {
+        assert_eq!(podman.state(&format!("wsd-{id}")).as_deref(), Some("running"));
+        assert!(podman.exists("volume", &format!("wsd-{id}-home")));
+        let labels =
+            podman.ok(&["inspect", "--format", "{{json .Config.Labels}}", &format!("wsd-{id}")]);
+        let labels: Value = serde_json::from_str(&labels).unwrap();
+        assert_eq!(labels["io.workspaced.managed"], "true");
+        assert_eq!(labels["io.workspaced.workspace-id"], id.as_str());
+        assert!(labels["io.workspaced.spec-hash"].as_str().is_some_and(|hash| hash.len() == 32));
+    }
+
+    // A claim answers with the prebuild's URL, which answers at once.
+    let (status, claimed) = api
+        .post(
+            "/api/v1/workspaces",
+            json!({ "template": "web", "preset": "default", "name": "mine" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{claimed}");
+    assert_eq!(claimed["claimed"], true, "{claimed}");
+    let id = claimed["workspace"]["id"].as_str().unwrap().to_owned();
+    assert!(prebuilds.contains(&id));
+    let url = claimed["workspace"]["apps"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{claimed}"))
+        .to_owned();
+    assert_eq!(claimed["workspace"]["apps"][0]["name"], "web");
+    let (code, body) = http_body(&url).await.expect("the app URL answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Your workspace answers."), "{body}");
+
+    // The claim build finishes without recreating the container and writes the identity.
+    let container = format!("wsd-{id}");
+    let before = podman.ok(&["inspect", "--format", "{{.Id}}", &container]);
+    wait_for("the claim build", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{id}")).await;
+        (workspace["latest_build"]["job_status"] == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(podman.ok(&["inspect", "--format", "{{.Id}}", &container]), before, "no recreate");
+    let identity = podman.ok(&["exec", &container, "cat", "/home/workspace/.workspaced/identity"]);
+    assert!(identity.contains("WORKSPACE_NAME='mine'"), "{identity}");
+    assert!(identity.contains("WORKSPACE_OWNER='root'"), "{identity}");
+    let env = podman.ok(&["exec", &container, "sh", "-c", "echo $GREETING"]);
+    assert_eq!(env, format!("hello {id}"));
+
+    // Stop keeps container and volume; a file in the home survives stop and start.
+    podman.ok(&["exec", &container, "sh", "-c", "echo kept > /home/workspace/note"]);
+    let (status, body) = api.post(&format!("/api/v1/workspaces/{id}/stop"), json!({})).await;
+    assert!(status == 201 || status == 202, "{status} {body}");
+    wait_for("the stop", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{id}")).await;
+        (workspace["status"] == "stopped").then_some(())
+    })
+    .await;
+    assert_eq!(podman.state(&container).as_deref(), Some("exited"));
+    let (_, stopped) = api.get(&format!("/api/v1/workspaces/{id}")).await;
+    assert_eq!(stopped["apps"], json!([]), "a stopped workspace has no apps: {stopped}");
+    let (status, body) = api.post(&format!("/api/v1/workspaces/{id}/start"), json!({})).await;
+    assert!(status == 201 || status == 202, "{status} {body}");
+    let started = wait_for("the start", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{id}")).await;
+        (workspace["status"] == "running").then_some(workspace)
+    })
+    .await;
+    assert_eq!(started["health"]["status"], "healthy", "{started}");
+    assert_eq!(podman.ok(&["exec", &container, "cat", "/home/workspace/note"]), "kept");
+    let url = started["apps"][0]["url"].as_str().unwrap();
+    assert_eq!(http_body(url).await.map(|(code, _)| code), Some(200));
+
+    // Delete removes both, and deleting again is no error.
+    let (status, body) = api.call("DELETE", &format!("/api/v1/workspaces/{id}"), None).await;
+    assert!(status == 201 || status == 202, "{status} {body}");
+    wait_for("the delete", Duration::from_secs(60), async || {
+        (!podman.exists("container", &container)).then_some(())
+    })
+    .await;
+    wait_for("the volume's removal", Duration::from_secs(30), async || {
+        (!podman.exists("volume", &format!("{container}-home"))).then_some(())
+    })
+    .await;
+
+    drop(daemon);
+    let all = workspaces(dir.path(), "1 = 1");
+    podman.clean(&all);
+    podman.clean(&prebuilds);
+}
