@@ -9,4 +9,3 @@ ALTER TABLE workspaces ADD COLUMN apps TEXT;
 ALTER TABLE workspaces ADD COLUMN health TEXT CHECK (health IN ('healthy', 'unhealthy'));
 ALTER TABLE workspaces ADD COLUMN health_error TEXT;
 ALTER TABLE workspaces ADD COLUMN health_since INTEGER;
-ALTER TABLE workspaces ADD COLUMN health_checked_at INTEGER;

@@ -295,6 +295,9 @@ impl App {
         self.runner.recover_orphans(true).await?;
         resume_interrupted(&self.store, self.clock.now()).await?;
         self.runner.spawn(&workers, workers_cancel.clone());
+        // Re-checks running container workspaces (readiness probes, vanished containers).
+        #[cfg(feature = "containers")]
+        workers.spawn(crate::health::Monitor::new(ctx.clone()).run(workers_cancel.clone()));
         workers.spawn(crate::retention::task(
             self.store.clone(),
             Arc::clone(&self.clock),

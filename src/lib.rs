@@ -27,6 +27,8 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod gc;
+#[cfg(feature = "containers")]
+pub mod health;
 pub mod http;
 pub mod lifecycle;
 pub mod loops;

@@ -223,6 +223,8 @@ pub struct ReconcilerConfig {
     pub failure_hard_limit: u32,
     /// Stop reconcile cycles (claims go on).
     pub paused: bool,
+    /// A prebuild whose readiness probe has failed this long is deleted and replaced.
+    pub unhealthy_replace_after: HumanDuration,
 }
 
 impl Default for ReconcilerConfig {
@@ -235,6 +237,9 @@ impl Default for ReconcilerConfig {
             backoff_lookback: HumanDuration::from_secs(3600),
             failure_hard_limit: 3,
             paused: false,
+            unhealthy_replace_after: HumanDuration::from_secs(
+                crate::planner::snapshot::DEFAULT_UNHEALTHY_REPLACE_AFTER_S,
+            ),
         }
     }
 }
@@ -494,6 +499,7 @@ impl Config {
                 backoff_lookback_s: reconciler.backoff_lookback.as_secs(),
                 failure_hard_limit: u64::from(reconciler.failure_hard_limit),
                 paused: reconciler.paused,
+                unhealthy_replace_after_s: reconciler.unhealthy_replace_after.as_secs(),
             },
             gc: gc.enabled.then(|| GcSettings {
                 enabled: true,

@@ -5,6 +5,7 @@
 //! Label values are bounded (loop names, error labels); never a workspace id or a message.
 
 mod api;
+mod health;
 mod lifecycle;
 mod loops;
 mod prebuilds;
@@ -13,6 +14,7 @@ mod provisioner;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use api::ApiMetrics;
+pub use health::HealthMetrics;
 pub use lifecycle::{GcMetrics, LifecycleMetrics};
 pub use loops::{ConfigMetrics, LoopMetrics, OutboxMetrics};
 pub use prebuilds::PrebuildMetrics;
@@ -34,6 +36,7 @@ pub struct Metrics {
     pub lifecycle: LifecycleMetrics,
     pub gc: GcMetrics,
     pub api: ApiMetrics,
+    pub health: HealthMetrics,
     /// Rows pruned by the retention task, by `kind`.
     pub retention_pruned: IntCounterVec,
 }
@@ -63,6 +66,7 @@ impl Metrics {
         let lifecycle = LifecycleMetrics::register(&registry)?;
         let gc = GcMetrics::register(&registry)?;
         let api = ApiMetrics::register(&registry)?;
+        let health = HealthMetrics::register(&registry)?;
         let retention_pruned = IntCounterVec::new(
             Opts::new(
                 "workspaced_retention_pruned_total",
@@ -90,6 +94,7 @@ impl Metrics {
             lifecycle,
             gc,
             api,
+            health,
             retention_pruned,
         })
     }

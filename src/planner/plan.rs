@@ -43,6 +43,13 @@ pub struct PresetState {
     pub starting: u64,
     pub stopping: u64,
     pub deleting: u64,
+    /// Running prebuilds unhealthy past `unhealthy_replace_after_s` (not expired ones).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unhealthy: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +58,8 @@ pub enum DeleteReason {
     Expired,
     Extraneous,
     Inactive,
+    /// Its readiness probe failed for longer than `unhealthy_replace_after_s`.
+    Unhealthy,
 }
 
 /// One reconciler action, in execution order.

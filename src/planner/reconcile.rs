@@ -18,6 +18,7 @@ struct Running<'a> {
     id: &'a str,
     created_at: DateTime<Utc>,
     ready: bool,
+    unhealthy_since: Option<DateTime<Utc>>,
 }
 
 /// The reconciler's plan for every preset with prebuilds, in snapshot order.
@@ -53,6 +54,7 @@ pub fn plan(index: &Index<'_>) -> ReconcilerPlan {
                         id: &workspace.id,
                         created_at: workspace.created_at,
                         ready: workspace.agents_ready == Some(true),
+                        unhealthy_since: workspace.unhealthy_since,
                     });
                 }
             }
@@ -114,16 +116,25 @@ fn plan_preset(
     let ttl = preset.ttl_s.filter(|ttl| *ttl > 0).map(crate::domain::time::span);
     let is_expired =
         |prebuild: &Running<'_>| ttl.is_some_and(|ttl| now - prebuild.created_at > ttl);
+    let replace_after = crate::domain::time::span(settings.unhealthy_replace_after_s);
+    // Unhealthy past the grace (and not expired, which is reported as such).
+    let is_sick = |prebuild: &Running<'_>| {
+        !is_expired(prebuild)
+            && prebuild.unhealthy_since.is_some_and(|since| now - since > replace_after)
+    };
+    let is_doomed = |prebuild: &Running<'_>| is_expired(prebuild) || is_sick(prebuild);
 
     let actual = pool.len() as u64;
     let expired = pool.iter().filter(|prebuild| is_expired(prebuild)).count() as u64;
+    let unhealthy = pool.iter().filter(|prebuild| is_sick(prebuild)).count() as u64;
     let desired = if active { desired_instances(preset, now) } else { 0 };
     let eligible = if active {
         pool.iter().filter(|prebuild| !is_expired(prebuild) && prebuild.ready).count() as u64
     } else {
         0
     };
-    let extraneous = if active { (actual - expired).saturating_sub(desired) } else { 0 };
+    let extraneous =
+        if active { (actual - expired - unhealthy).saturating_sub(desired) } else { 0 };
     let state = PresetState {
         actual,
         expired,
@@ -133,6 +144,7 @@ fn plan_preset(
         starting,
         stopping,
         deleting,
+        unhealthy,
     };
 
     // Backoff and hard limit look at the latest builds of this preset's prebuilds, newest
@@ -174,9 +186,20 @@ fn plan_preset(
                 workspace_ids: expired_ids,
             });
         }
+        let sick_ids: Vec<String> = oldest_first
+            .iter()
+            .filter(|prebuild| is_sick(prebuild))
+            .map(|prebuild| prebuild.id.to_owned())
+            .collect();
+        if !sick_ids.is_empty() {
+            actions.push(PoolAction::Delete {
+                reason: DeleteReason::Unhealthy,
+                workspace_ids: sick_ids,
+            });
+        }
         let extraneous_ids: Vec<String> = oldest_first
             .iter()
-            .filter(|prebuild| !is_expired(prebuild))
+            .filter(|prebuild| !is_doomed(prebuild))
             .take(usize::try_from(extraneous).unwrap_or(usize::MAX))
             .map(|prebuild| prebuild.id.to_owned())
             .collect();
@@ -187,7 +210,7 @@ fn plan_preset(
             });
         }
         // In-progress stops and deletes lower nothing; in-progress starts count as coming.
-        let create = desired.saturating_sub(actual - expired).saturating_sub(starting);
+        let create = desired.saturating_sub(actual - expired - unhealthy).saturating_sub(starting);
         if create > 0 && !hard_limited {
             actions.push(PoolAction::Create { count: create });
         }

@@ -132,6 +132,16 @@ pub struct ReconcilerSettings {
     /// 0 disables the hard limit.
     pub failure_hard_limit: u64,
     pub paused: bool,
+    /// A running prebuild unhealthy for longer than this is deleted and replaced.
+    #[serde(skip_serializing_if = "is_default_unhealthy_replace_after")]
+    pub unhealthy_replace_after_s: u64,
+}
+
+/// The default `unhealthy_replace_after_s`: ten minutes.
+pub const DEFAULT_UNHEALTHY_REPLACE_AFTER_S: u64 = 600;
+
+fn is_default_unhealthy_replace_after(value: &u64) -> bool {
+    *value == DEFAULT_UNHEALTHY_REPLACE_AFTER_S
 }
 
 impl Default for ReconcilerSettings {
@@ -141,6 +151,7 @@ impl Default for ReconcilerSettings {
             backoff_lookback_s: 3600,
             failure_hard_limit: 3,
             paused: false,
+            unhealthy_replace_after_s: DEFAULT_UNHEALTHY_REPLACE_AFTER_S,
         }
     }
 }
@@ -458,6 +469,9 @@ pub struct Workspace {
     pub protected: bool,
     #[serde(default, with = "rfc3339::option")]
     pub gc_warned_at: Option<DateTime<Utc>>,
+    /// Since when its readiness probe fails (absent: healthy or not probed).
+    #[serde(default, with = "rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<DateTime<Utc>>,
 }
 
 impl Workspace {

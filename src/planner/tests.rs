@@ -642,3 +642,40 @@ fn interrupted_prebuild_builds_never_count_toward_backoff_or_the_hard_limit() {
     assert_eq!(pool.backoff_until, None);
     assert!(matches!(pool.actions.as_slice(), [PoolAction::Create { count: 1 }]), "{pool:?}");
 }
+
+#[test]
+fn a_prebuild_unhealthy_past_the_grace_is_replaced_and_one_within_it_only_waits() {
+    let sick = |id: &str, since: &str| {
+        let (mut workspace, build) = prebuild(id, "2025-06-02T11:00:00Z", json!({}));
+        merge(&mut workspace, json!({ "agents_ready": false, "unhealthy_since": since }));
+        (workspace, build)
+    };
+    let plan = preset_plan(&snapshot(
+        json!({ "reconciler": { "unhealthy_replace_after_s": 600 } }),
+        vec![template(json!({}))],
+        vec![preset(json!({}))],
+        vec![sick("a", "2025-06-02T11:49:59Z"), sick("b", "2025-06-02T11:50:00Z")],
+    ));
+    // a: 10m01s unhealthy (past the grace); b: exactly 10m (not yet).
+    assert_eq!(plan.state.unhealthy, 1);
+    assert_eq!(plan.state.eligible, 0, "an unhealthy prebuild is never claimable");
+    assert!(
+        matches!(
+            &plan.actions[..],
+            [PoolAction::Delete { reason: super::plan::DeleteReason::Unhealthy, workspace_ids },
+             PoolAction::Create { count: 1 }] if workspace_ids == &["a".to_owned()]
+        ),
+        "{:?}",
+        plan.actions
+    );
+    let serialized = serde_json::to_value(&plan).unwrap();
+    assert_eq!(serialized["actions"][0]["reason"], "unhealthy");
+    // Without health data the state serializes as before (no `unhealthy` key).
+    let healthy = preset_plan(&snapshot(
+        json!({}),
+        vec![template(json!({}))],
+        vec![preset(json!({}))],
+        vec![prebuild("c", "2025-06-02T11:00:00Z", json!({}))],
+    ));
+    assert!(serde_json::to_value(healthy.state).unwrap().get("unhealthy").is_none());
+}

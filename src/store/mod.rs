@@ -13,6 +13,7 @@ pub mod audit;
 pub mod builds;
 mod error;
 pub mod group;
+pub mod health;
 pub mod invariants;
 pub mod jobs;
 pub mod lifecycle;

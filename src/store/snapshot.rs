@@ -30,7 +30,8 @@ const WORKSPACE_COLUMNS: &str = "SELECT id, template_id, owner_id = ?1, owner_id
                 dormant_at, deleting_at, autostart_schedule, automatic_updates, protected, gc_warned_at,
                 latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
                 latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
-                latest_job_completed_at, latest_deadline
+                latest_job_completed_at, latest_deadline,
+                CASE WHEN health = 'unhealthy' THEN health_since END
            FROM workspaces WHERE deleted = 0";
 
 fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
@@ -376,6 +377,7 @@ fn map_workspace_rows(
             },
             protected: row.get(11)?,
             gc_warned_at: optional_time(row, 12)?,
+            unhealthy_since: optional_time(row, 22)?,
         });
     }
     Ok((workspaces, builds))

@@ -350,3 +350,113 @@ async fn a_pool_of_real_containers_fills_a_claim_hands_out_a_url_and_stop_keeps_
     podman.clean(&all);
     podman.clean(&prebuilds);
 }
+
+async fn metric(daemon: &DaemonProcess, series: &str) -> Option<f64> {
+    let (_, scrape) = crate::helpers::http_get(daemon.addr, "/metrics");
+    crate::helpers::metric_value(&scrape, series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_prebuild_container_is_unhealthy_unclaimable_and_replaced_after_the_grace() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    let template = format!(
+        "{}\n[[templates.presets]]\nname = \"default\"\n[templates.presets.prebuilds]\ninstances = 1\n",
+        web_spec(r#"http = "http://{port.web}/healthz""#)
+    );
+    let extra = "[reconciler]\nunhealthy_replace_after = \"4s\"\n";
+    // binary_config already has a [reconciler] table: merge the key into it.
+    let body = config(dir.path(), &template, "")
+        .replace("[reconciler]\ninterval = \"1s\"\n", &format!("{extra}interval = \"1s\"\n"));
+    let path = write_config(dir.path(), &body);
+    let token = owner_token(&path);
+    let daemon = DaemonProcess::start(&path);
+    let api = Api::new(daemon.addr, Some(&token));
+    let first = wait_for("a ready prebuild", Duration::from_secs(90), async || {
+        workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy'").into_iter().next()
+    })
+    .await;
+
+    podman.ok(&["kill", &format!("wsd-{first}")]);
+    let sick = wait_for("the unhealthy verdict", Duration::from_secs(30), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{first}")).await;
+        (workspace["health"]["status"] == "unhealthy").then_some(workspace)
+    })
+    .await;
+    let error = sick["health"]["error"].as_str().unwrap();
+    assert!(error.contains(&format!("container wsd-{first} is exited")), "{sick}");
+    assert_eq!(
+        metric(&daemon, "workspaced_workspaces_unhealthy{template_name=\"web\"}").await,
+        Some(1.0)
+    );
+    // Not claimable: a create builds a new workspace instead of taking it.
+    let (status, created) = api
+        .post(
+            "/api/v1/workspaces",
+            json!({ "template": "web", "preset": "default", "name": "cold" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["claimed"], false, "an unhealthy prebuild was claimed: {created}");
+    let cold = created["workspace"]["id"].as_str().unwrap().to_owned();
+
+    // After the grace the reconciler deletes it and a new one becomes ready.
+    wait_for("the unhealthy prebuild's removal", Duration::from_secs(60), async || {
+        (!podman.exists("container", &format!("wsd-{first}"))).then_some(())
+    })
+    .await;
+    let replacement = wait_for("a healthy replacement", Duration::from_secs(90), async || {
+        workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy' AND owner_id <> (SELECT id FROM users WHERE username = 'root')")
+            .into_iter()
+            .find(|id| id != &first)
+    })
+    .await;
+    wait_for("the gauge back at 0", Duration::from_secs(30), async || {
+        (metric(&daemon, "workspaced_workspaces_unhealthy{template_name=\"web\"}").await
+            == Some(0.0))
+        .then_some(())
+    })
+    .await;
+    drop(daemon);
+    podman.clean(&[first, replacement, cold]);
+    podman.clean(&workspaces(dir.path(), "1 = 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_never_passes_and_a_missing_image_fail_the_build_with_the_reason() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    let template = format!(
+        "{}\n[[templates]]\nname = \"no-image\"\nprovisioner = \"container\"\nprovisioner_config = {{ image = \"localhost/workspaced-no-such-image:1\" }}\n",
+        web_spec("http = \"http://{port.web}/missing\"\nstart_period = \"0s\"")
+            .replace("failure_threshold = 3", "failure_threshold = 2")
+    );
+    let path = write_config(dir.path(), &config(dir.path(), &template, ""));
+    let token = owner_token(&path);
+    let daemon = DaemonProcess::start(&path);
+    let api = Api::new(daemon.addr, Some(&token));
+    let mut ids = Vec::new();
+    for (template, expected) in [
+        ("web", "readiness probe failed: GET http://127.0.0.1:".to_owned()),
+        ("no-image", "pull image localhost/workspaced-no-such-image:1".to_owned()),
+    ] {
+        let (status, created) =
+            api.post("/api/v1/workspaces", json!({ "template": template, "name": template })).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+        ids.push(id.clone());
+        let build = wait_for("the failed build", Duration::from_secs(60), async || {
+            let (_, builds) = api.get(&format!("/api/v1/workspaces/{id}/builds")).await;
+            let build = builds["builds"][0].clone();
+            (build["job_status"] == "failed").then_some(build)
+        })
+        .await;
+        let error = build["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&expected), "{template}: {build}");
+        if template == "web" {
+            assert!(error.contains("/missing answered 404"), "{build}");
+        }
+    }
+    drop(daemon);
+    podman.clean(&ids);
+}

@@ -152,7 +152,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics", "telemetry"],
     &["context", "systemd"],
     &["events", "provisioner"],
-    &["pools", "lifecycle", "gc", "retention", "templates"],
+    &["pools", "lifecycle", "gc", "health", "retention", "templates"],
     &["loops"],
     &["http"],
     &["app"],

@@ -30,7 +30,7 @@ pub(super) fn apply_success(
             let since = report.probed.then_some(now_ms);
             tx.execute_cached(
                 "UPDATE workspaces SET agents_ready = ?2, updated_at = ?3, apps = ?4, health = ?5,
-                    health_error = NULL, health_since = ?6, health_checked_at = ?6
+                    health_error = NULL, health_since = ?6
                   WHERE id = ?1",
                 params![workspace_id, agents_ready(&report.resources), now_ms, apps, health, since],
             )?;
@@ -49,7 +49,7 @@ pub(super) fn apply_success(
         Transition::Stop => {
             tx.execute_cached(
                 "UPDATE workspaces SET agents_ready = NULL, updated_at = ?2, apps = NULL,
-                    health = NULL, health_error = NULL, health_since = NULL, health_checked_at = NULL
+                    health = NULL, health_error = NULL, health_since = NULL
                   WHERE id = ?1",
                 params![workspace_id, now_ms],
             )?;
@@ -57,7 +57,7 @@ pub(super) fn apply_success(
         Transition::Delete => {
             tx.execute_cached(
                 "UPDATE workspaces SET deleted = 1, agents_ready = NULL, updated_at = ?2, apps = NULL,
-                    health = NULL, health_error = NULL, health_since = NULL, health_checked_at = NULL
+                    health = NULL, health_error = NULL, health_since = NULL
                   WHERE id = ?1",
                 params![workspace_id, now_ms],
             )?;

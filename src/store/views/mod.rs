@@ -93,7 +93,6 @@ pub struct HealthView {
     pub error: Option<String>,
     /// When the status last changed.
     pub since: Option<String>,
-    pub checked_at: Option<String>,
 }
 
 const WORKSPACE_VIEW: &str =
@@ -102,7 +101,7 @@ const WORKSPACE_VIEW: &str =
         w.latest_build_created_at, w.latest_job_completed_at, w.latest_deadline,
         w.autostart_schedule, w.ttl_s, w.protected, w.dormant_at, w.deleting_at, w.gc_warned_at,
         w.created_at, w.last_used_at, w.deleted, w.apps, w.health, w.health_error,
-        w.health_since, w.health_checked_at
+        w.health_since
    FROM workspaces w JOIN users u ON u.id = w.owner_id JOIN templates t ON t.id = w.template_id";
 
 fn workspace_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceView> {
@@ -145,12 +144,9 @@ fn workspace_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceView> {
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default(),
         health: match row.get::<_, Option<String>>(24)? {
-            Some(status) => Some(HealthView {
-                status,
-                error: row.get(25)?,
-                since: rfc3339(row.get(26)?),
-                checked_at: rfc3339(row.get(27)?),
-            }),
+            Some(status) => {
+                Some(HealthView { status, error: row.get(25)?, since: rfc3339(row.get(26)?) })
+            }
             None => None,
         },
     })

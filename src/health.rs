@@ -1,0 +1,269 @@
+//! The health monitor: after a start build, each running container workspace is checked
+//! again at its probe's `interval` (10s without a probe): its container must run, and its
+//! readiness probe must pass. `failure_threshold` failures in a row make it `unhealthy`
+//! (a container that stopped or vanished at once), with the last error; one pass makes it
+//! `healthy` again. The verdict is stored (`store::health`), so an unhealthy prebuild is
+//! not claimable, the reconciler replaces one unhealthy past `unhealthy_replace_after`,
+//! and the API, the logs and `workspaced_workspaces_unhealthy` show it. A start build
+//! brings a stopped or vanished container back.
+//!
+//! Probe state (failures in a row, next check) lives in memory: after a restart every
+//! workspace is checked at once and keeps its stored verdict until the checks say
+//! otherwise, so a daemon restart never changes a running workspace.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::container::{CONTAINER_BACKEND, ProbeSpec, parse_spec};
+use crate::context::LoopCtx;
+use crate::error::error_chain;
+use crate::provisioner::container::engine::{self, Engine};
+use crate::provisioner::container::probe;
+use crate::store::health::{self, Running};
+
+/// How often the monitor looks for due checks.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Checks running at the same time, at most.
+const PARALLEL: usize = 16;
+/// The interval of a workspace whose template declares no probe.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+struct Tracker {
+    build_number: i64,
+    next_at: Instant,
+    failures: u32,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthReport {
+    pub checked: u64,
+    pub changed: u64,
+    /// Unhealthy running workspaces after the tick, by template name.
+    pub unhealthy: BTreeMap<String, u64>,
+}
+
+pub struct Monitor {
+    ctx: LoopCtx,
+    trackers: HashMap<String, Tracker>,
+    /// Templates that had unhealthy workspaces (their gauge is reset when none are left).
+    reported: Vec<String>,
+}
+
+impl Monitor {
+    pub fn new(ctx: LoopCtx) -> Monitor {
+        Monitor { ctx, trackers: HashMap::new(), reported: Vec::new() }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(TICK) => {}
+            }
+            if let Err(error) = self.tick().await {
+                tracing::warn!(error = %error_chain(&error), "health check tick failed; retrying");
+            }
+        }
+    }
+
+    /// Checks every workspace that is due and stores the verdicts that changed.
+    pub async fn tick(&mut self) -> Result<HealthReport, crate::store::StoreError> {
+        let running = self.ctx.store.read(|conn| health::running(conn, CONTAINER_BACKEND)).await?;
+        let now = Instant::now();
+        self.trackers.retain(|id, tracker| {
+            running.iter().any(|r| &r.workspace_id == id && r.build_number == tracker.build_number)
+        });
+        let due: Vec<Running> = running
+            .iter()
+            .filter(|workspace| {
+                self.trackers
+                    .get(&workspace.workspace_id)
+                    .is_none_or(|tracker| tracker.next_at <= now)
+            })
+            .cloned()
+            .collect();
+        let mut report = HealthReport::default();
+        // The new verdicts of the workspaces checked now (error = unhealthy).
+        let mut verdicts: BTreeMap<String, Option<String>> = BTreeMap::new();
+        if !due.is_empty() {
+            let config = self.ctx.config.borrow().provisioner.container.clone();
+            let engine = Engine::connect(&config).await.map_err(|error| error.to_string());
+            for chunk in due.chunks(PARALLEL) {
+                let mut checks = tokio::task::JoinSet::new();
+                for workspace in chunk {
+                    let engine = engine.clone();
+                    let workspace = workspace.clone();
+                    checks.spawn(async move {
+                        let config: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(&workspace.provisioner_config).unwrap_or_default();
+                        let spec = parse_spec(&config).ok();
+                        let ready = spec.as_ref().and_then(|spec| spec.ready.clone());
+                        let result = match &engine {
+                            Ok(engine) => check(engine, &workspace, spec.as_ref()).await,
+                            Err(error) => Err((error.clone(), true)),
+                        };
+                        (workspace, ready, result)
+                    });
+                }
+                while let Some(joined) = checks.join_next().await {
+                    let Ok((workspace, ready, result)) = joined else { continue };
+                    report.checked += 1;
+                    self.record(&workspace, ready.as_ref(), result, &mut verdicts);
+                }
+            }
+            report.changed = self.store_verdicts(&running, &verdicts).await?;
+        }
+        for workspace in &running {
+            let unhealthy = match verdicts.get(&workspace.workspace_id) {
+                Some(verdict) => verdict.is_some(),
+                None => workspace.health.as_deref() == Some("unhealthy"),
+            };
+            if unhealthy {
+                *report.unhealthy.entry(workspace.template_name.clone()).or_default() += 1;
+            }
+        }
+        self.publish(&report);
+        Ok(report)
+    }
+
+    /// Updates the tracker after one check; `verdicts` gets the new verdict when the
+    /// failures reached the threshold (or the container is gone) or the check passed.
+    fn record(
+        &mut self,
+        workspace: &Running,
+        ready: Option<&ProbeSpec>,
+        result: Result<(), (String, bool)>,
+        verdicts: &mut BTreeMap<String, Option<String>>,
+    ) {
+        let interval = ready.map_or(DEFAULT_INTERVAL, |probe| probe.interval.as_duration());
+        let threshold = ready.map_or(1, |probe| probe.failure_threshold.max(1));
+        let tracker = self.trackers.entry(workspace.workspace_id.clone()).or_insert(Tracker {
+            build_number: workspace.build_number,
+            next_at: Instant::now(),
+            failures: 0,
+        });
+        tracker.next_at = Instant::now() + interval;
+        let probes = &self.ctx.metrics.health.probes;
+        match result {
+            Ok(()) => {
+                probes.with_label_values(&["pass"]).inc();
+                tracker.failures = 0;
+                verdicts.insert(workspace.workspace_id.clone(), None);
+            }
+            Err((error, at_once)) => {
+                probes.with_label_values(&["fail"]).inc();
+                tracker.failures = tracker.failures.saturating_add(1);
+                if at_once || tracker.failures >= threshold {
+                    verdicts.insert(workspace.workspace_id.clone(), Some(error));
+                }
+            }
+        }
+    }
+
+    async fn store_verdicts(
+        &self,
+        running: &[Running],
+        verdicts: &BTreeMap<String, Option<String>>,
+    ) -> Result<u64, crate::store::StoreError> {
+        let changes: Vec<(Running, Option<String>)> = running
+            .iter()
+            .filter_map(|workspace| {
+                let verdict = verdicts.get(&workspace.workspace_id)?.clone();
+                let stored_error = workspace.health_error.clone();
+                let same = match &verdict {
+                    None => workspace.health.as_deref() == Some("healthy"),
+                    Some(error) => {
+                        workspace.health.as_deref() == Some("unhealthy")
+                            && stored_error.as_deref() == Some(error)
+                    }
+                };
+                (!same).then(|| (workspace.clone(), verdict))
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let now = self.ctx.clock.now();
+        let written = changes.clone();
+        let changed = self
+            .ctx
+            .store
+            .write(move |tx| {
+                let mut changed = 0u64;
+                for (workspace, error) in &written {
+                    if health::set(
+                        tx,
+                        &workspace.workspace_id,
+                        workspace.build_number,
+                        error.as_deref(),
+                        now,
+                    )? {
+                        changed += 1;
+                    }
+                }
+                Ok::<_, crate::store::StoreError>(changed)
+            })
+            .await?;
+        for (workspace, error) in &changes {
+            match (error, workspace.health.as_deref()) {
+                (Some(error), Some("unhealthy")) => {
+                    tracing::debug!(workspace_id = %workspace.workspace_id, %error, "workspace still unhealthy")
+                }
+                (Some(error), _) => tracing::warn!(
+                    workspace_id = %workspace.workspace_id,
+                    template = %workspace.template_name,
+                    prebuild = workspace.prebuild,
+                    %error,
+                    "workspace is unhealthy"
+                ),
+                (None, _) => tracing::info!(
+                    workspace_id = %workspace.workspace_id,
+                    template = %workspace.template_name,
+                    "workspace is healthy"
+                ),
+            }
+        }
+        Ok(changed)
+    }
+
+    fn publish(&mut self, report: &HealthReport) {
+        let gauge = &self.ctx.metrics.health.unhealthy;
+        for template in &self.reported {
+            if !report.unhealthy.contains_key(template) {
+                gauge.with_label_values(&[template]).set(0);
+            }
+        }
+        for (template, count) in &report.unhealthy {
+            gauge.with_label_values(&[template]).set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        self.reported = report.unhealthy.keys().cloned().collect();
+    }
+}
+
+/// One check: the container must run, then the probe (if any) must pass. The flag says
+/// the failure counts at once (the container is not running).
+async fn check(
+    engine: &Engine,
+    workspace: &Running,
+    spec: Option<&crate::config::container::ContainerSpec>,
+) -> Result<(), (String, bool)> {
+    let name = engine::container_name(&workspace.workspace_id);
+    let info = match engine.inspect(&name).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return Err((format!("container {name} vanished"), true)),
+        Err(error) => return Err((error.to_string(), false)),
+    };
+    if !info.running {
+        return Err((format!("container {name} is {}", info.status), true));
+    }
+    let (Some(spec), Some(ready)) = (spec, spec.and_then(|spec| spec.ready.as_ref())) else {
+        return Ok(());
+    };
+    let addresses = probe::addresses(spec, &info);
+    probe::check_once(engine, &name, ready, &addresses).await.map_err(|error| (error, false))
+}
