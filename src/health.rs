@@ -12,6 +12,7 @@
 //! otherwise, so a daemon restart never changes a running workspace.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use crate::config::container::{CONTAINER_BACKEND, ProbeSpec, parse_spec};
 use crate::context::LoopCtx;
 use crate::error::error_chain;
 use crate::provisioner::container::engine::{self, Engine};
-use crate::provisioner::container::probe;
+use crate::provisioner::container::{orphans, probe};
 use crate::store::health::{self, Running};
 
 /// How often the monitor looks for due checks.
@@ -58,9 +59,16 @@ impl Monitor {
         Monitor { ctx, trackers: HashMap::new(), reported: Vec::new() }
     }
 
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`; counts engine orphans at start and every
+    /// `provisioner.orphan_check_interval`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut orphans_checked: Option<Instant> = None;
         loop {
+            let interval = self.ctx.config.borrow().provisioner.orphan_check_interval.as_duration();
+            if orphans_checked.is_none_or(|at| at.elapsed() >= interval) {
+                orphans_checked = Some(Instant::now());
+                self.count_orphans().await;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(TICK) => {}
@@ -68,6 +76,24 @@ impl Monitor {
             if let Err(error) = self.tick().await {
                 tracing::warn!(error = %error_chain(&error), "health check tick failed; retrying");
             }
+        }
+    }
+
+    async fn count_orphans(&self) {
+        let config = Arc::clone(&self.ctx.config.borrow());
+        if !orphans::wanted(&config) {
+            return;
+        }
+        match orphans::find(&self.ctx.store, &config).await {
+            Ok(found) => {
+                self.ctx.metrics.health.orphans.set(i64::try_from(found.len()).unwrap_or(i64::MAX));
+                if !found.is_empty() {
+                    let names: Vec<&str> =
+                        found.iter().map(|orphan| orphan.name.as_str()).collect();
+                    tracing::warn!(count = found.len(), names = ?names, "container engine objects of no live workspace; the next GC run removes them");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot list the container engine's objects"),
         }
     }
 

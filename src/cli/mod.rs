@@ -261,6 +261,19 @@ fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
     for orphan in &plan.orphans {
         lines.push(format!("orphaned directory (would be removed): {}", orphan.display()));
     }
+    #[cfg(feature = "containers")]
+    if crate::gc::containers::wanted(&config) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        match runtime.block_on(crate::gc::containers::find(&store, &config)) {
+            Ok(found) => lines.extend(found.iter().map(|orphan| {
+                format!("orphaned {} (would be removed): {}", orphan.kind, orphan.name)
+            })),
+            Err(error) => lines.push(format!("container engine not checked for orphans: {error}")),
+        }
+    }
     lines.push(format!(
         "{} due; safety valve {}",
         plan.judged.len(),

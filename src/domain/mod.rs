@@ -296,6 +296,16 @@ pub struct App {
     pub url: String,
 }
 
+/// A container-engine object workspaced created whose workspace is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOrphan {
+    /// `container` or `volume`.
+    pub kind: &'static str,
+    pub name: String,
+    /// From its label; `None` when the label is missing.
+    pub workspace_id: Option<String>,
+}
+
 /// A resource that had to be replaced (for a claim: the prebuild was not fully reusable).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

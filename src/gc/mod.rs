@@ -6,6 +6,8 @@
 //! Deletes go through the provisioner (a `delete` build), so the backend removes what the
 //! workspace holds.
 
+#[cfg(feature = "containers")]
+pub mod containers;
 pub mod tick;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,7 +45,11 @@ pub struct RunPlan {
     /// Live user workspaces; counted only when the run has deletes to weigh (else 0).
     pub population: u64,
     pub orphans: Vec<PathBuf>,
+    /// Labelled containers and volumes of no live workspace (`gc::containers`).
+    pub engine_orphans: Vec<EngineOrphan>,
 }
+
+pub use crate::domain::EngineOrphan;
 
 /// Reads the candidates and judges them at `now` under `settings` (read-only).
 pub fn plan_run(
@@ -92,7 +98,13 @@ pub fn plan_run(
         judged.action = action;
     }
     let orphans = orphans(conn, data_dir)?;
-    Ok(RunPlan { judged, safety_valve_tripped: tripped, population, orphans })
+    Ok(RunPlan {
+        judged,
+        safety_valve_tripped: tripped,
+        population,
+        orphans,
+        engine_orphans: Vec::new(),
+    })
 }
 
 /// Directories under `<data_dir>/workspaces` named after no live workspace.
@@ -134,6 +146,19 @@ pub async fn run(
     let plan = {
         let settings = settings.clone();
         store.read(move |conn| plan_run(conn, &settings, &data_dir, now)).await?
+    };
+    #[cfg(feature = "containers")]
+    let plan = {
+        let mut plan = plan;
+        if containers::wanted(config) {
+            match containers::find(store, config).await {
+                Ok(found) => plan.engine_orphans = found,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list the container engine's objects; orphans are swept next run")
+                }
+            }
+        }
+        plan
     };
     execute(store, config, &plan, now).await
 }
@@ -232,6 +257,18 @@ pub async fn execute(
                 tracing::error!(path = %orphan.display(), error = %error, "cannot remove orphaned workspace directory; retried next run");
             }
         }
+    }
+    for orphan in &plan.engine_orphans {
+        if dry_run {
+            tracing::info!(kind = orphan.kind, name = %orphan.name, "gc dry run: would remove orphaned engine object");
+        }
+    }
+    #[cfg(feature = "containers")]
+    if !dry_run {
+        let (removed, failures) =
+            containers::remove(store, config, &plan.engine_orphans, now).await;
+        report.orphans_removed += removed;
+        report.failures += failures;
     }
     Ok(report)
 }

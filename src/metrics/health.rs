@@ -1,6 +1,6 @@
 //! Figures of the health monitor (readiness probes of running container workspaces).
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct HealthMetrics {
@@ -8,6 +8,8 @@ pub struct HealthMetrics {
     pub unhealthy: IntGaugeVec,
     /// Probe checks by `result` (pass, fail).
     pub probes: IntCounterVec,
+    /// Labelled containers and volumes of no live workspace, at the last check.
+    pub orphans: IntGauge,
 }
 
 impl HealthMetrics {
@@ -27,12 +29,17 @@ impl HealthMetrics {
                 ),
                 &["result"],
             )?,
+            orphans: IntGauge::new(
+                "workspaced_container_orphans",
+                "Containers and volumes with workspaced's label whose workspace is deleted or unknown (the GC removes them), at the last check.",
+            )?,
         };
         for result in ["pass", "fail"] {
             health.probes.with_label_values(&[result]);
         }
         registry.register(Box::new(health.unhealthy.clone()))?;
         registry.register(Box::new(health.probes.clone()))?;
+        registry.register(Box::new(health.orphans.clone()))?;
         Ok(health)
     }
 }

@@ -460,3 +460,122 @@ async fn a_probe_that_never_passes_and_a_missing_image_fail_the_build_with_the_r
     drop(daemon);
     podman.clean(&ids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_containers_and_volumes_are_shown_by_a_dry_run_and_removed_by_a_gc_run() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(dir.path(), &web_spec(r#"tcp = "web""#), "")
+        .replace("[gc]\ninterval = \"1s\"\n", "[gc]\nenabled = true\ninterval = \"1h\"\n");
+    let path = write_config(dir.path(), &body);
+    let token = owner_token(&path);
+    let daemon = DaemonProcess::start(&path);
+    let api = Api::new(daemon.addr, Some(&token));
+    let (status, created) =
+        api.post("/api/v1/workspaces", json!({ "template": "web", "name": "live" })).await;
+    assert_eq!(status, 201, "{created}");
+    let live = created["workspace"]["id"].as_str().unwrap().to_owned();
+    wait_for("the live workspace", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{live}")).await;
+        (workspace["status"] == "running").then_some(())
+    })
+    .await;
+    // Objects with our labels and no workspace: what a crash between create and record,
+    // or a database restored from an old backup, leaves behind.
+    let ghost = format!("ghost-{}", std::process::id());
+    let labels = ["--label", "io.workspaced.managed=true", "--label"];
+    let workspace_label = format!("io.workspaced.workspace-id={ghost}");
+    podman.ok(&[
+        "volume",
+        "create",
+        labels[0],
+        labels[1],
+        labels[2],
+        &workspace_label,
+        &format!("wsd-{ghost}-home"),
+    ]);
+    podman.ok(&[
+        "create",
+        "--name",
+        &format!("wsd-{ghost}"),
+        labels[0],
+        labels[1],
+        labels[2],
+        &workspace_label,
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+
+    let preview = run_binary(
+        &["gc", "--dry-run", "--config", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(preview.status.success(), "{text} {}", String::from_utf8_lossy(&preview.stderr));
+    assert!(
+        text.contains(&format!("orphaned container (would be removed): wsd-{ghost}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("orphaned volume (would be removed): wsd-{ghost}-home")),
+        "{text}"
+    );
+    assert!(!text.contains(&live), "a live workspace's objects are no orphans: {text}");
+    assert!(podman.exists("container", &format!("wsd-{ghost}")), "a dry run removes nothing");
+
+    let (status, ran) = api.post("/api/v1/gc/run", json!({})).await;
+    assert_eq!(status, 200, "{ran}");
+    assert!(!podman.exists("container", &format!("wsd-{ghost}")));
+    assert!(!podman.exists("volume", &format!("wsd-{ghost}-home")));
+    assert_eq!(
+        podman.state(&format!("wsd-{live}")).as_deref(),
+        Some("running"),
+        "the live one stays"
+    );
+    let (_, audit) = api.get("/api/v1/audit?limit=100").await;
+    assert!(audit.to_string().contains(&format!("wsd-{ghost}")), "{audit}");
+    drop(daemon);
+    podman.clean(&[live, ghost]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_and_restarted_leaves_running_workspaces_running_and_healthy() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    let template = format!(
+        "{}\n[[templates.presets]]\nname = \"default\"\n[templates.presets.prebuilds]\ninstances = 1\n",
+        web_spec(r#"http = "http://{port.web}/""#)
+    );
+    let path = write_config(dir.path(), &config(dir.path(), &template, ""));
+    let daemon = DaemonProcess::start(&path);
+    let id = wait_for("a ready prebuild", Duration::from_secs(90), async || {
+        workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy'").into_iter().next()
+    })
+    .await;
+    let container = format!("wsd-{id}");
+    let before = podman.ok(&["inspect", "--format", "{{.Id}}", &container]);
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(podman.state(&container).as_deref(), Some("running"), "the engine keeps it");
+
+    let daemon = DaemonProcess::start(&path);
+    // Several monitor ticks and reconcile cycles later nothing has changed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        podman.ok(&["inspect", "--format", "{{.Id}}", &container]),
+        before,
+        "same container"
+    );
+    assert_eq!(podman.state(&container).as_deref(), Some("running"));
+    assert_eq!(workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy'"), [id]);
+    assert_eq!(
+        metric(&daemon, "workspaced_workspaces_unhealthy{template_name=\"web\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    drop(daemon);
+    podman.clean(&workspaces(dir.path(), "1 = 1"));
+}

@@ -10,6 +10,7 @@
 //! running container, which is never recreated for it.
 
 pub mod engine;
+pub mod orphans;
 pub mod probe;
 
 use std::collections::{BTreeMap, HashMap};
