@@ -73,7 +73,10 @@ impl Monitor {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(TICK) => {}
             }
-            if let Err(error) = self.tick().await {
+            let started = Instant::now();
+            let result = self.tick().await;
+            self.ctx.metrics.health.tick_duration.observe(started.elapsed().as_secs_f64());
+            if let Err(error) = result {
                 tracing::warn!(error = %error_chain(&error), "health check tick failed; retrying");
             }
         }

@@ -1,6 +1,6 @@
 //! Figures of the health monitor (readiness probes of running container workspaces).
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct HealthMetrics {
@@ -10,6 +10,8 @@ pub struct HealthMetrics {
     pub probes: IntCounterVec,
     /// Labelled containers and volumes of no live workspace, at the last check.
     pub orphans: IntGauge,
+    /// Time one monitor tick took (reading, checking the due workspaces, writing).
+    pub tick_duration: Histogram,
 }
 
 impl HealthMetrics {
@@ -33,6 +35,13 @@ impl HealthMetrics {
                 "workspaced_container_orphans",
                 "Containers and volumes with workspaced's label whose workspace is deleted or unknown (the GC removes them), at the last check.",
             )?,
+            tick_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "workspaced_health_tick_duration_seconds",
+                    "Time one health monitor tick took: reading the running workspaces, checking the due ones, storing changed verdicts.",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )?,
         };
         for result in ["pass", "fail"] {
             health.probes.with_label_values(&[result]);
@@ -40,6 +49,7 @@ impl HealthMetrics {
         registry.register(Box::new(health.unhealthy.clone()))?;
         registry.register(Box::new(health.probes.clone()))?;
         registry.register(Box::new(health.orphans.clone()))?;
+        registry.register(Box::new(health.tick_duration.clone()))?;
         Ok(health)
     }
 }

@@ -103,7 +103,7 @@ impl GcMetrics {
             )?,
             orphans_removed: IntCounter::new(
                 "workspaced_gc_orphans_removed_total",
-                "Backend resources (local directories) that belonged to no live workspace and were removed.",
+                "Backend resources (local directories, labelled containers and volumes) that belonged to no live workspace and were removed.",
             )?,
         };
         for collector in [

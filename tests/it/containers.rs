@@ -579,3 +579,40 @@ async fn a_daemon_killed_and_restarted_leaves_running_workspaces_running_and_hea
     drop(daemon);
     podman.clean(&workspaces(dir.path(), "1 = 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_containers_config_runs_a_pool_of_two_that_answer() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("unix://{}", podman.socket.display());
+    let data = dir.path().join("data");
+    let daemon = DaemonProcess::start_with_env(
+        &repo().join("config/containers.toml"),
+        &[
+            ("WORKSPACED_SERVER__LISTEN", "127.0.0.1:0"),
+            ("WORKSPACED_STORAGE__DATA_DIR", data.to_str().unwrap()),
+            ("WORKSPACED_LOG__FORMAT", "json"),
+            ("WORKSPACED_RECONCILER__INTERVAL", "1s"),
+            ("WORKSPACED_PROVISIONER__CONTAINER__SOCKET", &socket),
+        ],
+    );
+    let ready = wait_for("two healthy prebuilds", Duration::from_secs(120), async || {
+        let ids = workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy'");
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    let conn = rusqlite::Connection::open(data.join("workspaced.db")).unwrap();
+    for id in &ready {
+        let apps: String = conn
+            .query_row("SELECT apps FROM workspaces WHERE id = ?1", [id], |row| row.get(0))
+            .unwrap();
+        let apps: Value = serde_json::from_str(&apps).unwrap();
+        let url = apps[0]["url"].as_str().unwrap();
+        assert_eq!(http_body(url).await.map(|(code, _)| code), Some(200), "{apps}");
+        let memory =
+            podman.ok(&["inspect", "--format", "{{.HostConfig.Memory}}", &format!("wsd-{id}")]);
+        assert_eq!(memory, (256u64 << 20).to_string(), "the example's memory limit is applied");
+    }
+    drop(daemon);
+    podman.clean(&workspaces(dir.path(), "1 = 1"));
+}
