@@ -162,9 +162,11 @@ fn main() {
     assert!(service.status.success(), "{}", String::from_utf8_lossy(&service.stderr));
     let socket = String::from_utf8_lossy(&service.stdout).trim().to_owned();
     let db = dir.path().join("data/workspaced.db");
+    let _cleanup = Cleanup(db.clone());
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[log]\nformat = \"json\"\n\
-         [reconciler]\ninterval = \"1s\"\n[provisioner]\nconcurrency = 4\njob_timeout = \"2m\"\n\
+         [reconciler]\ninterval = \"1s\"\n[api]\nrate_limit = 10000\nrate_burst = 10000\n\
+         [provisioner]\nconcurrency = 4\njob_timeout = \"2m\"\n\
          [provisioner.container]\nsocket = \"{socket}\"\n{}{}{}",
         dir.path().join("data"),
         spec("warm", 5),
@@ -211,7 +213,7 @@ fn main() {
                 break url.to_owned();
             }
             assert!(Instant::now() < deadline, "cold start never finished: {workspace}");
-            pause(Duration::from_millis(5));
+            pause(Duration::from_millis(10));
         };
         until_answers(&url, deadline);
         cold.push(started.elapsed());
@@ -249,17 +251,36 @@ fn main() {
         (after.0 - before.0) / window.as_secs_f64() * 100.0,
     );
     drop(daemon);
-    let cleanup = |kind: &str, name: String| {
-        let _ = Command::new("podman")
-            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs", kind, "rm", "-f", &name])
-            .output();
-    };
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let mut statement = conn.prepare("SELECT id FROM workspaces").unwrap();
-    let all: Vec<String> =
-        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
-    for id in all {
-        cleanup("container", format!("wsd-{id}"));
-        cleanup("volume", format!("wsd-{id}-home"));
+}
+
+/// Removes every container and volume of the bench's workspaces, also after a panic.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(conn) = rusqlite::Connection::open(&self.0) else { return };
+        let Ok(mut statement) = conn.prepare("SELECT id FROM workspaces") else { return };
+        let ids: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .map(|rows| rows.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        for id in ids {
+            for (kind, name) in
+                [("container", format!("wsd-{id}")), ("volume", format!("wsd-{id}-home"))]
+            {
+                let _ = Command::new("podman")
+                    .args([
+                        "--runtime",
+                        "runc",
+                        "--cgroup-manager",
+                        "cgroupfs",
+                        kind,
+                        "rm",
+                        "-f",
+                        &name,
+                    ])
+                    .output();
+            }
+        }
     }
 }

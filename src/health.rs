@@ -28,7 +28,7 @@ use crate::store::health::{self, Running};
 /// How often the monitor looks for due checks.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Checks running at the same time, at most.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 64;
 /// The interval of a workspace whose template declares no probe.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -122,19 +122,28 @@ impl Monitor {
         if !due.is_empty() {
             let config = self.ctx.config.borrow().provisioner.container.clone();
             let engine = Engine::connect(&config).await.map_err(|error| error.to_string());
+            // One listing gives every container's state and ports.
+            let containers = match &engine {
+                Ok(engine) => engine.managed_containers().await.map_err(|error| error.to_string()),
+                Err(error) => Err(error.clone()),
+            };
+            let containers = Arc::new(containers);
             for chunk in due.chunks(PARALLEL) {
                 let mut checks = tokio::task::JoinSet::new();
                 for workspace in chunk {
                     let engine = engine.clone();
+                    let containers = Arc::clone(&containers);
                     let workspace = workspace.clone();
                     checks.spawn(async move {
                         let config: serde_json::Map<String, serde_json::Value> =
                             serde_json::from_str(&workspace.provisioner_config).unwrap_or_default();
                         let spec = parse_spec(&config).ok();
                         let ready = spec.as_ref().and_then(|spec| spec.ready.clone());
-                        let result = match &engine {
-                            Ok(engine) => check(engine, &workspace, spec.as_ref()).await,
-                            Err(error) => Err((error.clone(), true)),
+                        let result = match (&engine, containers.as_ref()) {
+                            (Ok(engine), Ok(containers)) => {
+                                check(engine, containers, &workspace, spec.as_ref()).await
+                            }
+                            (Err(error), _) | (_, Err(error)) => Err((error.clone(), false)),
                         };
                         (workspace, ready, result)
                     });
@@ -278,14 +287,13 @@ impl Monitor {
 /// the failure counts at once (the container is not running).
 async fn check(
     engine: &Engine,
+    containers: &HashMap<String, engine::ContainerInfo>,
     workspace: &Running,
     spec: Option<&crate::config::container::ContainerSpec>,
 ) -> Result<(), (String, bool)> {
     let name = engine::container_name(&workspace.workspace_id);
-    let info = match engine.inspect(&name).await {
-        Ok(Some(info)) => info,
-        Ok(None) => return Err((format!("container {name} vanished"), true)),
-        Err(error) => return Err((error.to_string(), false)),
+    let Some(info) = containers.get(&name) else {
+        return Err((format!("container {name} vanished"), true));
     };
     if !info.running {
         return Err((format!("container {name} is {}", info.status), true));
@@ -293,6 +301,6 @@ async fn check(
     let (Some(spec), Some(ready)) = (spec, spec.and_then(|spec| spec.ready.as_ref())) else {
         return Ok(());
     };
-    let addresses = probe::addresses(spec, &info);
+    let addresses = probe::addresses(spec, info);
     probe::check_once(engine, &name, ready, &addresses).await.map_err(|error| (error, false))
 }

@@ -94,10 +94,35 @@ pub struct Engine {
     pub socket: String,
 }
 
+/// Engines already connected, by (socket setting, timeout): agreeing on the API version
+/// costs a `/version` request, which Podman answers in ~0.4 s, so it is done once per
+/// setting, not per job or health check. A client holds no connection open (one per
+/// request), so an engine restart needs no reconnect.
+static CONNECTED: std::sync::Mutex<Vec<((String, u64), Engine)>> = std::sync::Mutex::new(Vec::new());
+
 impl Engine {
+    /// The engine of `config`, connected once (see `CONNECTED`).
+    pub async fn connect(config: &ContainerBackendConfig) -> Result<Engine, EngineError> {
+        let key = (config.socket.clone(), config.request_timeout.as_secs());
+        let cached = |engines: &[((String, u64), Engine)]| {
+            engines.iter().find(|(known, _)| known == &key).map(|(_, engine)| engine.clone())
+        };
+        if let Some(engine) = CONNECTED.lock().ok().and_then(|engines| cached(&engines))
+            && std::path::Path::new(&engine.socket).exists()
+        {
+            return Ok(engine);
+        }
+        let engine = Self::connect_new(config).await?;
+        if let Ok(mut engines) = CONNECTED.lock() {
+            engines.retain(|(known, _)| known != &key);
+            engines.push((key, engine.clone()));
+        }
+        Ok(engine)
+    }
+
     /// Connects to the configured socket (`auto`: the first that exists) and agrees on an
     /// API version with the engine.
-    pub async fn connect(config: &ContainerBackendConfig) -> Result<Engine, EngineError> {
+    async fn connect_new(config: &ContainerBackendConfig) -> Result<Engine, EngineError> {
         let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
         let candidates = config.candidate_sockets(xdg.as_deref());
         let Some(socket) =
@@ -260,6 +285,48 @@ impl Engine {
         let inspected = self.docker.inspect_exec(&exec.id).await.map_err(engine_error(what()))?;
         output.truncate(output.floor_char_boundary(4096));
         Ok((inspected.exit_code.unwrap_or(-1), output))
+    }
+
+    /// Every container with workspaced's label, by name, with its state and ports: one
+    /// request for all (what the health monitor reads each tick).
+    pub async fn managed_containers(&self) -> Result<HashMap<String, ContainerInfo>, EngineError> {
+        let filters = HashMap::from([("label", vec![format!("{MANAGED}=true")])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_error("list containers"))?;
+        let mut found = HashMap::new();
+        for summary in summaries {
+            let Some(name) = summary.names.as_ref().and_then(|names| names.first()) else {
+                continue;
+            };
+            let name = name.trim_start_matches('/').to_owned();
+            let status = summary.state.map(|state| state.to_string()).unwrap_or_default();
+            let mut published = HashMap::new();
+            for port in summary.ports.unwrap_or_default() {
+                let tcp = port.typ.is_none_or(|typ| typ.to_string() == "tcp");
+                if let (true, Some(public)) = (tcp, port.public_port) {
+                    let host = port
+                        .ip
+                        .filter(|ip| !ip.is_empty() && ip != "0.0.0.0")
+                        .unwrap_or_else(|| "127.0.0.1".to_owned());
+                    published.insert(port.private_port, format!("{host}:{public}"));
+                }
+            }
+            found.insert(
+                name,
+                ContainerInfo {
+                    id: summary.id.unwrap_or_default(),
+                    running: status == "running",
+                    status,
+                    labels: summary.labels.unwrap_or_default(),
+                    published,
+                },
+            );
+        }
+        Ok(found)
     }
 
     /// Every container and volume with workspaced's label.
