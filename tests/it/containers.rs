@@ -616,3 +616,69 @@ async fn the_example_containers_config_runs_a_pool_of_two_that_answer() {
     drop(daemon);
     podman.clean(&workspaces(dir.path(), "1 = 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_parameters_change_the_spec_recreates_keeps_the_home_and_reports_it() {
+    let podman = Podman::get();
+    let dir = tempfile::tempdir().unwrap();
+    // An exec probe this time, and a parameter that reaches the container's environment.
+    let template = format!(
+        "{}\n[[templates.parameters]]\nname = \"greeting\"\ndefault = \"hi\"\n\
+         [[templates.presets]]\nname = \"default\"\n[templates.presets.prebuilds]\ninstances = 1\n",
+        web_spec(r#"exec = ["test", "-f", "/www/healthz"]"#)
+            .replace("GREETING = \"hello {workspace.id}\"", "GREETING = \"{param.greeting}\"")
+    );
+    let path = write_config(dir.path(), &config(dir.path(), &template, ""));
+    let token = owner_token(&path);
+    let daemon = DaemonProcess::start(&path);
+    let api = Api::new(daemon.addr, Some(&token));
+    let id = wait_for("a ready prebuild", Duration::from_secs(90), async || {
+        workspaces(dir.path(), "agents_ready = 1 AND health = 'healthy'").into_iter().next()
+    })
+    .await;
+    let container = format!("wsd-{id}");
+    let before = podman.ok(&["inspect", "--format", "{{.Id}}", &container]);
+    podman.ok(&["exec", &container, "sh", "-c", "echo from-the-prebuild > /home/workspace/note"]);
+
+    let body = json!({ "template": "web", "preset": "default", "name": "mine", "parameters": { "greeting": "bye" } });
+    let (status, claimed) = api.post("/api/v1/workspaces", body).await;
+    assert_eq!((status, &claimed["claimed"]), (201, &json!(true)), "{claimed}");
+    assert_eq!(claimed["workspace"]["id"], id.as_str());
+    let workspace = wait_for("the claim build", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{id}")).await;
+        (workspace["latest_build"]["job_status"] == "succeeded").then_some(workspace)
+    })
+    .await;
+    assert_ne!(podman.ok(&["inspect", "--format", "{{.Id}}", &container]), before, "recreated");
+    assert_eq!(podman.ok(&["exec", &container, "sh", "-c", "echo $GREETING"]), "bye");
+    assert_eq!(
+        podman.ok(&["exec", &container, "cat", "/home/workspace/note"]),
+        "from-the-prebuild"
+    );
+    assert_eq!(workspace["health"]["status"], "healthy", "{workspace}");
+    let series = "workspaced_prebuilt_workspaces_resource_replacements_total{organization_name=\"default\",preset_name=\"default\",template_name=\"web\"}";
+    assert_eq!(metric(&daemon, series).await, Some(1.0));
+    let (_, builds) = api.get(&format!("/api/v1/workspaces/{id}/builds/2/logs")).await;
+    assert!(builds.to_string().contains("is recreated: its spec changed (env)"), "{builds}");
+    drop(daemon);
+    podman.clean(&workspaces(dir.path(), "1 = 1"));
+}
+
+#[test]
+fn a_bad_container_spec_is_refused_at_load_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}[[templates]]\nname = \"web\"\nprovisioner = \"container\"\n[templates.provisioner_config]\nimage = \"{IMAGE}\"\nports = {{ web = 8080 }}\n[templates.provisioner_config.ready]\ntcp = \"ssh\"\n",
+        binary_config(dir.path())
+    );
+    let path = write_config(dir.path(), &body);
+    let checked = run_binary(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("templates[0].provisioner_config.ready.tcp"), "{stderr}");
+    assert!(stderr.contains("\"ssh\" names no entry of ports"), "{stderr}");
+}

@@ -98,7 +98,8 @@ pub struct Engine {
 /// costs a `/version` request, which Podman answers in ~0.4 s, so it is done once per
 /// setting, not per job or health check. A client holds no connection open (one per
 /// request), so an engine restart needs no reconnect.
-static CONNECTED: std::sync::Mutex<Vec<((String, u64), Engine)>> = std::sync::Mutex::new(Vec::new());
+static CONNECTED: std::sync::Mutex<Vec<((String, u64), Engine)>> =
+    std::sync::Mutex::new(Vec::new());
 
 impl Engine {
     /// The engine of `config`, connected once (see `CONNECTED`).
