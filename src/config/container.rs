@@ -182,15 +182,31 @@ fn default_threshold() -> u32 {
     3
 }
 
-/// The placeholders a spec may use, with the values of one workspace. Identity that a
-/// claim changes (name, owner) is not among them: it would force a recreate on every
-/// claim. The backend writes it to `$HOME/.workspaced/identity` instead.
+/// The placeholders of one workspace. The identity a claim changes (name, owner) is kept
+/// apart: a value that uses it is never part of the container's spec (it would force a
+/// recreate on every claim); the backend writes such env variables to
+/// `$HOME/.workspaced/env` at every start instead.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Placeholders {
     pub workspace_id: String,
     pub template_name: String,
     pub template_version: String,
     pub parameters: BTreeMap<String, String>,
+    /// `None` while expanding the container spec: identity placeholders stay as written.
+    pub identity: Option<Identity>,
+}
+
+/// What a claim changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub workspace_name: String,
+    pub owner_name: String,
+    pub owner_id: String,
+}
+
+/// Whether a checked value uses `{workspace.name}`, `{owner.name}` or `{owner.id}`.
+pub fn uses_identity(text: &str) -> bool {
+    placeholder_names(text).is_ok_and(|names| names.iter().any(|name| CLAIM_CHANGES.contains(name)))
 }
 
 /// A problem in a spec: the key below `provisioner_config` and the reason.
@@ -223,14 +239,14 @@ pub fn check_spec(spec: &ContainerSpec, parameters: &BTreeSet<String>) -> Result
         return Err(problem("image", "must not be empty"));
     }
     for (index, word) in spec.command.iter().enumerate() {
-        check_placeholders(word, parameters)
+        check_placeholders(word, parameters, false)
             .map_err(|reason| problem(format!("command[{index}]"), reason))?;
     }
     for (name, value) in &spec.env {
         if name.is_empty() || name.contains('=') {
             return Err(problem(format!("env.{name}"), "is not a variable name"));
         }
-        check_placeholders(value, parameters)
+        check_placeholders(value, parameters, true)
             .map_err(|reason| problem(format!("env.{name}"), reason))?;
     }
     if !spec.home.starts_with('/') || spec.home == "/" {
@@ -343,7 +359,11 @@ const PLACEHOLDERS: [&str; 3] = ["workspace.id", "template.name", "template.vers
 const CLAIM_CHANGES: [&str; 3] = ["workspace.name", "owner.name", "owner.id"];
 
 /// Checks the `{…}` placeholders of one value; `{{` is a literal brace.
-fn check_placeholders(text: &str, parameters: &BTreeSet<String>) -> Result<(), String> {
+fn check_placeholders(
+    text: &str,
+    parameters: &BTreeSet<String>,
+    identity_allowed: bool,
+) -> Result<(), String> {
     for name in placeholder_names(text)? {
         if PLACEHOLDERS.contains(&name) {
             continue;
@@ -355,9 +375,12 @@ fn check_placeholders(text: &str, parameters: &BTreeSet<String>) -> Result<(), S
             return Err(format!("{{{name}}} names no parameter of the template"));
         }
         if CLAIM_CHANGES.contains(&name) {
+            if identity_allowed {
+                continue;
+            }
             return Err(format!(
                 "{{{name}}} changes when a prebuild is claimed and would force a new container; \
-                 read it from $HOME/.workspaced/identity instead"
+                 use it in env (written to $HOME/.workspaced/env) or read $HOME/.workspaced/identity"
             ));
         }
         return Err(format!(
@@ -408,6 +431,14 @@ pub fn expand(text: &str, values: &Placeholders) -> String {
             "workspace.id" => out.push_str(&values.workspace_id),
             "template.name" => out.push_str(&values.template_name),
             "template.version" => out.push_str(&values.template_version),
+            "workspace.name" | "owner.name" | "owner.id" if values.identity.is_some() => {
+                let identity = values.identity.as_ref().map(|identity| match name {
+                    "workspace.name" => &identity.workspace_name,
+                    "owner.name" => &identity.owner_name,
+                    _ => &identity.owner_id,
+                });
+                out.push_str(identity.map_or("", String::as_str));
+            }
             _ => match name.strip_prefix("param.").and_then(|name| values.parameters.get(name)) {
                 Some(value) => out.push_str(value),
                 None => {
@@ -475,6 +506,15 @@ mod tests {
         assert_eq!(expand(&spec.command[3], &values), "--id=w1");
         assert_eq!(expand(&spec.env["SIZE"], &values), "large");
         assert_eq!(expand(&spec.env["BRACES"], &values), "{literal}");
+        assert!(
+            uses_identity("hi {owner.name}") && !uses_identity("{workspace.id} {{owner.name}}")
+        );
+        let claimed = Placeholders {
+            identity: Some(Identity { owner_name: "ana".into(), ..Identity::default() }),
+            ..values.clone()
+        };
+        assert_eq!(expand("hi {owner.name}", &claimed), "hi ana");
+        assert_eq!(expand("hi {owner.name}", &values), "hi {owner.name}");
         assert_eq!(parse_memory("512m"), Ok(512 << 20));
         assert_eq!(
             spec.ready.and_then(|probe| probe.check()),
@@ -487,7 +527,11 @@ mod tests {
         let cases = [
             (serde_json::json!({}), "", "missing field `image`"),
             (serde_json::json!({"image": "i", "ports": {"web": "x"}}), "ports.web", "invalid type"),
-            (serde_json::json!({"image": "i", "env": {"A": "{owner.name}"}}), "env.A", "claimed"),
+            (
+                serde_json::json!({"image": "i", "command": ["--as={owner.name}"]}),
+                "command[0]",
+                "claimed",
+            ),
             (
                 serde_json::json!({"image": "i", "env": {"A": "{param.nope}"}}),
                 "env.A",

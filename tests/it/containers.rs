@@ -181,7 +181,7 @@ fn web_spec(probe: &str) -> String {
 image = "{IMAGE}"
 command = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
 ports = {{ web = 8080 }}
-env = {{ GREETING = "hello {{workspace.id}}" }}
+env = {{ GREETING = "hello {{workspace.id}}", OWNER_GREETING = "hi {{owner.name}}" }}
 [templates.provisioner_config.ready]
 {probe}
 interval = "1s"
@@ -306,6 +306,9 @@ async fn a_pool_of_real_containers_fills_a_claim_hands_out_a_url_and_stop_keeps_
     let identity = podman.ok(&["exec", &container, "cat", "/home/workspace/.workspaced/identity"]);
     assert!(identity.contains("WORKSPACE_NAME='mine'"), "{identity}");
     assert!(identity.contains("WORKSPACE_OWNER='root'"), "{identity}");
+    // An env variable that uses the owner reaches the claimed workspace without a recreate.
+    let exports = podman.ok(&["exec", &container, "cat", "/home/workspace/.workspaced/env"]);
+    assert_eq!(exports, "export OWNER_GREETING='hi root'");
     let env = podman.ok(&["exec", &container, "sh", "-c", "echo $GREETING"]);
     assert_eq!(env, format!("hello {id}"));
 

@@ -21,7 +21,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::container::{
-    ContainerBackendConfig, ContainerSpec, Placeholders, expand, parse_memory, parse_spec,
+    ContainerBackendConfig, ContainerSpec, Identity, Placeholders, expand, parse_memory,
+    parse_spec, uses_identity,
 };
 use crate::domain::job::SuccessReport;
 use crate::domain::{Agent, App, LogLevel, LogLine, Replacement, Resource, Transition};
@@ -87,8 +88,13 @@ impl Canonical {
         values: &Placeholders,
         host_address: &str,
     ) -> Result<Canonical, String> {
-        let mut env: BTreeMap<String, String> =
-            spec.env.iter().map(|(name, value)| (name.clone(), expand(value, values))).collect();
+        // Variables that use the identity go to $HOME/.workspaced/env, not the spec.
+        let mut env: BTreeMap<String, String> = spec
+            .env
+            .iter()
+            .filter(|(_, value)| !uses_identity(value))
+            .map(|(name, value)| (name.clone(), expand(value, values)))
+            .collect();
         env.insert("HOME".to_owned(), spec.home.clone());
         env.insert("WORKSPACED_WORKSPACE_ID".to_owned(), values.workspace_id.clone());
         Ok(Canonical {
@@ -173,9 +179,14 @@ impl Canonical {
     }
 }
 
-/// `$HOME/.workspaced/identity` as a tar archive to unpack at the home directory: the
-/// values a claim changes, as shell assignments.
-pub fn identity_archive(request: &JobRequest) -> std::io::Result<Vec<u8>> {
+/// `$HOME/.workspaced/identity` (the values a claim changes, as shell assignments) and
+/// `$HOME/.workspaced/env` (`export` lines of the env variables that use them, expanded
+/// with this start's identity) as a tar archive to unpack at the home directory.
+pub fn identity_archive(
+    request: &JobRequest,
+    spec: &ContainerSpec,
+    values: &Placeholders,
+) -> std::io::Result<Vec<u8>> {
     let quote = |value: &str| format!("'{}'", value.replace('\'', r"'\''"));
     let workspace = &request.workspace;
     let text = format!(
@@ -196,6 +207,16 @@ pub fn identity_archive(request: &JobRequest) -> std::io::Result<Vec<u8>> {
     file.set_mode(0o644);
     file.set_size(text.len() as u64);
     archive.append_data(&mut file, ".workspaced/identity", text.as_bytes())?;
+    let exports: String = spec
+        .env
+        .iter()
+        .filter(|(_, value)| uses_identity(value))
+        .map(|(name, value)| format!("export {name}={}\n", quote(&expand(value, values))))
+        .collect();
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o644);
+    file.set_size(exports.len() as u64);
+    archive.append_data(&mut file, ".workspaced/env", exports.as_bytes())?;
     archive.into_inner()
 }
 
@@ -252,6 +273,7 @@ impl ContainerBackend {
             template_name: request.template.name.clone(),
             template_version: request.template.version_name.clone(),
             parameters: request.parameters.clone(),
+            identity: None,
         };
         let canonical = Canonical::new(&spec, &values, &self.config.host_address)
             .map_err(ProvisionerError::Reported)?;
@@ -295,9 +317,16 @@ impl ContainerBackend {
             engine.create(&name, canonical.create_body(id, version)).await?;
             log(LogLevel::Info, format!("created container {name} from {}", canonical.image)).await;
         }
-        let identity = identity_archive(request).map_err(|source| ProvisionerError::Io {
-            what: "cannot build the identity file".to_owned(),
-            source,
+        let personal = Placeholders {
+            identity: Some(Identity {
+                workspace_name: request.workspace.name.clone(),
+                owner_name: request.workspace.owner_name.clone(),
+                owner_id: request.workspace.owner_id.clone(),
+            }),
+            ..values.clone()
+        };
+        let identity = identity_archive(request, &spec, &personal).map_err(|source| {
+            ProvisionerError::Io { what: "cannot build the identity file".to_owned(), source }
         })?;
         engine.upload(&name, &spec.home, identity).await?;
         engine.start(&name).await?;
