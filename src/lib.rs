@@ -9,8 +9,8 @@
 //! - `metrics`, `telemetry`: the Prometheus registry; logging.
 //! - `context`, `systemd`: what a loop iteration gets; sd_notify and the watchdog.
 //! - `events`, `provisioner`: publisher and webhooks; backends and the job runner.
-//! - `pools`, `lifecycle`, `gc`, `retention`, `templates`: the capabilities, each with its
-//!   loop iteration and write side.
+//! - `pools`, `lifecycle`, `gc`, `health`, `retention`, `templates`: the capabilities,
+//!   each with its loop iteration and write side.
 //! - `loops`: the driver that runs the loops.
 //! - `http`, `app`, `signals`, `cli`: the server and API; start-up and shutdown; signals;
 //!   subcommands.
