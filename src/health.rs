@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::container::{CONTAINER_BACKEND, ProbeSpec, parse_spec};
 use crate::context::LoopCtx;
 use crate::error::error_chain;
+use crate::planner::health::{Check, Verdict, judge};
 use crate::provisioner::container::engine::{self, Engine};
 use crate::provisioner::container::{orphans, probe};
 use crate::store::health::{self, Running};
@@ -143,7 +144,7 @@ impl Monitor {
                             (Ok(engine), Ok(containers)) => {
                                 check(engine, containers, &workspace, spec.as_ref()).await
                             }
-                            (Err(error), _) | (_, Err(error)) => Err((error.clone(), false)),
+                            (Err(error), _) | (_, Err(error)) => Check::Failed(error.clone()),
                         };
                         (workspace, ready, result)
                     });
@@ -175,31 +176,29 @@ impl Monitor {
         &mut self,
         workspace: &Running,
         ready: Option<&ProbeSpec>,
-        result: Result<(), (String, bool)>,
+        check: Check,
         verdicts: &mut BTreeMap<String, Option<String>>,
     ) {
         let interval = ready.map_or(DEFAULT_INTERVAL, |probe| probe.interval.as_duration());
-        let threshold = ready.map_or(1, |probe| probe.failure_threshold.max(1));
+        let threshold = ready.map_or(1, |probe| probe.failure_threshold);
         let tracker = self.trackers.entry(workspace.workspace_id.clone()).or_insert(Tracker {
             build_number: workspace.build_number,
             next_at: Instant::now(),
             failures: 0,
         });
         tracker.next_at = Instant::now() + interval;
-        let probes = &self.ctx.metrics.health.probes;
-        match result {
-            Ok(()) => {
-                probes.with_label_values(&["pass"]).inc();
-                tracker.failures = 0;
+        let result = if check == Check::Passed { "pass" } else { "fail" };
+        self.ctx.metrics.health.probes.with_label_values(&[result]).inc();
+        let (failures, verdict) = judge(tracker.failures, threshold, check);
+        tracker.failures = failures;
+        match verdict {
+            Verdict::Healthy => {
                 verdicts.insert(workspace.workspace_id.clone(), None);
             }
-            Err((error, at_once)) => {
-                probes.with_label_values(&["fail"]).inc();
-                tracker.failures = tracker.failures.saturating_add(1);
-                if at_once || tracker.failures >= threshold {
-                    verdicts.insert(workspace.workspace_id.clone(), Some(error));
-                }
+            Verdict::Unhealthy(error) => {
+                verdicts.insert(workspace.workspace_id.clone(), Some(error));
             }
+            Verdict::Unchanged => {}
         }
     }
 
@@ -283,24 +282,26 @@ impl Monitor {
     }
 }
 
-/// One check: the container must run, then the probe (if any) must pass. The flag says
-/// the failure counts at once (the container is not running).
+/// One check: the container must run, then the probe (if any) must pass.
 async fn check(
     engine: &Engine,
     containers: &HashMap<String, engine::ContainerInfo>,
     workspace: &Running,
     spec: Option<&crate::config::container::ContainerSpec>,
-) -> Result<(), (String, bool)> {
+) -> Check {
     let name = engine::container_name(&workspace.workspace_id);
     let Some(info) = containers.get(&name) else {
-        return Err((format!("container {name} vanished"), true));
+        return Check::NotRunning(format!("container {name} vanished"));
     };
     if !info.running {
-        return Err((format!("container {name} is {}", info.status), true));
+        return Check::NotRunning(format!("container {name} is {}", info.status));
     }
     let (Some(spec), Some(ready)) = (spec, spec.and_then(|spec| spec.ready.as_ref())) else {
-        return Ok(());
+        return Check::Passed;
     };
     let addresses = probe::addresses(spec, info);
-    probe::check_once(engine, &name, ready, &addresses).await.map_err(|error| (error, false))
+    match probe::check_once(engine, &name, ready, &addresses).await {
+        Ok(()) => Check::Passed,
+        Err(error) => Check::Failed(error),
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod deadlines;
 pub mod gc;
+pub mod health;
 pub mod housekeeping;
 pub mod lifecycle;
 pub mod plan;

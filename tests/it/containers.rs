@@ -402,6 +402,31 @@ async fn a_killed_prebuild_container_is_unhealthy_unclaimable_and_replaced_after
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["claimed"], false, "an unhealthy prebuild was claimed: {created}");
     let cold = created["workspace"]["id"].as_str().unwrap().to_owned();
+    // A user's container stopped behind the daemon's back: unhealthy, and a start build
+    // brings it back (same volume).
+    wait_for("the cold workspace", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{cold}")).await;
+        (workspace["health"]["status"] == "healthy").then_some(())
+    })
+    .await;
+    podman.ok(&["exec", &format!("wsd-{cold}"), "sh", "-c", "echo mine > /home/workspace/note"]);
+    podman.ok(&["stop", "-t", "1", &format!("wsd-{cold}")]);
+    wait_for("the stopped container's verdict", Duration::from_secs(30), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{cold}")).await;
+        (workspace["health"]["status"] == "unhealthy").then_some(())
+    })
+    .await;
+    let (status, body) = api.post(&format!("/api/v1/workspaces/{cold}/start"), json!({})).await;
+    assert!(status == 201 || status == 202, "{status} {body}");
+    wait_for("the start build", Duration::from_secs(60), async || {
+        let (_, workspace) = api.get(&format!("/api/v1/workspaces/{cold}")).await;
+        (workspace["health"]["status"] == "healthy"
+            && workspace["latest_build"]["build_number"] == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(podman.state(&format!("wsd-{cold}")).as_deref(), Some("running"));
+    assert_eq!(podman.ok(&["exec", &format!("wsd-{cold}"), "cat", "/home/workspace/note"]), "mine");
 
     // After the grace the reconciler deletes it and a new one becomes ready.
     wait_for("the unhealthy prebuild's removal", Duration::from_secs(60), async || {
