@@ -9,7 +9,6 @@ use crate::config::Config;
 use crate::domain::EngineOrphan;
 use crate::provisioner::container::engine::Engine;
 use crate::store::Store;
-use crate::store::audit::{self, Actor, Entry};
 
 pub use crate::provisioner::container::orphans::{find, wanted};
 
@@ -50,27 +49,9 @@ pub async fn remove(
         }
         removed += 1;
         tracing::info!(kind = orphan.kind, name = %orphan.name, "removed orphaned {}", orphan.kind);
-        let (kind, name, workspace) =
-            (orphan.kind, orphan.name.clone(), orphan.workspace_id.clone());
-        let recorded = store
-            .write(move |tx| {
-                audit::record(
-                    tx,
-                    &Actor::system("gc"),
-                    &Entry {
-                        action: "gc.orphan_removed",
-                        resource_type: kind,
-                        resource_id: &name,
-                        organization_id: None,
-                        details: json!({ "workspace_id": workspace }),
-                    },
-                    now,
-                )
-            })
+        let details = json!({ "workspace_id": orphan.workspace_id });
+        crate::gc::audit_orphan_removal(store, orphan.kind, orphan.name.clone(), details, now)
             .await;
-        if let Err(error) = recorded {
-            tracing::warn!(error = %crate::error::error_chain(&error), "cannot audit an orphan removal");
-        }
     }
     (removed, failures)
 }

@@ -230,26 +230,14 @@ pub async fn execute(
         match tokio::fs::remove_dir_all(orphan).await {
             Ok(()) => {
                 report.orphans_removed += 1;
-                let path = orphan.display().to_string();
-                let recorded = store
-                    .write(move |tx| {
-                        audit::record(
-                            tx,
-                            &Actor::system("gc"),
-                            &Entry {
-                                action: "gc.orphan_removed",
-                                resource_type: "directory",
-                                resource_id: &path,
-                                organization_id: None,
-                                details: json!({}),
-                            },
-                            now,
-                        )
-                    })
-                    .await;
-                if let Err(error) = recorded {
-                    tracing::warn!(error = %crate::error::error_chain(&error), "cannot audit an orphan removal");
-                }
+                audit_orphan_removal(
+                    store,
+                    "directory",
+                    orphan.display().to_string(),
+                    json!({}),
+                    now,
+                )
+                .await;
                 tracing::info!(path = %orphan.display(), "removed orphaned workspace directory");
             }
             Err(error) => {
@@ -271,6 +259,36 @@ pub async fn execute(
         report.failures += failures;
     }
     Ok(report)
+}
+
+/// Records an orphan's removal in the audit log (`gc.orphan_removed`); a failure to record
+/// is logged, the removal stands.
+pub async fn audit_orphan_removal(
+    store: &Store,
+    kind: &'static str,
+    name: String,
+    details: serde_json::Value,
+    now: DateTime<Utc>,
+) {
+    let recorded = store
+        .write(move |tx| {
+            audit::record(
+                tx,
+                &Actor::system("gc"),
+                &Entry {
+                    action: "gc.orphan_removed",
+                    resource_type: kind,
+                    resource_id: &name,
+                    organization_id: None,
+                    details,
+                },
+                now,
+            )
+        })
+        .await;
+    if let Err(error) = recorded {
+        tracing::warn!(error = %crate::error::error_chain(&error), "cannot audit an orphan removal");
+    }
 }
 
 /// Re-judges one workspace inside the transaction and warns or deletes it if the same

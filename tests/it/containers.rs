@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::client::Api;
-use crate::helpers::{DaemonProcess, binary_config, run_binary, write_config};
+use crate::helpers::{DaemonProcess, binary_config, owner_token, run_binary, write_config};
 
 /// The image the example config and these tests run (`scripts/container-image`).
 pub const IMAGE: &str = "localhost/workspaced-web:1";
@@ -189,25 +189,6 @@ timeout = "2s"
 failure_threshold = 3
 "#
     )
-}
-
-fn owner_token(config: &Path) -> String {
-    let issued = run_binary(
-        &[
-            "token",
-            "create",
-            "--user",
-            "root",
-            "--role",
-            "owner",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-        Duration::from_secs(20),
-    );
-    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
-    String::from_utf8_lossy(&issued.stdout).trim().to_owned()
 }
 
 async fn wait_for<T>(

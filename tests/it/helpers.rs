@@ -165,6 +165,26 @@ pub fn binary_config(dir: &Path) -> String {
     )
 }
 
+/// Issues an owner token for user `root` with the CLI, against the config at `config`.
+pub fn owner_token(config: &Path) -> String {
+    let issued = run_binary(
+        &[
+            "token",
+            "create",
+            "--user",
+            "root",
+            "--role",
+            "owner",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    String::from_utf8_lossy(&issued.stdout).trim().to_owned()
+}
+
 /// The `workspaced` binary running as a child process.
 pub struct DaemonProcess {
     pub addr: SocketAddr,

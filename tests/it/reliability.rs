@@ -457,22 +457,7 @@ async fn history_is_pruned_in_batches_and_what_is_still_needed_stays() {
 /// Writes `body` as the binary's config in `dir` and issues an owner token with the CLI.
 fn config_with_owner_token(dir: &std::path::Path, body: &str) -> (std::path::PathBuf, String) {
     let config = crate::helpers::write_config(dir, body);
-    let issued = crate::helpers::run_binary(
-        &[
-            "token",
-            "create",
-            "--user",
-            "root",
-            "--role",
-            "owner",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-        Duration::from_secs(20),
-    );
-    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
-    let token = String::from_utf8_lossy(&issued.stdout).trim().to_owned();
+    let token = crate::helpers::owner_token(&config);
     (config, token)
 }
 
