@@ -189,7 +189,11 @@ impl Monitor {
         tracker.next_at = Instant::now() + interval;
         let result = if check == Check::Passed { "pass" } else { "fail" };
         self.ctx.metrics.health.probes.with_label_values(&[result]).inc();
-        let (failures, verdict) = judge(tracker.failures, threshold, check);
+        let start_period = ready.map_or(0, |probe| probe.start_period.as_secs());
+        let warming_up = workspace.started_at.is_some_and(|started| {
+            self.ctx.clock.now() < crate::domain::time::after(started, start_period)
+        });
+        let (failures, verdict) = judge(tracker.failures, threshold, check, warming_up);
         tracker.failures = failures;
         match verdict {
             Verdict::Healthy => {

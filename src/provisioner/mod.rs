@@ -134,6 +134,7 @@ pub fn backend_for(
         return Ok(Box::new(container::ContainerBackend::new(
             config.container.clone(),
             config.kill_grace.as_duration(),
+            config.job_timeout.as_duration(),
         )));
         #[cfg(not(feature = "containers"))]
         return Err(ProvisionerError::NotBuilt);

@@ -20,13 +20,15 @@ pub struct Running {
     pub health: Option<String>,
     pub health_error: Option<String>,
     pub prebuild: bool,
+    /// When its start build completed.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// Live workspaces whose latest build is a succeeded `start` on a version of `backend`.
 pub fn running(conn: &Connection, backend: &str) -> Result<Vec<Running>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT w.id, t.name, w.latest_build_number, v.provisioner_config, w.health,
-                w.health_error, w.owner_id = ?2
+                w.health_error, w.owner_id = ?2, w.latest_job_completed_at
            FROM workspaces w
            JOIN template_versions v ON v.id = w.latest_template_version_id
            JOIN templates t ON t.id = w.template_id
@@ -43,6 +45,7 @@ pub fn running(conn: &Connection, backend: &str) -> Result<Vec<Running>, StoreEr
             health: row.get(4)?,
             health_error: row.get(5)?,
             prebuild: row.get(6)?,
+            started_at: row.get::<_, Option<i64>>(7)?.and_then(crate::store::time::from_millis),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

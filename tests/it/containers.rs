@@ -30,6 +30,17 @@ fn podman_setup() -> Result<Podman, String> {
             "podman is missing: scripts/test installs it (apt-get install podman runc)".into()
         );
     }
+    // scripts/test starts the service (scripts/podman-service) and names its socket.
+    if let Ok(host) = std::env::var("WSD_TEST_CONTAINER_HOST")
+        && let Some(path) = host.strip_prefix("unix://")
+    {
+        let socket = PathBuf::from(path);
+        let dir = socket.parent().map(Path::to_path_buf).unwrap_or_default();
+        if !ping(&socket) {
+            return Err(format!("WSD_TEST_CONTAINER_HOST={host} does not answer"));
+        }
+        return Ok(Podman { dir, socket });
+    }
     let dir = std::env::temp_dir().join(format!("wsd-podman-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
     // The crun default cannot set rlimits in this sandbox kind; runc with cgroupfs and no
@@ -440,7 +451,10 @@ async fn a_probe_that_never_passes_and_a_missing_image_fail_the_build_with_the_r
         web_spec("http = \"http://{port.web}/missing\"\nstart_period = \"0s\"")
             .replace("failure_threshold = 3", "failure_threshold = 2")
     );
-    let path = write_config(dir.path(), &config(dir.path(), &template, ""));
+    // The start waits for the probe until just before the job timeout.
+    let body =
+        config(dir.path(), &template, "").replace("job_timeout = \"60s\"", "job_timeout = \"6s\"");
+    let path = write_config(dir.path(), &body);
     let token = owner_token(&path);
     let daemon = DaemonProcess::start(&path);
     let api = Api::new(daemon.addr, Some(&token));

@@ -35,11 +35,19 @@ pub use crate::config::container::CONTAINER_BACKEND;
 pub struct ContainerBackend {
     config: ContainerBackendConfig,
     kill_grace: Duration,
+    job_timeout: Duration,
 }
 
+/// How long before the job timeout a start stops waiting for its probe.
+const PROBE_MARGIN: Duration = Duration::from_secs(2);
+
 impl ContainerBackend {
-    pub fn new(config: ContainerBackendConfig, kill_grace: Duration) -> Self {
-        ContainerBackend { config, kill_grace }
+    pub fn new(
+        config: ContainerBackendConfig,
+        kill_grace: Duration,
+        job_timeout: Duration,
+    ) -> Self {
+        ContainerBackend { config, kill_grace, job_timeout }
     }
 }
 
@@ -226,6 +234,10 @@ impl ContainerBackend {
         request: &JobRequest,
         io: &JobIo,
     ) -> Result<SuccessReport, ProvisionerError> {
+        // The probe gives up just before the job timeout, so the build fails with the
+        // probe's last error rather than a bare timeout.
+        let deadline =
+            Instant::now() + self.job_timeout.saturating_sub(PROBE_MARGIN).max(PROBE_MARGIN);
         let log = |level, output: String| {
             let logs = io.logs.clone();
             async move {
@@ -250,7 +262,7 @@ impl ContainerBackend {
                 log(LogLevel::Info, format!("container {name} and volume {volume} removed")).await;
                 Ok(SuccessReport::default())
             }
-            Transition::Start => self.start(request, &engine, &log).await,
+            Transition::Start => self.start(request, &engine, &log, deadline).await,
         }
     }
 
@@ -259,6 +271,7 @@ impl ContainerBackend {
         request: &JobRequest,
         engine: &Engine,
         log: &F,
+        deadline: Instant,
     ) -> Result<SuccessReport, ProvisionerError>
     where
         F: Fn(LogLevel, String) -> Fut,
@@ -341,15 +354,27 @@ impl ContainerBackend {
         }
         let addresses = probe::addresses(&spec, &info);
         if let Some(ready) = &spec.ready {
-            let (every, budget) = probe::start_budget(ready);
+            let every = probe::start_interval(ready);
             let started = Instant::now();
+            let mut logged = None;
             loop {
                 match probe::check_once(engine, &name, ready, &addresses).await {
                     Ok(()) => break,
-                    Err(error) if started.elapsed() >= budget => {
+                    Err(error) if Instant::now() + every >= deadline => {
                         return Err(ProvisionerError::ProbeFailed(error));
                     }
-                    Err(_) => tokio::time::sleep(every).await,
+                    Err(error) => {
+                        // Each new reason once in the build log, not every second.
+                        if logged.as_ref() != Some(&error) {
+                            log(
+                                LogLevel::Info,
+                                format!("waiting for the readiness probe: {error}"),
+                            )
+                            .await;
+                            logged = Some(error);
+                        }
+                        tokio::time::sleep(every).await;
+                    }
                 }
             }
             log(

@@ -99,14 +99,10 @@ async fn http(url: &str) -> Result<(), String> {
     }
 }
 
-/// How a start build waits for readiness: a check every second (or every interval, when
-/// shorter); it gives up when no check passed within `start_period` plus
-/// `failure_threshold` × `interval`.
-pub fn start_budget(probe: &ProbeSpec) -> (Duration, Duration) {
-    let interval = probe.interval.as_duration();
-    let every = interval.min(Duration::from_secs(1));
-    let budget = probe.start_period.as_duration() + interval * probe.failure_threshold;
-    (every, budget)
+/// How often a start build checks while it waits for readiness (until the probe passes,
+/// or the job's time is up): every second, or every interval when that is shorter.
+pub fn start_interval(probe: &ProbeSpec) -> Duration {
+    probe.interval.as_duration().min(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -124,11 +120,12 @@ mod tests {
     }
 
     #[test]
-    fn a_start_waits_start_period_plus_threshold_intervals() {
-        let probe: ProbeSpec = serde_json::from_value(serde_json::json!({
-            "http": "http://x/", "interval": "5s", "start_period": "10s", "failure_threshold": 3
-        }))
-        .unwrap();
-        assert_eq!(start_budget(&probe), (Duration::from_secs(1), Duration::from_secs(25)));
+    fn a_start_checks_every_second_or_every_shorter_interval() {
+        let probe = |interval: &str| -> ProbeSpec {
+            serde_json::from_value(serde_json::json!({ "http": "http://x/", "interval": interval }))
+                .unwrap()
+        };
+        assert_eq!(start_interval(&probe("5s")), Duration::from_secs(1));
+        assert_eq!(start_interval(&probe("1s")), Duration::from_secs(1));
     }
 }
