@@ -9,3 +9,13 @@ ALTER TABLE workspaces ADD COLUMN apps TEXT;
 ALTER TABLE workspaces ADD COLUMN health TEXT CHECK (health IN ('healthy', 'unhealthy'));
 ALTER TABLE workspaces ADD COLUMN health_error TEXT;
 ALTER TABLE workspaces ADD COLUMN health_since INTEGER;
+
+-- This installation's id: the label that tells this daemon's containers and volumes from
+-- those of another installation on the same engine (never swept as orphans, never
+-- touched). Chosen once, kept across moves of the data directory.
+CREATE TABLE installation (
+    id          TEXT PRIMARY KEY NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+INSERT INTO installation (id, created_at)
+    VALUES (lower(hex(randomblob(16))), CAST(unixepoch('subsec') * 1000 AS INTEGER));

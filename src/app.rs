@@ -135,11 +135,13 @@ impl App {
         }
         let (config, _) = watch::channel(Arc::new(config));
         let (events, _) = broadcast::channel(1024);
+        let installation = store.read_blocking(crate::store::installation_id)?;
         let runner = Runner::new(
             store.clone(),
             Arc::clone(&clock),
             metrics.provisioner.clone(),
             config.subscribe(),
+            installation,
         );
         Ok(App {
             listener,

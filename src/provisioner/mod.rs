@@ -121,6 +121,7 @@ pub fn backend_for(
     config: &ProvisionerConfig,
     data_dir: &Path,
     clock: &Arc<dyn Clock>,
+    installation: &str,
 ) -> Result<Box<dyn Backend>, ProvisionerError> {
     if name == LOCAL_BACKEND {
         return Ok(Box::new(local::LocalBackend::new(
@@ -135,6 +136,7 @@ pub fn backend_for(
             config.container.clone(),
             config.kill_grace.as_duration(),
             config.job_timeout.as_duration(),
+            installation.to_owned(),
         )));
         #[cfg(not(feature = "containers"))]
         return Err(ProvisionerError::NotBuilt);

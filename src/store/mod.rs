@@ -482,6 +482,16 @@ pub fn ping(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row_cached("SELECT 1", [], |row| row.get(0))?)
 }
 
+/// This installation's id (chosen once by migration V7): the label value that marks the
+/// container-engine objects of this installation.
+pub fn installation_id(conn: &Connection) -> Result<String, StoreError> {
+    Ok(conn.query_row_cached(
+        "SELECT id FROM installation ORDER BY created_at LIMIT 1",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
 pub trait CachedStatements {
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
     fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>

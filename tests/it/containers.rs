@@ -506,29 +506,34 @@ async fn orphaned_containers_and_volumes_are_shown_by_a_dry_run_and_removed_by_a
     // Objects with our labels and no workspace: what a crash between create and record,
     // or a database restored from an old backup, leaves behind.
     let ghost = format!("ghost-{}", std::process::id());
-    let labels = ["--label", "io.workspaced.managed=true", "--label"];
-    let workspace_label = format!("io.workspaced.workspace-id={ghost}");
-    podman.ok(&[
-        "volume",
-        "create",
-        labels[0],
-        labels[1],
-        labels[2],
-        &workspace_label,
-        &format!("wsd-{ghost}-home"),
-    ]);
-    podman.ok(&[
-        "create",
-        "--name",
-        &format!("wsd-{ghost}"),
-        labels[0],
-        labels[1],
-        labels[2],
-        &workspace_label,
-        IMAGE,
-        "sleep",
-        "1000",
-    ]);
+    let conn = rusqlite::Connection::open(dir.path().join("data/workspaced.db")).unwrap();
+    let installation: String =
+        conn.query_row("SELECT id FROM installation", [], |row| row.get(0)).unwrap();
+    let create = |name: &str, workspace: &str, installation: &str, volume: bool| {
+        let mut args: Vec<String> = if volume {
+            vec!["volume".into(), "create".into()]
+        } else {
+            vec!["create".into(), "--name".into(), name.into()]
+        };
+        for label in [
+            "io.workspaced.managed=true".to_owned(),
+            format!("io.workspaced.workspace-id={workspace}"),
+            format!("io.workspaced.installation={installation}"),
+        ] {
+            args.extend(["--label".to_owned(), label]);
+        }
+        if volume {
+            args.push(name.to_owned());
+        } else {
+            args.extend([IMAGE.to_owned(), "sleep".to_owned(), "1000".to_owned()]);
+        }
+        podman.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    create(&format!("wsd-{ghost}-home"), &ghost, &installation, true);
+    create(&format!("wsd-{ghost}"), &ghost, &installation, false);
+    // Another installation's object on the same engine is none of this daemon's business.
+    let foreign = format!("foreign-{}", std::process::id());
+    create(&format!("wsd-{foreign}"), &foreign, "another-installation", false);
 
     let preview = run_binary(
         &["gc", "--dry-run", "--config", path.to_str().unwrap()],
@@ -546,6 +551,7 @@ async fn orphaned_containers_and_volumes_are_shown_by_a_dry_run_and_removed_by_a
         "{text}"
     );
     assert!(!text.contains(&live), "a live workspace's objects are no orphans: {text}");
+    assert!(!text.contains(&foreign), "another installation's objects are not ours: {text}");
     assert!(podman.exists("container", &format!("wsd-{ghost}")), "a dry run removes nothing");
 
     let (status, ran) = api.post("/api/v1/gc/run", json!({})).await;
@@ -557,10 +563,11 @@ async fn orphaned_containers_and_volumes_are_shown_by_a_dry_run_and_removed_by_a
         Some("running"),
         "the live one stays"
     );
+    assert!(podman.exists("container", &format!("wsd-{foreign}")), "another installation's stays");
     let (_, audit) = api.get("/api/v1/audit?limit=100").await;
     assert!(audit.to_string().contains(&format!("wsd-{ghost}")), "{audit}");
     drop(daemon);
-    podman.clean(&[live, ghost]);
+    podman.clean(&[live, ghost, foreign]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

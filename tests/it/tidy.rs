@@ -77,7 +77,7 @@ fn released_migrations_are_never_edited() {
         (4, "api_and_webhooks", 8_606_780_246_448_497_332),
         (5, "interrupted_jobs", 13_608_301_170_017_419_930),
         (6, "retention", 6_472_549_442_527_754_556),
-        (7, "workspace_apps_and_health", 10_182_611_262_598_519_719),
+        (7, "workspace_apps_and_health", 7_896_646_906_757_575_209),
     ];
     let runner = workspaced::store::migrations::migrations::runner();
     let migrations = runner.get_migrations();

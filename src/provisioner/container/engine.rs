@@ -24,6 +24,9 @@ pub const MANAGED: &str = "io.workspaced.managed";
 pub const WORKSPACE_ID: &str = "io.workspaced.workspace-id";
 pub const TEMPLATE_VERSION: &str = "io.workspaced.template-version";
 pub const SPEC_HASH: &str = "io.workspaced.spec-hash";
+/// The installation that created the object (`store::installation_id`): objects of another
+/// installation on the same engine are never touched.
+pub const INSTALLATION: &str = "io.workspaced.installation";
 /// The canonical spec the container was created from (to name what a recreate changes).
 pub const SPEC: &str = "io.workspaced.spec";
 
@@ -330,9 +333,15 @@ impl Engine {
         Ok(found)
     }
 
-    /// Every container and volume with workspaced's label.
-    pub async fn list_managed(&self) -> Result<(Vec<Managed>, Vec<Managed>), EngineError> {
-        let filters = HashMap::from([("label", vec![format!("{MANAGED}=true")])]);
+    /// Every container and volume of `installation`.
+    pub async fn list_managed(
+        &self,
+        installation: &str,
+    ) -> Result<(Vec<Managed>, Vec<Managed>), EngineError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{MANAGED}=true"), format!("{INSTALLATION}={installation}")],
+        )]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         let containers = self
             .docker

@@ -28,7 +28,9 @@ use crate::domain::job::SuccessReport;
 use crate::domain::{Agent, App, LogLevel, LogLine, Replacement, Resource, Transition};
 use crate::provisioner::protocol::JobRequest;
 use crate::provisioner::{Backend, BoxFuture, JobIo, ProvisionerError};
-use engine::{Engine, EngineError, MANAGED, SPEC, SPEC_HASH, TEMPLATE_VERSION, WORKSPACE_ID};
+use engine::{
+    Engine, EngineError, INSTALLATION, MANAGED, SPEC, SPEC_HASH, TEMPLATE_VERSION, WORKSPACE_ID,
+};
 
 pub use crate::config::container::CONTAINER_BACKEND;
 
@@ -36,6 +38,8 @@ pub struct ContainerBackend {
     config: ContainerBackendConfig,
     kill_grace: Duration,
     job_timeout: Duration,
+    /// The `io.workspaced.installation` label of every object it creates.
+    installation: String,
 }
 
 /// How long before the job timeout a start stops waiting for its probe.
@@ -46,8 +50,9 @@ impl ContainerBackend {
         config: ContainerBackendConfig,
         kill_grace: Duration,
         job_timeout: Duration,
+        installation: String,
     ) -> Self {
-        ContainerBackend { config, kill_grace, job_timeout }
+        ContainerBackend { config, kill_grace, job_timeout, installation }
     }
 }
 
@@ -141,16 +146,27 @@ impl Canonical {
             .collect()
     }
 
-    fn labels(&self, workspace_id: &str, version_id: &str) -> HashMap<String, String> {
+    fn labels(
+        &self,
+        workspace_id: &str,
+        version_id: &str,
+        installation: &str,
+    ) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         labels.insert(MANAGED.to_owned(), "true".to_owned());
+        labels.insert(INSTALLATION.to_owned(), installation.to_owned());
         labels.insert(WORKSPACE_ID.to_owned(), workspace_id.to_owned());
         labels.insert(TEMPLATE_VERSION.to_owned(), version_id.to_owned());
         labels
     }
 
-    fn create_body(&self, workspace_id: &str, version_id: &str) -> ContainerCreateBody {
-        let mut labels = self.labels(workspace_id, version_id);
+    fn create_body(
+        &self,
+        workspace_id: &str,
+        version_id: &str,
+        installation: &str,
+    ) -> ContainerCreateBody {
+        let mut labels = self.labels(workspace_id, version_id, installation);
         labels.insert(SPEC_HASH.to_owned(), self.hash());
         labels.insert(SPEC.to_owned(), self.json());
         let port_key = |port: &u16| format!("{port}/tcp");
@@ -299,7 +315,7 @@ impl ContainerBackend {
         if engine.ensure_image(&canonical.image).await? {
             log(LogLevel::Info, format!("pulled image {}", canonical.image)).await;
         }
-        engine.ensure_volume(&volume, canonical.labels(id, version)).await?;
+        engine.ensure_volume(&volume, canonical.labels(id, version, &self.installation)).await?;
         let existing = engine.inspect(&name).await?;
         if let Some(found) = &existing
             && found.labels.get(WORKSPACE_ID) != Some(id)
@@ -327,7 +343,7 @@ impl ContainerBackend {
             replacements.push(Replacement { resource: "container".to_owned(), paths });
         }
         if !reuse {
-            engine.create(&name, canonical.create_body(id, version)).await?;
+            engine.create(&name, canonical.create_body(id, version, &self.installation)).await?;
             log(LogLevel::Info, format!("created container {name} from {}", canonical.image)).await;
         }
         let personal = Placeholders {
@@ -426,11 +442,12 @@ mod tests {
         );
         assert_ne!(a.hash(), b.hash());
         assert_eq!(b.changed_keys(&a.json()), ["image"]);
-        let body = a.create_body("w1", "v1");
+        let body = a.create_body("w1", "v1", "i1");
         let labels = body.labels.unwrap();
         assert_eq!(labels[MANAGED], "true");
         assert_eq!(labels[WORKSPACE_ID], "w1");
         assert_eq!(labels[SPEC_HASH], a.hash());
+        assert_eq!(labels[INSTALLATION], "i1");
         assert_eq!(body.host_config.unwrap().binds.unwrap(), ["wsd-w1-home:/home/workspace"]);
     }
 }

@@ -16,11 +16,15 @@ pub fn wanted(config: &Config) -> bool {
 /// Labelled containers and volumes whose workspace is not live.
 pub async fn find(store: &Store, config: &Config) -> Result<Vec<EngineOrphan>, String> {
     let engine = Engine::connect(&config.provisioner.container).await.map_err(|e| e.to_string())?;
-    let (containers, volumes) = engine.list_managed().await.map_err(|e| e.to_string())?;
-    let live = store
-        .read(crate::store::workspaces::live_ids)
+    let (installation, live) = store
+        .read(|conn| {
+            Ok((crate::store::installation_id(conn)?, crate::store::workspaces::live_ids(conn)?))
+        })
         .await
-        .map_err(|error| crate::error::error_chain(&error))?;
+        .map_err(|error: crate::store::StoreError| crate::error::error_chain(&error))?;
+    // Only this installation's objects: another daemon's on the same engine are not ours.
+    let (containers, volumes) =
+        engine.list_managed(&installation).await.map_err(|e| e.to_string())?;
     let orphan =
         |workspace: &Option<String>| workspace.as_ref().is_none_or(|id| !live.contains(id));
     let mut found: Vec<EngineOrphan> = containers

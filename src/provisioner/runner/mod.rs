@@ -43,6 +43,8 @@ struct Inner {
     metrics: ProvisionerMetrics,
     config: watch::Receiver<Arc<Config>>,
     data_dir: PathBuf,
+    /// This installation's id (`store::installation_id`), for backends that label objects.
+    installation: String,
     /// Prefix of this process's worker ids; jobs held by other prefixes are orphans.
     instance_id: String,
     running_prebuilds: AtomicUsize,
@@ -84,6 +86,7 @@ impl Runner {
         clock: Arc<dyn Clock>,
         metrics: ProvisionerMetrics,
         config: watch::Receiver<Arc<Config>>,
+        installation: String,
     ) -> Runner {
         let data_dir = config.borrow().storage.data_dir.clone();
         Runner {
@@ -93,6 +96,7 @@ impl Runner {
                 metrics,
                 config,
                 data_dir,
+                installation,
                 instance_id: uuid::Uuid::new_v4().to_string(),
                 running_prebuilds: AtomicUsize::new(0),
                 running: Mutex::new(HashMap::new()),
@@ -348,6 +352,7 @@ impl Runner {
             &config.provisioner,
             &self.inner.data_dir,
             &self.inner.clock,
+            &self.inner.installation,
         ) {
             Ok(backend) => backend,
             Err(error) => return failed(&error),
