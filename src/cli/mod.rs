@@ -226,18 +226,28 @@ pub(super) fn open_store(source: &ConfigSource) -> Result<Store, CliError> {
 
 /// Prints what the next GC run would do, as a table.
 fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
-    let config = config::load(&source)?;
+    let mut config = config::load(&source)?;
     let store = Store::open_read_only(crate::app::store_options(&config.storage))?;
     let now = SystemClock.now();
+    // The moment an operator wants the preview is before enabling the GC: preview it as
+    // enabled, and say so.
+    let disabled = !config.gc.enabled;
+    config.gc.enabled = true;
     let Some(settings) = config.planner_settings().gc else {
-        return print("gc is disabled ([gc] enabled = false): it would do nothing");
+        return print("gc has no settings to preview");
     };
     let data_dir = config.storage.data_dir.clone();
     let plan = store.read_blocking(|conn| crate::gc::plan_run(conn, &settings, &data_dir, now))?;
-    let mut lines = vec![format!(
+    let mut lines = Vec::new();
+    if disabled {
+        lines.push(
+            "gc is disabled ([gc] enabled = false); once enabled, a run would do this:".to_owned(),
+        );
+    }
+    lines.push(format!(
         "{:<38} {:<38} {:>10} {:<14} {:<7} {}",
         "WORKSPACE", "OWNER", "AGE", "BASIS", "ACTION", "REASON"
-    )];
+    ));
     for judged in &plan.judged {
         let owner = judged.workspace.owner.user_id().to_owned();
         let action = serde_json::to_value(judged.action.action)

@@ -292,3 +292,47 @@ async fn a_directory_whose_workspace_appeared_after_the_plan_is_not_swept() {
     assert!(directory.exists(), "a live workspace's directory survives the sweep");
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_previews_a_disabled_gc_as_enabled_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // Disabled (the default), with a policy under which every workspace is due at once.
+    let body = binary_config(dir.path()).replace(
+        "[gc]\ninterval = \"1s\"",
+        "[gc]\nenabled = false\nttl = \"1h\"\nwarn_before = \"1h\"\nactive_grace = \"0s\"\ninterval = \"1s\"",
+    ) + "[[templates]]\nname = \"go\"\n";
+    let config = write_config(dir.path(), &body);
+    let token = crate::helpers::owner_token(&config);
+    let daemon = DaemonProcess::start(&config);
+    let api = crate::client::Api::new(daemon.addr, Some(&token));
+    let (status, created) = api
+        .post("/api/v1/workspaces", serde_json::json!({ "template": "go", "name": "dev" }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let preview = run_binary(
+        &["gc", "--dry-run", "--config", config.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&preview.stdout);
+    assert!(preview.status.success(), "{text}");
+    assert!(
+        text.starts_with(
+            "gc is disabled ([gc] enabled = false); once enabled, a run would do this:"
+        ),
+        "{text}"
+    );
+    let row = text.lines().find(|line| line.starts_with(&id)).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("warn"), "{row}");
+    // Nothing was written: the disabled GC warned nobody.
+    let warned: i64 = rusqlite::Connection::open(dir.path().join("data/workspaced.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM workspaces WHERE gc_warned_at IS NOT NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(warned, 0);
+    drop(daemon);
+}
