@@ -221,7 +221,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 pub(super) fn open_store(source: &ConfigSource) -> Result<Store, CliError> {
     let config = config::load(source)?;
-    Ok(Store::open(crate::app::store_options(&config.storage))?.0)
+    open_existing(&config)
+}
+
+/// Opens the config's database for writing, which must exist: only `serve` and `migrate`
+/// create one, so a command run with the wrong config or from the wrong directory names
+/// the path it tried instead of writing into a new empty database.
+fn open_existing(config: &config::Config) -> Result<Store, CliError> {
+    let options = crate::app::store_options(&config.storage);
+    if !options.path.exists() {
+        return Err(crate::store::StoreError::Missing { path: options.path }.into());
+    }
+    Ok(Store::open(options)?.0)
 }
 
 /// Prints what the next GC run would do, as a table.
@@ -327,7 +338,7 @@ fn live_snapshot(source: &ConfigSource, now: Option<DateTime<Utc>>) -> Result<Sn
 
 fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
     let config = config::load(&source)?;
-    let (store, _) = Store::open(crate::app::store_options(&config.storage))?;
+    let store = open_existing(&config)?;
     let now = SystemClock.now();
     let report = store.write_blocking(|tx| {
         pools::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now)

@@ -372,3 +372,52 @@ fn a_second_daemon_on_the_same_data_directory_refuses_to_start_naming_the_first(
     let again = DaemonProcess::start(&config);
     again.wait_for_log("workspaced is ready", Duration::from_secs(10));
 }
+
+#[test]
+fn commands_other_than_serve_and_migrate_never_create_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &binary_config(dir.path()));
+    let database = dir.path().join("data/workspaced.db");
+    for args in [
+        &["token", "create", "--user", "root", "--role", "owner"][..],
+        &["user", "create", "alice"][..],
+        &["preset", "reset", "p1"][..],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap()]);
+        let output = run_binary(&all, &[], Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded without a database");
+        assert!(
+            stderr.contains(&format!("database {} does not exist", database.display())),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stdout).trim().is_empty(),
+            "{args:?} printed a token"
+        );
+        assert!(!database.exists(), "{args:?} created {}", database.display());
+    }
+    let migrated = run_binary(
+        &["migrate", "--config", config.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    assert!(database.exists());
+    let issued = run_binary(
+        &[
+            "token",
+            "create",
+            "--user",
+            "root",
+            "--role",
+            "owner",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+}

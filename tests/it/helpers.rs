@@ -167,6 +167,13 @@ pub fn binary_config(dir: &Path) -> String {
 
 /// Issues an owner token for user `root` with the CLI, against the config at `config`.
 pub fn owner_token(config: &Path) -> String {
+    // Only `serve` and `migrate` create a database.
+    let migrated = run_binary(
+        &["migrate", "--config", config.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     let issued = run_binary(
         &[
             "token",
