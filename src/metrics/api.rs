@@ -65,6 +65,10 @@ impl ApiMetrics {
                 "Database writes that failed on the storage: full disk, read-only file, I/O error, a lock held elsewhere.",
             )?,
         };
+        // Every known label value from the start, so `increase()` sees the first one.
+        for result in ["delivered", "retry", "dead"] {
+            api.webhook_deliveries.with_label_values(&[result]);
+        }
         for collector in [
             Box::new(api.requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(api.request_duration.clone()),

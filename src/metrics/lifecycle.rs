@@ -35,6 +35,18 @@ impl LifecycleMetrics {
                 "Workspaces the lifecycle failed to act on (retried next tick; the tick went on).",
             )?,
         };
+        // Every decision the planner can make, at 0 from the start (so `increase()` sees
+        // the first one).
+        for (transition, reason) in [
+            ("start", "autostart"),
+            ("stop", "autostop"),
+            ("stop", "failedstop"),
+            ("stop", "dormancy"),
+            ("none", "dormancy"),
+            ("delete", "autodelete"),
+        ] {
+            lifecycle.transitions.with_label_values(&[transition, reason]);
+        }
         registry.register(Box::new(lifecycle.transitions.clone()))?;
         registry.register(Box::new(lifecycle.last_candidates.clone()))?;
         registry.register(Box::new(lifecycle.last_transitions.clone()))?;
@@ -106,6 +118,12 @@ impl GcMetrics {
                 "Backend resources (local directories, labelled containers and volumes) that belonged to no live workspace and were removed.",
             )?,
         };
+        for result in ["ok", "failures", "safety_valve", "dry_run", "error"] {
+            gc.runs.with_label_values(&[result]);
+        }
+        for reason in ["protected", "active", "in_progress", "warn_window", "safety_valve"] {
+            gc.skipped.with_label_values(&[reason]);
+        }
         for collector in [
             Box::new(gc.runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(gc.deleted.clone()),

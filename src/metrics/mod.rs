@@ -122,6 +122,28 @@ mod tests {
     }
 
     #[test]
+    fn labelled_counters_start_at_zero_so_increase_sees_their_first_increment() {
+        let text = Metrics::new().unwrap().render().unwrap();
+        let zero = |name: &str, labels: &[&str]| {
+            text.lines().any(|line| {
+                line.starts_with(&format!("{name}{{"))
+                    && labels.iter().all(|label| line.contains(label))
+                    && line.ends_with(" 0")
+            })
+        };
+        assert!(zero("workspaced_webhook_deliveries_total", &["result=\"dead\""]), "{text}");
+        assert!(
+            zero(
+                "workspaced_lifecycle_transitions_total",
+                &["transition=\"stop\"", "reason=\"autostop\""]
+            ),
+            "{text}"
+        );
+        assert!(zero("workspaced_gc_skipped_total", &["reason=\"protected\""]), "{text}");
+        assert!(zero("workspaced_gc_runs_total", &["result=\"ok\""]), "{text}");
+    }
+
+    #[test]
     fn two_instances_do_not_share_state() {
         let first = Metrics::new().unwrap();
         let second = Metrics::new().unwrap();
