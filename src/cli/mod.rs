@@ -259,8 +259,18 @@ fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
         "{:<38} {:<38} {:>10} {:<14} {:<7} {}",
         "WORKSPACE", "OWNER", "AGE", "BASIS", "ACTION", "REASON"
     ));
+    // Owners by name: an operator reads names, not ids.
+    let mut names = std::collections::HashMap::new();
     for judged in &plan.judged {
-        let owner = judged.workspace.owner.user_id().to_owned();
+        let id = judged.workspace.owner.user_id().to_owned();
+        if !names.contains_key(&id) {
+            let user = store.read_blocking(|conn| crate::store::users::get(conn, &id))?;
+            names.insert(id.clone(), user.map_or(id, |user| user.username));
+        }
+    }
+    for judged in &plan.judged {
+        let owner = judged.workspace.owner.user_id();
+        let owner = names.get(owner).map_or(owner, String::as_str);
         let action = serde_json::to_value(judged.action.action)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

@@ -421,3 +421,27 @@ fn commands_other_than_serve_and_migrate_never_create_a_database() {
     );
     assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_logged_with_its_error_and_the_names_of_what_it_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = binary_config(dir.path())
+        + "[provisioner.local]\nfail_transitions = [\"start\"]\n[[templates]]\nname = \"go\"\n";
+    let config = write_config(dir.path(), &body);
+    let token = crate::helpers::owner_token(&config);
+    let daemon = DaemonProcess::start(&config);
+    let api = crate::client::Api::new(daemon.addr, Some(&token));
+    let (status, created) = api
+        .post("/api/v1/workspaces", serde_json::json!({ "template": "go", "name": "dev" }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let line = daemon.wait_for_log("job failed", Duration::from_secs(20));
+    let fields = &line["fields"];
+    assert_eq!(fields["workspace"], "dev", "{line}");
+    assert_eq!(fields["owner"], "root", "{line}");
+    assert_eq!(fields["template"], "go", "{line}");
+    assert!(
+        fields["error"].as_str().is_some_and(|error| error.contains("start failed on purpose")),
+        "{line}"
+    );
+}

@@ -326,6 +326,7 @@ async fn the_dry_run_previews_a_disabled_gc_as_enabled_and_says_so() {
     );
     let row = text.lines().find(|line| line.starts_with(&id)).unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("warn"), "{row}");
+    assert!(row.split_whitespace().nth(1) == Some("root"), "the owner by name: {row}");
     // Nothing was written: the disabled GC warned nobody.
     let warned: i64 = rusqlite::Connection::open(dir.path().join("data/workspaced.db"))
         .unwrap()

@@ -244,6 +244,9 @@ impl Runner {
         tracing::info!(
             job_id = %job.job_id,
             workspace_id = %job.build.workspace_id,
+            workspace = %job.workspace_name,
+            owner = %job.owner_name,
+            template = %job.template_name,
             transition = %job.build.transition,
             reason = %job.build.reason,
             backend = %job.backend,
@@ -265,6 +268,10 @@ impl Runner {
                 LogLine::new(LogLevel::Warn, "done", format!("build interrupted: {reason}"))
             }
         };
+        let failure = match &outcome {
+            JobOutcome::Failed { error, .. } => error.clone(),
+            _ => String::new(),
+        };
         let cap = config.provisioner.max_log_bytes;
         let completed = self.write_completion(&job.job_id, final_line, outcome, cap).await?;
         if let Some(completed) = &completed {
@@ -273,12 +280,19 @@ impl Runner {
                 JobStatus::Failed => tracing::warn!(
                     job_id = %completed.build.job_id,
                     workspace_id = %completed.build.workspace_id,
+                    workspace = %job.workspace_name,
+                    owner = %job.owner_name,
+                    template = %job.template_name,
                     transition = %completed.build.transition,
+                    error = %failure,
                     "job failed"
                 ),
                 status => tracing::info!(
                     job_id = %completed.build.job_id,
                     workspace_id = %completed.build.workspace_id,
+                    workspace = %job.workspace_name,
+                    owner = %job.owner_name,
+                    template = %job.template_name,
                     transition = %completed.build.transition,
                     %status,
                     "job finished"
