@@ -1,12 +1,14 @@
 //! A job's log stream into SQLite: lines are buffered and written in batches, so a chatty
 //! build costs a few transactions a second, and a failed write loses lines, never the build.
+//! Also the daemon's own log line about a finished job, with the names of what it built.
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::Runner;
-use crate::domain::LogLine;
+use crate::domain::job::{AcquiredJob, CompletedJob};
+use crate::domain::{JobStatus, LogLine};
 use crate::error::error_chain;
 use crate::store::jobs;
 
@@ -67,5 +69,32 @@ impl Runner {
             // Losing log lines must not fail the build itself.
             tracing::warn!(error = %error_chain(&error), "cannot store job log lines");
         }
+    }
+}
+
+/// The daemon's log line about a finished job: names beside ids, a failure's error.
+pub(super) fn finished(job: &AcquiredJob, completed: &CompletedJob, failure: &str) {
+    let build = &completed.build;
+    match completed.status {
+        JobStatus::Failed => tracing::warn!(
+            job_id = %build.job_id,
+            workspace_id = %build.workspace_id,
+            workspace = %job.workspace_name,
+            owner = %job.owner_name,
+            template = %job.template_name,
+            transition = %build.transition,
+            error = %failure,
+            "job failed"
+        ),
+        status => tracing::info!(
+            job_id = %build.job_id,
+            workspace_id = %build.workspace_id,
+            workspace = %job.workspace_name,
+            owner = %job.owner_name,
+            template = %job.template_name,
+            transition = %build.transition,
+            %status,
+            "job finished"
+        ),
     }
 }

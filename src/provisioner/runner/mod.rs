@@ -276,28 +276,7 @@ impl Runner {
         let completed = self.write_completion(&job.job_id, final_line, outcome, cap).await?;
         if let Some(completed) = &completed {
             self.record_finished(completed, Some(started.elapsed()));
-            match completed.status {
-                JobStatus::Failed => tracing::warn!(
-                    job_id = %completed.build.job_id,
-                    workspace_id = %completed.build.workspace_id,
-                    workspace = %job.workspace_name,
-                    owner = %job.owner_name,
-                    template = %job.template_name,
-                    transition = %completed.build.transition,
-                    error = %failure,
-                    "job failed"
-                ),
-                status => tracing::info!(
-                    job_id = %completed.build.job_id,
-                    workspace_id = %completed.build.workspace_id,
-                    workspace = %job.workspace_name,
-                    owner = %job.owner_name,
-                    template = %job.template_name,
-                    transition = %completed.build.transition,
-                    %status,
-                    "job finished"
-                ),
-            }
+            logs::finished(&job, completed, &failure);
         }
         Ok(completed)
     }
