@@ -4,8 +4,10 @@
 //! Owns start-up order and shutdown order. Start-up binds the listener *before* opening the
 //! database, so a taken port never touches the file. Shutdown: mark not-ready, stop the
 //! HTTP server and the loops (each finishes its current iteration), then let the publisher
-//! deliver what was committed, all bounded by `server.shutdown_grace`. Running provisioner
-//! jobs are canceled on shutdown (their backends stopped) and recorded as canceled.
+//! deliver what was committed, all bounded by `server.shutdown_grace`. Meanwhile the runner
+//! takes no new job and lets running ones finish for up to `provisioner.drain_timeout`;
+//! what still runs then is stopped and recorded `interrupted`, and the next start
+//! re-queues it (`resume_interrupted`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -296,7 +298,10 @@ impl App {
         // before any worker starts, then carry on with what they were doing.
         self.runner.recover_orphans(true).await?;
         resume_interrupted(&self.store, self.clock.now()).await?;
-        self.runner.spawn(&workers, workers_cancel.clone());
+        // The runner drains on its own clock: running jobs may outlive `shutdown_grace`.
+        let runner_tasks = TaskTracker::new();
+        let runner_abort = CancellationToken::new();
+        self.runner.spawn(&runner_tasks, workers_cancel.clone(), runner_abort.clone());
         // Re-checks running container workspaces (readiness probes, vanished containers).
         #[cfg(feature = "containers")]
         workers.spawn(crate::health::Monitor::new(ctx.clone()).run(workers_cancel.clone()));
@@ -352,12 +357,21 @@ impl App {
 
         workers_cancel.cancel();
         workers.close();
-        if tokio::time::timeout_at(deadline, workers.wait()).await.is_err() {
-            tracing::warn!(
-                tasks = workers.len(),
-                "shutdown grace elapsed; abandoning unfinished tasks"
-            );
-        }
+        runner_tasks.close();
+        let drain = self.config.borrow().provisioner.drain_timeout.as_duration();
+        let kill_grace = self.config.borrow().provisioner.kill_grace.as_duration();
+        let stop_tasks = async {
+            if tokio::time::timeout_at(deadline, workers.wait()).await.is_err() {
+                tracing::warn!(
+                    tasks = workers.len(),
+                    "shutdown grace elapsed; abandoning unfinished tasks"
+                );
+            }
+        };
+        tokio::join!(
+            stop_tasks,
+            drain_jobs(&self.runner, &runner_tasks, &runner_abort, drain, kill_grace)
+        );
         // Loops may have committed events in their last iteration: publish them now.
         publisher_cancel.cancel();
         publisher_tasks.close();
@@ -369,6 +383,34 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Lets running jobs finish for up to `drain`; then stops the rest (their backends get
+/// `kill_grace`), which records them `interrupted` for the next start to re-queue.
+async fn drain_jobs(
+    runner: &Runner,
+    tasks: &TaskTracker,
+    abort: &CancellationToken,
+    drain: Duration,
+    kill_grace: Duration,
+) {
+    let running = runner.running_jobs();
+    if running > 0 {
+        tracing::info!(jobs = running, drain_timeout = ?drain, "waiting for running jobs to finish");
+    }
+    if tokio::time::timeout(drain, tasks.wait()).await.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        jobs = runner.running_jobs(),
+        "drain timeout elapsed; stopping the jobs still running (recorded interrupted, re-queued at the next start)"
+    );
+    abort.cancel();
+    // Completion writes retry for a few seconds after the backend stops.
+    let bound = kill_grace + Duration::from_secs(5);
+    if tokio::time::timeout(bound, tasks.wait()).await.is_err() {
+        tracing::warn!("jobs did not stop in time; the next start marks them interrupted");
     }
 }
 

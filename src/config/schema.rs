@@ -389,6 +389,10 @@ pub struct ProvisionerConfig {
     pub job_timeout: HumanDuration,
     /// Time a stopped backend gets between SIGTERM and SIGKILL.
     pub kill_grace: HumanDuration,
+    /// On shutdown, how long running jobs may go on before they are stopped and recorded
+    /// `interrupted` (re-queued at the next start). Keep `drain_timeout + kill_grace` below
+    /// the unit's `TimeoutStopSec`.
+    pub drain_timeout: HumanDuration,
     /// Largest fraction of the workers prebuild jobs may hold (at least one worker).
     pub prebuild_share: f64,
     /// Log bytes kept per job; output past it is dropped with one notice.
@@ -410,6 +414,7 @@ impl Default for ProvisionerConfig {
             concurrency: 4,
             job_timeout: HumanDuration::from_secs(30 * 60),
             kill_grace: HumanDuration::from_secs(5),
+            drain_timeout: HumanDuration::from_secs(20),
             prebuild_share: 0.5,
             max_log_bytes: 1 << 20,
             poll_interval: HumanDuration::from_secs(1),

@@ -85,11 +85,18 @@ impl TestDaemon {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestDaemon {
-        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(tempfile::tempdir().unwrap(), adjust).await
+    }
+
+    /// A daemon on `dir` (a restart: hand it the `dir` of one that was shut down).
+    pub async fn spawn_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestDaemon {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.storage.data_dir = dir.path().join("data");
         config.provisioner.local.build_duration =
+            workspaced::config::duration::HumanDuration::from_secs(0);
+        // Shutdown interrupts running jobs at once unless a test asks for a drain.
+        config.provisioner.drain_timeout =
             workspaced::config::duration::HumanDuration::from_secs(0);
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(start_time()));
@@ -144,8 +151,14 @@ impl TestDaemon {
     }
 
     pub async fn shutdown(self) {
+        self.shutdown_keeping_dir().await;
+    }
+
+    /// Shuts down and hands back the data directory, for a restart with `spawn_in`.
+    pub async fn shutdown_keeping_dir(self) -> tempfile::TempDir {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.unwrap().unwrap();
+        self.dir
     }
 }
 

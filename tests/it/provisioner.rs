@@ -558,11 +558,14 @@ async fn the_oldest_most_urgent_job_is_taken_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_interrupts_running_jobs_and_records_them() {
+async fn shutdown_interrupts_jobs_still_running_after_the_drain_timeout_and_the_next_start_requeues_them()
+ {
     let dir = tempfile::tempdir().unwrap();
     let hang = script(dir.path(), "hang.sh", "cat >/dev/null; sleep 60");
+    let profile = exec_profile(&hang, &[]);
     let daemon = TestDaemon::spawn_with(|config| {
-        config.provisioner.exec.insert("hang".into(), exec_profile(&hang, &[]));
+        config.provisioner.exec.insert("hang".into(), profile.clone());
+        config.provisioner.drain_timeout = HumanDuration::from_secs(1);
     })
     .await;
     let store = daemon.store.clone();
@@ -571,10 +574,54 @@ async fn shutdown_interrupts_running_jobs_and_records_them() {
     let ws = workspace(&store, &alice, &template_id, "dev");
     let job = build(&store, &ws, Transition::Start, &alice);
     status_where(&store, &job.job_id, |s| s == JobStatus::Running, Duration::from_secs(10)).await;
-    daemon.shutdown().await;
+    let started = std::time::Instant::now();
+    let data = daemon.shutdown_keeping_dir().await;
+    assert!(started.elapsed() >= Duration::from_secs(1), "the job had its drain time");
     let (status, error) = fixtures::status_now_with_error(&store, &job.job_id);
     assert_eq!(status, JobStatus::Interrupted, "a shutdown is not the template's failure");
     assert_eq!(error.as_deref(), Some("the daemon shut down during the job"));
+    fixtures::assert_latest_summaries_consistent(&store);
+    drop(store);
+
+    // The next start carries on: the user's start is queued again and runs.
+    let daemon = TestDaemon::spawn_in(data, |config| {
+        config.provisioner.exec.insert("hang".into(), profile);
+    })
+    .await;
+    let requeued = daemon
+        .count(&format!(
+            "SELECT COUNT(*) FROM provisioner_jobs j JOIN workspace_builds b ON b.job_id = j.id \
+             WHERE b.workspace_id = '{ws}' AND b.transition = 'start' \
+             AND j.id <> '{}' AND j.status IN ('pending', 'running')",
+            job.job_id
+        ))
+        .await;
+    assert_eq!(requeued, 1, "the interrupted start is re-queued, not dropped");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_jobs_finish_within_the_drain_timeout_and_takes_no_new_ones() {
+    let daemon = TestDaemon::spawn_with(|config| {
+        config.provisioner.local.build_duration = HumanDuration::from_secs(2);
+        config.provisioner.concurrency = 1;
+        config.provisioner.drain_timeout = HumanDuration::from_secs(20);
+    })
+    .await;
+    let store = daemon.store.clone();
+    let (template_id, _) = template(&store, "go", "local", &[]);
+    let alice = user(&store, "alice");
+    let first = workspace(&store, &alice, &template_id, "first");
+    let second = workspace(&store, &alice, &template_id, "second");
+    let running = build(&store, &first, Transition::Start, &alice);
+    status_where(&store, &running.job_id, |s| s == JobStatus::Running, Duration::from_secs(10))
+        .await;
+    let waiting = build(&store, &second, Transition::Start, &alice);
+    daemon.shutdown().await;
+    let (status, error) = fixtures::status_now_with_error(&store, &running.job_id);
+    assert_eq!(status, JobStatus::Succeeded, "the running build finished: {error:?}");
+    let (status, _) = fixtures::status_now_with_error(&store, &waiting.job_id);
+    assert_eq!(status, JobStatus::Pending, "no job starts after SIGTERM; the next start runs it");
     fixtures::assert_latest_summaries_consistent(&store);
 }
 

@@ -143,24 +143,30 @@ impl Runner {
         Ok(interrupted)
     }
 
-    /// Starts `provisioner.concurrency` workers and the periodic orphan check on `tracker`;
-    /// they stop when `shutdown` fires (running jobs are canceled and recorded).
-    pub fn spawn(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+    /// Starts `provisioner.concurrency` workers and the periodic orphan check on `tracker`.
+    /// When `stop` fires no worker takes another job; running jobs go on until `abort`
+    /// fires, which stops their backends and records them `interrupted`.
+    pub fn spawn(&self, tracker: &TaskTracker, stop: CancellationToken, abort: CancellationToken) {
         let concurrency = self.inner.config.borrow().provisioner.concurrency;
         for index in 0..concurrency {
             let worker_id = format!("{}/worker-{index}", self.inner.instance_id);
-            tracker.spawn(self.clone().work(worker_id, shutdown.clone()));
+            tracker.spawn(self.clone().work(worker_id, stop.clone(), abort.clone()));
         }
-        tracker.spawn(self.clone().check_orphans(shutdown));
+        tracker.spawn(self.clone().check_orphans(stop));
     }
 
-    async fn work(self, worker_id: String, shutdown: CancellationToken) {
+    /// Jobs this process is running now.
+    pub fn running_jobs(&self) -> usize {
+        self.lock_running().len()
+    }
+
+    async fn work(self, worker_id: String, stop: CancellationToken, abort: CancellationToken) {
         loop {
-            if shutdown.is_cancelled() {
+            if stop.is_cancelled() {
                 break;
             }
             let poll = self.inner.config.borrow().provisioner.poll_interval.as_duration();
-            match self.run_one(&worker_id, &shutdown).await {
+            match self.run_one(&worker_id, &abort).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
                 Err(error) => {
@@ -168,7 +174,7 @@ impl Runner {
                 }
             }
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 () = self.inner.store.jobs_notified() => {}
                 () = tokio::time::sleep(poll) => {}
             }
