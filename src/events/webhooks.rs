@@ -134,6 +134,12 @@ impl Worker {
         if webhooks.is_empty() {
             return Ok(());
         }
+        // Every configured webhook's series exist at 0 before its first delivery.
+        for webhook in &webhooks {
+            for result in crate::metrics::WEBHOOK_RESULTS {
+                self.metrics.webhook_deliveries.with_label_values(&[&webhook.name, result]);
+            }
+        }
         let now = self.clock.now();
         let configured = webhooks.clone();
         self.store.write(move |tx| enqueue(tx, &configured, now)).await?;
@@ -270,7 +276,7 @@ fn record(
             "dead" => "dead",
             _ => "retry",
         };
-        metrics.webhook_deliveries.with_label_values(&[result]).inc();
+        metrics.webhook_deliveries.with_label_values(&[&webhook.name, result]).inc();
         match (&attempt.error, status) {
             (Some(error), "dead") => tracing::error!(
                 webhook = %webhook.name, delivery = attempt.delivery_id, attempts, error = %error,

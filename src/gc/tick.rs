@@ -38,7 +38,9 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     for (reason, count) in &report.skipped {
         metrics.skipped.with_label_values(&[reason]).inc_by(*count);
     }
-    let waiting = report.skipped.get("warn_window").copied().unwrap_or(0);
+    // Waiting for their deletion: the ones warned before and still in their window, and the
+    // ones this run just warned (a dry run warns nobody).
+    let waiting = report.skipped.get("warn_window").copied().unwrap_or(0) + report.warned;
     metrics.pending_deletions.set(i64::try_from(waiting).unwrap_or(i64::MAX));
     metrics.safety_valve_tripped.set(i64::from(report.safety_valve_tripped));
     metrics.last_run.set(now.timestamp());

@@ -22,6 +22,10 @@ pub struct ApiMetrics {
     pub store_errors: IntCounter,
 }
 
+/// Delivery results, each a series from the start (per configured webhook), so
+/// `increase()` sees the first one.
+pub const WEBHOOK_RESULTS: [&str; 3] = ["delivered", "retry", "dead"];
+
 impl ApiMetrics {
     pub(super) fn register(registry: &Registry) -> prometheus::Result<Self> {
         let api = ApiMetrics {
@@ -47,9 +51,9 @@ impl ApiMetrics {
             webhook_deliveries: IntCounterVec::new(
                 Opts::new(
                     "workspaced_webhook_deliveries_total",
-                    "Webhook delivery attempts by result: delivered, retry (failed, will retry), dead (gave up).",
+                    "Webhook delivery attempts by webhook name and result: delivered, retry (failed, will retry), dead (gave up).",
                 ),
-                &["result"],
+                &["webhook", "result"],
             )?,
             webhook_pending: IntGauge::new(
                 "workspaced_webhook_pending_deliveries",
@@ -65,10 +69,6 @@ impl ApiMetrics {
                 "Database writes that failed on the storage: full disk, read-only file, I/O error, a lock held elsewhere.",
             )?,
         };
-        // Every known label value from the start, so `increase()` sees the first one.
-        for result in ["delivered", "retry", "dead"] {
-            api.webhook_deliveries.with_label_values(&[result]);
-        }
         for collector in [
             Box::new(api.requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(api.request_duration.clone()),

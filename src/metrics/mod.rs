@@ -13,7 +13,7 @@ mod provisioner;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-pub use api::ApiMetrics;
+pub use api::{ApiMetrics, WEBHOOK_RESULTS};
 pub use health::HealthMetrics;
 pub use lifecycle::{GcMetrics, LifecycleMetrics};
 pub use loops::{ConfigMetrics, LoopMetrics, OutboxMetrics};

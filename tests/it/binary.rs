@@ -194,8 +194,10 @@ fn a_job_orphaned_by_kill_9_is_interrupted_on_restart_its_provisioner_killed_and
     let mut permissions = std::fs::metadata(&script).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
     std::fs::set_permissions(&script, permissions).unwrap();
-    let body =
-        format!("{}[provisioner.exec.hang]\ncommand = {script:?}\n", binary_config(dir.path()));
+    let body = format!(
+        "{}[provisioner]\ndrain_timeout = \"1s\"\n[provisioner.exec.hang]\ncommand = {script:?}\n",
+        binary_config(dir.path())
+    );
     let config = write_config(dir.path(), &body);
     let daemon = DaemonProcess::start(&config);
 
@@ -425,4 +427,40 @@ async fn a_failed_job_is_logged_with_its_error_and_the_names_of_what_it_built() 
         fields["error"].as_str().is_some_and(|error| error.contains("start failed on purpose")),
         "{line}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_reconcile_runs_at_start_so_pool_gauges_exist_when_ready_and_a_claim_succeeds_within_seconds()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    // A reconcile interval of an hour: only the cycle at start can fill the pool in time.
+    let body = binary_config(dir.path())
+        .replace("interval = \"1s\"\n[lifecycle]", "interval = \"1h\"\n[lifecycle]")
+        + "[provisioner.local]\nbuild_duration = \"0s\"\n\
+           [[templates]]\nname = \"go\"\n[[templates.presets]]\nname = \"small\"\n\
+           [templates.presets.prebuilds]\ninstances = 1\n";
+    assert!(body.contains("[reconciler]\ninterval = \"1h\""), "{body}");
+    let config = write_config(dir.path(), &body);
+    let token = crate::helpers::owner_token(&config);
+    let daemon = DaemonProcess::start(&config);
+    let started = std::time::Instant::now();
+    let api = crate::client::Api::new(daemon.addr, Some(&token));
+    // Ready means the first cycle ran: the pool's gauges are there at once.
+    daemon.wait_for_log("workspaced is ready", Duration::from_secs(20));
+    let series = "workspaced_prebuilt_workspaces_desired{organization_name=\"default\",preset_name=\"small\",template_name=\"go\"}";
+    let (_, scrape) = crate::helpers::http_get(daemon.addr, "/metrics");
+    assert_eq!(crate::helpers::metric_value(&scrape, series), Some(1.0), "{scrape}");
+    // The cycle at start queued the prebuild; the claim gets it as soon as it is built.
+    let line = daemon.wait_for_log("job finished", Duration::from_secs(20));
+    assert_eq!(line["fields"]["owner"], "prebuilds", "{line}");
+    assert_eq!(line["fields"]["status"], "succeeded", "{line}");
+    let (status, created) = api
+        .post(
+            "/api/v1/workspaces",
+            serde_json::json!({ "template": "go", "preset": "small", "name": "mine" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["claimed"], true, "{created}");
+    assert!(started.elapsed() < Duration::from_secs(20));
 }

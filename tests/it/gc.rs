@@ -110,6 +110,11 @@ async fn a_workspace_is_warned_then_deleted_after_the_window_by_activity_or_crea
         daemon.count("SELECT COUNT(*) FROM notifications WHERE kind = 'gc.warning'").await,
         1
     );
+    assert_eq!(
+        daemon.metric("workspaced_gc_pending_deletions").await,
+        Some(1.0),
+        "the run that warns counts the warned workspace as waiting"
+    );
     // Half a day later it is past its TTL but the warning is only 12 h old: not yet.
     daemon.clock.set(at("2025-06-11T00:00:00Z"));
     assert_eq!(run_gc(&daemon).await, 0);

@@ -100,7 +100,10 @@ impl TestDaemon {
             workspaced::config::duration::HumanDuration::from_secs(0);
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(start_time()));
-        let app = App::build(config, ConfigSource { file: None }, clock.clone()).unwrap();
+        // Tests run every reconcile cycle themselves (`tick`).
+        let app = App::build(config, ConfigSource { file: None }, clock.clone())
+            .unwrap()
+            .without_initial_reconcile();
         let addr = app.local_addr();
         let store = app.store().clone();
         let ctx = app.loop_ctx();

@@ -250,13 +250,15 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
     assert!(delivered.await);
     assert_eq!(
         daemon
-            .metric("workspaced_webhook_deliveries_total{result=\"retry\"}")
+            .metric("workspaced_webhook_deliveries_total{result=\"retry\",webhook=\"flaky\"}")
             .await
             .map(|v| v >= 1.0),
         Some(true)
     );
     assert_eq!(
-        daemon.metric("workspaced_webhook_deliveries_total{result=\"delivered\"}").await,
+        daemon
+            .metric("workspaced_webhook_deliveries_total{result=\"delivered\",webhook=\"flaky\"}")
+            .await,
         Some(1.0)
     );
 
@@ -280,7 +282,18 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
     );
     assert_eq!(letter["last_status"], 503);
     assert!(
-        daemon.metric("workspaced_webhook_deliveries_total{result=\"dead\"}").await.unwrap() >= 1.0
+        daemon
+            .metric("workspaced_webhook_deliveries_total{result=\"dead\",webhook=\"broken\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    // Every configured webhook has every result's series, at 0 until it happens.
+    assert_eq!(
+        daemon
+            .metric("workspaced_webhook_deliveries_total{result=\"dead\",webhook=\"flaky\"}")
+            .await,
+        Some(0.0)
     );
     assert_eq!(alice.get("/api/v1/webhooks/deliveries").await.0, 403);
     // The filter: `flaky` only wanted workspace.created, so it got exactly one event.

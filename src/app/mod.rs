@@ -19,19 +19,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::{self, Config, ConfigError, ConfigSource};
+use crate::config::{self, Config, ConfigSource};
 use crate::domain::LoopKind;
 use crate::domain::event::PublishedEvent;
 use crate::events::Publisher;
 use crate::http::{self, HttpState};
 use crate::loops::{self, LoopCtx};
-use crate::metrics::ConfigMetrics;
 use crate::metrics::{Metrics, MetricsError};
 use crate::provisioner::runner::Runner;
 use crate::store::{OpenReport, Store, StoreError, StoreOptions, jobs};
 use crate::systemd::{LoopHealth, Notifier};
 use crate::telemetry::LogControl;
-use crate::templates::{self, ApplyReport};
+
+mod reload;
+use reload::apply_templates;
+pub use reload::{ReloadError, Reloader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -77,6 +79,8 @@ pub struct App {
     gc_trigger: Arc<tokio::sync::Notify>,
     notifier: Arc<Notifier>,
     health: LoopHealth,
+    /// Whether the reconciler's first cycle runs at start (tests that drive cycles turn it off).
+    initial_reconcile: bool,
     /// Held until the app is dropped (after shutdown).
     _lock: crate::store::lock::DataDirLock,
 }
@@ -160,6 +164,7 @@ impl App {
             gc_trigger: Arc::new(tokio::sync::Notify::new()),
             notifier: Arc::new(Notifier::disabled()),
             health: LoopHealth::default(),
+            initial_reconcile: true,
             _lock: lock,
         })
     }
@@ -219,6 +224,13 @@ impl App {
     /// watchdog while the loops are alive.
     pub fn with_notifier(mut self, notifier: Notifier) -> App {
         self.notifier = Arc::new(notifier);
+        self
+    }
+
+    /// The reconciler waits one interval before its first cycle, as the other loops do:
+    /// for tests that run every cycle themselves (`loops::run_once`).
+    pub fn without_initial_reconcile(mut self) -> App {
+        self.initial_reconcile = false;
         self
     }
 
@@ -283,6 +295,21 @@ impl App {
             metrics: self.metrics.clone(),
             config: self.config.subscribe(),
         };
+        log_gc_configuration(&config);
+        // Jobs a previous process left running can never finish: mark them interrupted
+        // before any worker starts, then carry on with what they were doing.
+        self.runner.recover_orphans(true).await?;
+        resume_interrupted(&self.store, self.clock.now()).await?;
+        // The runner drains on its own clock: running jobs may outlive `shutdown_grace`.
+        let runner_tasks = TaskTracker::new();
+        let runner_abort = CancellationToken::new();
+        self.runner.spawn(&runner_tasks, workers_cancel.clone(), runner_abort.clone());
+        // The reconciler's first cycle runs before the daemon reports ready, so pools start
+        // filling (and their gauges exist) from the first second; then every loop runs
+        // every interval.
+        if self.initial_reconcile {
+            let _ = loops::run_once(LoopKind::Reconciler, &ctx).await;
+        }
         for kind in LoopKind::ALL {
             let wake = (kind == LoopKind::Gc).then(|| Arc::clone(&self.gc_trigger));
             workers.spawn(loops::run_every_or_when_woken(
@@ -293,15 +320,6 @@ impl App {
                 self.health.clone(),
             ));
         }
-        log_gc_configuration(&config);
-        // Jobs a previous process left running can never finish: mark them interrupted
-        // before any worker starts, then carry on with what they were doing.
-        self.runner.recover_orphans(true).await?;
-        resume_interrupted(&self.store, self.clock.now()).await?;
-        // The runner drains on its own clock: running jobs may outlive `shutdown_grace`.
-        let runner_tasks = TaskTracker::new();
-        let runner_abort = CancellationToken::new();
-        self.runner.spawn(&runner_tasks, workers_cancel.clone(), runner_abort.clone());
         // Re-checks running container workspaces (readiness probes, vanished containers).
         #[cfg(feature = "containers")]
         workers.spawn(crate::health::Monitor::new(ctx.clone()).run(workers_cancel.clone()));
@@ -412,109 +430,6 @@ async fn drain_jobs(
     if tokio::time::timeout(bound, tasks.wait()).await.is_err() {
         tracing::warn!("jobs did not stop in time; the next start marks them interrupted");
     }
-}
-
-/// Re-reads the config, applies its templates and hands it to everything that watches it.
-#[derive(Clone)]
-pub struct Reloader {
-    source: ConfigSource,
-    config: watch::Sender<Arc<Config>>,
-    store: Store,
-    clock: Arc<dyn Clock>,
-    metrics: ConfigMetrics,
-    log: Option<LogControl>,
-    gc_trigger: Arc<tokio::sync::Notify>,
-    notifier: Arc<Notifier>,
-}
-
-/// Why a reload was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot apply [[templates]] to the database")]
-    Apply(#[source] StoreError),
-}
-
-impl Reloader {
-    /// Asks the GC loop for an immediate run (SIGUSR1).
-    pub fn trigger_gc(&self) {
-        self.gc_trigger.notify_one();
-    }
-
-    /// Loads and validates the config, applies its templates in one transaction, then
-    /// switches to it. On any failure nothing changes: the old config stays in force.
-    pub async fn reload(&self) -> Result<ApplyReport, ReloadError> {
-        self.notifier.reloading();
-        let result = self.try_reload().await;
-        if result.is_err() {
-            self.metrics.reload_failures.inc();
-        }
-        // Running again either way: on the new config, or on the old one.
-        self.notifier.ready();
-        result
-    }
-
-    async fn try_reload(&self) -> Result<ApplyReport, ReloadError> {
-        let new = config::load(&self.source)?;
-        self.apply(new).await
-    }
-
-    /// Applies an already validated config (its templates, then everything else).
-    pub async fn apply(&self, new: Config) -> Result<ApplyReport, ReloadError> {
-        let report = apply_templates(&self.store, &self.clock, &self.metrics, &new)
-            .await
-            .map_err(ReloadError::Apply)?;
-        let old = Arc::clone(&self.config.borrow());
-        if new.server != old.server
-            || new.storage != old.storage
-            || new.log.format != old.log.format
-            || new.log.file != old.log.file
-            || new.provisioner.concurrency != old.provisioner.concurrency
-        {
-            tracing::warn!(
-                "[server], [storage], log.format, [log.file] and provisioner.concurrency changes take effect only after a restart"
-            );
-        }
-        if new.log.level != old.log.level
-            && let Some(log) = &self.log
-        {
-            match log.set_level(&new.log.level) {
-                Ok(true) => tracing::info!(level = %new.log.level, "log level changed"),
-                Ok(false) => tracing::info!("RUST_LOG is set: it keeps overriding log.level"),
-                Err(error) => {
-                    tracing::warn!(error = %crate::error::error_chain(&error), "cannot change the log level")
-                }
-            }
-        }
-        self.config.send_replace(Arc::new(new));
-        Ok(report)
-    }
-}
-
-/// Applies `config`'s templates and records the outcome in the config metrics.
-async fn apply_templates(
-    store: &Store,
-    clock: &Arc<dyn Clock>,
-    metrics: &ConfigMetrics,
-    config: &Config,
-) -> Result<ApplyReport, StoreError> {
-    let desired = templates::desired(config);
-    let count = desired.len();
-    let now = clock.now();
-    let report = store.write(move |tx| templates::apply(tx, &desired, now)).await?;
-    metrics.templates.set(i64::try_from(count).unwrap_or(i64::MAX));
-    metrics.last_reload_success.set(now.timestamp());
-    if !report.is_empty() {
-        tracing::info!(
-            created = ?report.created,
-            updated = ?report.updated,
-            new_versions = ?report.versions_created,
-            deleted = ?report.deleted,
-            "templates applied"
-        );
-    }
-    Ok(report)
 }
 
 /// The GC's effective configuration, one line each, so an operator sees at start what it
