@@ -2,10 +2,12 @@
 //! templates, their versions and presets.
 //!
 //! Owns the diff between the file and the database. A template's *content* (provisioner,
-//! provisioner settings, parameters, presets with their prebuild pools) is hashed; a new
-//! hash creates a new version and makes it active, which turns the old version's prebuilds
-//! into outdated ones for the reconciler to replace. Schedule options (TTLs, dormancy,
-//! autostart, GC overrides) are updated in place. A template missing from the file is
+//! provisioner settings, parameters) is hashed, and each preset's parameters are content
+//! too; a change creates a new version and makes it active, which turns the old version's
+//! prebuilds into outdated ones for the reconciler to replace. Pools (instances,
+//! expiration, time zone, schedules) change in place on the active version, presets are
+//! added to it and removed ones get a pool of 0, so a pool edit keeps ready prebuilds.
+//! Schedule options (TTLs, dormancy, autostart, GC overrides) are updated in place. A template missing from the file is
 //! soft-deleted. An unchanged file writes nothing. Everything happens in the caller's one
 //! transaction, with one audit entry per change and one `config.applied` event.
 
@@ -28,6 +30,8 @@ pub struct DesiredTemplate {
     pub options: TemplateOptions,
     pub version: VersionSpec,
     pub presets: Vec<PresetSpec>,
+    /// The content hash as daemons before in-place pool changes computed it.
+    pub legacy_hash: String,
 }
 
 /// What `apply` changed, by template name (`org/name`).
@@ -83,8 +87,17 @@ fn desired_template(template: &TemplateConfig) -> DesiredTemplate {
     let presets: Vec<PresetSpec> = template.presets.iter().map(preset_spec).collect();
     let provisioner_config = serde_json::Value::Object(template.provisioner_config.clone());
     // Field order is fixed by this literal and maps are sorted, so equal content hashes
-    // equally across runs and versions of the daemon.
+    // equally across runs and versions of the daemon. Presets are not in it: their
+    // parameters are compared one by one, their pools are operational settings.
     let content = json!({
+        "provisioner": template.provisioner,
+        "provisioner_config": provisioner_config,
+        "parameters": parameters,
+    });
+    let content_hash = hex(&Sha256::digest(content.to_string().as_bytes()));
+    // The hash before pools changed in place (it covered the presets), to recognise a
+    // version written by an older daemon as the same content.
+    let legacy = json!({
         "provisioner": template.provisioner,
         "provisioner_config": provisioner_config,
         "parameters": parameters,
@@ -97,7 +110,7 @@ fn desired_template(template: &TemplateConfig) -> DesiredTemplate {
             "schedules": preset.schedules,
         })).collect::<Vec<_>>(),
     });
-    let content_hash = hex(&Sha256::digest(content.to_string().as_bytes()));
+    let legacy_hash = hex(&Sha256::digest(legacy.to_string().as_bytes()));
     DesiredTemplate {
         organization: template.organization.clone(),
         name: template.name.clone(),
@@ -110,6 +123,7 @@ fn desired_template(template: &TemplateConfig) -> DesiredTemplate {
             parameters,
         },
         presets,
+        legacy_hash,
     }
 }
 
@@ -200,10 +214,27 @@ pub fn apply(
                     )?;
                     report.updated.push(label.clone());
                 }
-                (
-                    existing.id.clone(),
-                    existing.content_hash.as_deref() != Some(wanted.version.content_hash.as_str()),
-                )
+                let version = existing.active_version_id.as_deref();
+                let hash = existing.content_hash.as_deref();
+                let same_content = match (version, hash) {
+                    (Some(version), Some(hash)) if hash == wanted.legacy_hash => {
+                        templates::set_content_hash(tx, version, &wanted.version.content_hash)?;
+                        true
+                    }
+                    (Some(version), Some(hash)) if hash == wanted.version.content_hash => {
+                        // Pools change in place; a preset's parameters are content.
+                        match sync_presets(tx, version, wanted, &organization_id, now)? {
+                            PresetSync::Unchanged => true,
+                            PresetSync::Changed => {
+                                report.updated.push(label.clone());
+                                true
+                            }
+                            PresetSync::ParametersChanged => false,
+                        }
+                    }
+                    _ => false,
+                };
+                (existing.id.clone(), !same_content)
             }
         };
         if needs_version {
@@ -228,6 +259,7 @@ pub fn apply(
             report.versions_created.push(label);
         }
     }
+    report.updated.dedup();
     for gone in &live {
         let declared = desired.iter().any(|wanted| {
             wanted.organization == gone.organization_name && wanted.name == gone.name
@@ -262,4 +294,76 @@ pub fn apply(
         )?;
     }
     Ok(report)
+}
+
+/// What `sync_presets` did to a version's presets.
+enum PresetSync {
+    Unchanged,
+    Changed,
+    /// A preset on both sides has other parameters: that takes a new version.
+    ParametersChanged,
+}
+
+/// Brings the active version's presets in line with `wanted` without a new version: pool
+/// settings updated in place, new presets added, removed ones' pools set to 0 (their
+/// prebuilds go; the preset stays for the history of workspaces built from it). Writes
+/// nothing when a preset's parameters changed.
+fn sync_presets(
+    tx: &mut WriteTx<'_>,
+    version_id: &str,
+    wanted: &DesiredTemplate,
+    organization_id: &str,
+    now: DateTime<Utc>,
+) -> Result<PresetSync, StoreError> {
+    let stored = templates::version_presets(tx, version_id)?;
+    let by_name = |name: &str| stored.iter().find(|preset| preset.spec.name == name);
+    if wanted.presets.iter().any(|preset| {
+        by_name(&preset.name).is_some_and(|stored| stored.spec.parameters != preset.parameters)
+    }) {
+        return Ok(PresetSync::ParametersChanged);
+    }
+    let actor = Actor::system("config");
+    let mut changes = Vec::new();
+    for preset in &wanted.presets {
+        match by_name(&preset.name) {
+            Some(stored) if stored.spec == *preset => {}
+            Some(stored) => {
+                templates::update_pool(tx, &stored.id, preset)?;
+                changes.push(("preset.updated", stored.id.clone(), preset.name.clone()));
+            }
+            None => {
+                let id = templates::insert_preset(tx, version_id, preset, now)?;
+                changes.push(("preset.created", id, preset.name.clone()));
+            }
+        }
+    }
+    for gone in &stored {
+        let declared = wanted.presets.iter().any(|preset| preset.name == gone.spec.name);
+        let empty = PresetSpec {
+            desired_instances: gone.spec.desired_instances.map(|_| 0),
+            ttl_s: gone.spec.ttl_s,
+            scheduling_timezone: String::new(),
+            schedules: Vec::new(),
+            ..gone.spec.clone()
+        };
+        if !declared && gone.spec != empty {
+            templates::update_pool(tx, &gone.id, &empty)?;
+            changes.push(("preset.removed", gone.id.clone(), gone.spec.name.clone()));
+        }
+    }
+    for (action, id, name) in &changes {
+        audit::record(
+            tx,
+            &actor,
+            &Entry {
+                action,
+                resource_type: "preset",
+                resource_id: id,
+                organization_id: Some(organization_id),
+                details: json!({ "template": wanted.name, "preset": name }),
+            },
+            now,
+        )?;
+    }
+    Ok(if changes.is_empty() { PresetSync::Unchanged } else { PresetSync::Changed })
 }

@@ -391,3 +391,78 @@ pub fn active_version(conn: &Connection, template_id: &str) -> Result<Option<Str
         .optional()?
         .flatten())
 }
+
+/// A preset of a version as stored: its id and what the config said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPreset {
+    pub id: String,
+    pub spec: PresetSpec,
+}
+
+/// Every preset of `version_id` with its parameters, pool settings and schedules.
+pub fn version_presets(
+    conn: &Connection,
+    version_id: &str,
+) -> Result<Vec<StoredPreset>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, name, desired_instances, ttl_s, scheduling_timezone FROM presets
+          WHERE template_version_id = ?1 ORDER BY created_at, id",
+    )?;
+    let rows = statement.query_map([version_id], |row| {
+        Ok(StoredPreset {
+            id: row.get(0)?,
+            spec: PresetSpec {
+                name: row.get(1)?,
+                parameters: BTreeMap::new(),
+                desired_instances: row.get(2)?,
+                ttl_s: row.get(3)?,
+                scheduling_timezone: row.get(4)?,
+                schedules: Vec::new(),
+            },
+        })
+    })?;
+    let mut presets = rows.collect::<Result<Vec<_>, _>>()?;
+    let mut schedules = conn.prepare_cached(
+        "SELECT cron_expression, desired_instances FROM preset_prebuild_schedules
+          WHERE preset_id = ?1 ORDER BY id",
+    )?;
+    for preset in &mut presets {
+        preset.spec.parameters = preset_parameters(conn, &preset.id)?;
+        preset.spec.schedules = schedules
+            .query_map([&preset.id], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(presets)
+}
+
+/// Changes a preset's pool settings in place (instances, expiration, time zone, schedules):
+/// its prebuilds stay. Its name and parameters are content and never change here.
+pub fn update_pool(
+    conn: &Connection,
+    preset_id: &str,
+    spec: &PresetSpec,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE presets SET desired_instances = ?2, ttl_s = ?3, scheduling_timezone = ?4 WHERE id = ?1",
+        params![preset_id, spec.desired_instances, spec.ttl_s, spec.scheduling_timezone],
+    )?;
+    conn.execute_cached("DELETE FROM preset_prebuild_schedules WHERE preset_id = ?1", [preset_id])?;
+    for (cron, instances) in &spec.schedules {
+        conn.execute_cached(
+            "INSERT INTO preset_prebuild_schedules (preset_id, cron_expression, desired_instances)
+             VALUES (?1, ?2, ?3)",
+            params![preset_id, cron, instances],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records a version's content hash (a hash written by an older scheme, recognised as the
+/// same content, is rewritten instead of making a new version).
+pub fn set_content_hash(conn: &Connection, version_id: &str, hash: &str) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "UPDATE template_versions SET content_hash = ?2 WHERE id = ?1",
+        params![version_id, hash],
+    )?;
+    Ok(())
+}
