@@ -132,8 +132,11 @@ pub enum PresetCommand {
     /// After fixing what made a preset's prebuilds fail: delete its failed prebuilds
     /// (taking them out of the hard-limit window) and clear its hard-limited status.
     Reset {
-        /// The preset id (see `workspaced plan`).
-        id: String,
+        /// `TEMPLATE/PRESET` (on the template's active version) or a preset id.
+        preset: String,
+        /// The template's organization (default: the default organization).
+        #[arg(long)]
+        org: Option<String>,
     },
 }
 
@@ -203,7 +206,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let snapshot = live_snapshot(&source, None)?;
             print_json(&snapshot)
         }
-        Command::Preset(PresetCommand::Reset { id }) => preset_reset(source, &id),
+        Command::Preset(PresetCommand::Reset { preset, org }) => {
+            preset_reset(source, &preset, org.as_deref())
+        }
         Command::Gc { dry_run: true } => gc_preview(source),
         Command::Gc { dry_run: false } => Err(CliError::GcNeedsDryRun),
         Command::User(UserCommand::Create { name, role, org }) => {
@@ -346,16 +351,16 @@ fn live_snapshot(source: &ConfigSource, now: Option<DateTime<Utc>>) -> Result<Sn
     Ok(store.read_blocking(|conn| store_snapshot::read(conn, now, settings))?)
 }
 
-fn preset_reset(source: ConfigSource, id: &str) -> Result<(), CliError> {
+fn preset_reset(source: ConfigSource, preset: &str, org: Option<&str>) -> Result<(), CliError> {
     let config = config::load(&source)?;
     let store = open_existing(&config)?;
     let now = SystemClock.now();
     let report = store.write_blocking(|tx| {
-        pools::reset_preset(tx, id, &crate::store::audit::Actor::system("cli"), now)
+        pools::reset_preset(tx, preset, org, &crate::store::audit::Actor::system("cli"), now)
     })?;
     print(&format!(
-        "preset {id}: {} failed prebuild(s) queued for deletion, status cleared (was {})",
-        report.deletes_queued, report.previous_status
+        "preset {preset} ({}): {} failed prebuild(s) queued for deletion, status cleared (was {})",
+        report.preset_id, report.deletes_queued, report.previous_status
     ))
 }
 

@@ -6,12 +6,14 @@
 //! `GracefulShutdown`) and gives up after the grace period. Handlers never hold the
 //! store's writer across an await.
 
+mod accounts;
 pub mod api;
 mod builds;
 mod create;
 pub mod limits;
 mod operations;
 mod routes;
+mod settings;
 mod stream;
 mod templates;
 mod users;

@@ -5,13 +5,17 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use crate::http::api::{ApiResult, Ctx};
-use crate::http::{builds, create, operations, stream, templates, users, workspaces};
+use crate::http::{
+    accounts, builds, create, operations, settings, stream, templates, users, workspaces,
+};
 
 /// The routes, by path; `segments` are the path parts after `/api/v1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Users,
     User(String),
+    UserChange(String, accounts::UserChange),
+    UserRoles(String),
     Tokens,
     Token(String),
     Organizations,
@@ -23,6 +27,7 @@ pub enum Route {
     Workspaces,
     Workspace(String),
     WorkspaceAction(String, workspaces::Action),
+    WorkspaceSetting(String, settings::Setting),
     WorkspaceBuilds(String),
     BuildLogs(String, String),
     BuildCancel(String, String),
@@ -35,10 +40,28 @@ pub enum Route {
 
 impl Route {
     pub fn parse(segments: &[&str]) -> Option<Route> {
+        // `/workspaces/OWNER/NAME/...` names a workspace as `/workspaces/{id}/...` does; ids
+        // are UUIDs, so a first segment that is not one is an owner.
+        if let ["workspaces", owner, name, rest @ ..] = segments
+            && uuid::Uuid::parse_str(owner).is_err()
+        {
+            let reference = format!("{owner}/{name}");
+            let mut rewritten = vec!["workspaces", reference.as_str()];
+            rewritten.extend_from_slice(rest);
+            return Self::parse_plain(&rewritten);
+        }
+        Self::parse_plain(segments)
+    }
+
+    fn parse_plain(segments: &[&str]) -> Option<Route> {
         let owned = |s: &str| s.to_owned();
         Some(match segments {
             ["users"] => Route::Users,
             ["users", id] => Route::User(owned(id)),
+            ["users", id, "roles"] => Route::UserRoles(owned(id)),
+            ["users", id, change] => {
+                Route::UserChange(owned(id), accounts::UserChange::parse(change)?)
+            }
             ["tokens"] => Route::Tokens,
             ["tokens", id] => Route::Token(owned(id)),
             ["organizations"] => Route::Organizations,
@@ -47,6 +70,9 @@ impl Route {
             ["templates", id, "versions"] => Route::TemplateVersions(owned(id)),
             ["templates", id, "presets"] => Route::TemplatePresets(owned(id)),
             ["presets", id, "reset"] => Route::PresetReset(owned(id)),
+            ["presets", template, preset, "reset"] => {
+                Route::PresetReset(format!("{template}/{preset}"))
+            }
             ["workspaces"] => Route::Workspaces,
             ["workspaces", id] => Route::Workspace(owned(id)),
             ["workspaces", id, "builds"] => Route::WorkspaceBuilds(owned(id)),
@@ -55,6 +81,9 @@ impl Route {
             }
             ["workspaces", id, "builds", number, "cancel"] => {
                 Route::BuildCancel(owned(id), owned(number))
+            }
+            ["workspaces", id, setting] if settings::Setting::parse(setting).is_some() => {
+                Route::WorkspaceSetting(owned(id), settings::Setting::parse(setting)?)
             }
             ["workspaces", id, action] => {
                 Route::WorkspaceAction(owned(id), workspaces::Action::parse(action)?)
@@ -73,6 +102,9 @@ impl Route {
         match self {
             Route::Users => "/users",
             Route::User(_) => "/users/{id}",
+            Route::UserChange(_, accounts::UserChange::Suspend) => "/users/{id}/suspend",
+            Route::UserChange(_, accounts::UserChange::Activate) => "/users/{id}/activate",
+            Route::UserRoles(_) => "/users/{id}/roles",
             Route::Tokens => "/tokens",
             Route::Token(_) => "/tokens/{id}",
             Route::Organizations => "/organizations",
@@ -84,6 +116,7 @@ impl Route {
             Route::Workspaces => "/workspaces",
             Route::Workspace(_) => "/workspaces/{id}",
             Route::WorkspaceAction(_, action) => action.pattern(),
+            Route::WorkspaceSetting(_, setting) => setting.pattern(),
             Route::WorkspaceBuilds(_) => "/workspaces/{id}/builds",
             Route::BuildLogs(..) => "/workspaces/{id}/builds/{number}/logs",
             Route::BuildCancel(..) => "/workspaces/{id}/builds/{number}/cancel",
@@ -104,11 +137,16 @@ impl Route {
         match self {
             Route::Users | Route::Tokens | Route::Organizations | Route::Workspaces => GET_POST,
             Route::Token(_) => DELETE,
-            Route::Workspace(_) => GET_DELETE,
+            Route::Workspace(_) | Route::User(_) => GET_DELETE,
+            Route::UserRoles(_) | Route::WorkspaceSetting(_, settings::Setting::Schedule) => {
+                &[Method::PUT]
+            }
+            Route::WorkspaceSetting(..) => POST,
             Route::PresetReset(_)
             | Route::WorkspaceAction(..)
             | Route::BuildCancel(..)
-            | Route::GcRun => POST,
+            | Route::GcRun
+            | Route::UserChange(..) => POST,
             _ => GET,
         }
     }
@@ -119,7 +157,12 @@ pub async fn route_to(ctx: Ctx, route: Route, request: Request<Incoming>) -> Api
     match (route, method) {
         (Route::Users, Method::GET) => users::list_users(&ctx, &request).await,
         (Route::Users, _) => users::create_user(&ctx, request).await,
-        (Route::User(id), _) => users::get_user(&ctx, &request, id).await,
+        (Route::User(id), Method::GET) => users::get_user(&ctx, &request, id).await,
+        (Route::User(id), _) => accounts::delete(&ctx, &request, id).await,
+        (Route::UserChange(id, change), _) => {
+            accounts::change_status(&ctx, request, id, change).await
+        }
+        (Route::UserRoles(id), _) => accounts::set_roles(&ctx, request, id).await,
         (Route::Tokens, Method::GET) => users::list_tokens(&ctx, &request).await,
         (Route::Tokens, _) => users::create_token(&ctx, request).await,
         (Route::Token(id), _) => users::revoke_token(&ctx, &request, id).await,
@@ -135,6 +178,9 @@ pub async fn route_to(ctx: Ctx, route: Route, request: Request<Incoming>) -> Api
         (Route::Workspace(id), Method::GET) => workspaces::get(&ctx, &request, id).await,
         (Route::Workspace(id), _) => workspaces::delete(&ctx, &request, id).await,
         (Route::WorkspaceAction(id, action), _) => workspaces::act(&ctx, request, id, action).await,
+        (Route::WorkspaceSetting(id, setting), _) => {
+            settings::change(&ctx, request, id, setting).await
+        }
         (Route::WorkspaceBuilds(id), _) => builds::builds(&ctx, &request, id).await,
         (Route::BuildLogs(id, number), _) => builds::logs(&ctx, &request, id, number).await,
         (Route::BuildCancel(id, number), _) => builds::cancel(&ctx, request, id, number).await,
@@ -152,15 +198,37 @@ mod tests {
 
     #[test]
     fn routes_parse_by_segments() {
+        let id = "0b6f4f5c-6f7e-4f4b-9d59-0a8f5d6c1e2a";
         assert_eq!(
-            Route::parse(&["workspaces", "w1", "start"]),
-            Some(Route::WorkspaceAction("w1".into(), workspaces::Action::Start))
+            Route::parse(&["workspaces", id, "start"]),
+            Some(Route::WorkspaceAction(id.into(), workspaces::Action::Start))
         );
-        assert_eq!(Route::parse(&["workspaces", "w1", "explode"]), None);
+        assert_eq!(Route::parse(&["workspaces", id, "explode"]), None);
         assert_eq!(
-            Route::parse(&["workspaces", "w1", "builds", "3", "logs"]),
-            Some(Route::BuildLogs("w1".into(), "3".into()))
+            Route::parse(&["workspaces", id, "builds", "3", "logs"]),
+            Some(Route::BuildLogs(id.into(), "3".into()))
         );
         assert_eq!(Route::parse(&[]), None);
+    }
+
+    #[test]
+    fn a_workspace_is_addressed_by_owner_and_name_and_a_preset_by_template_and_name() {
+        assert_eq!(
+            Route::parse(&["workspaces", "alice", "dev"]),
+            Some(Route::Workspace("alice/dev".into()))
+        );
+        assert_eq!(
+            Route::parse(&["workspaces", "alice", "dev", "stop"]),
+            Some(Route::WorkspaceAction("alice/dev".into(), workspaces::Action::Stop))
+        );
+        assert_eq!(
+            Route::parse(&["workspaces", "alice", "dev", "builds", "2", "logs"]),
+            Some(Route::BuildLogs("alice/dev".into(), "2".into()))
+        );
+        assert_eq!(Route::parse(&["workspaces", "alice", "dev", "explode"]), None);
+        assert_eq!(
+            Route::parse(&["presets", "go", "small", "reset"]),
+            Some(Route::PresetReset("go/small".into()))
+        );
     }
 }

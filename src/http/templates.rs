@@ -168,10 +168,22 @@ pub async fn template_presets(ctx: &Ctx, request: &Request<Incoming>, id: String
     json(StatusCode::OK, &json!({ "template_id": template.id, "presets": presets }))
 }
 
-pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, id: String) -> ApiResult {
-    let lookup = id.clone();
-    let owner = ctx.state.ctx.store.read(move |conn| views::preset_owner(conn, &lookup)).await?;
-    let Some((organization_id, _template_id)) = owner else {
+pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, reference: String) -> ApiResult {
+    let organization = query(&request, &["organization"])?.get("organization").cloned();
+    let owner = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| {
+            let Some(id) =
+                crate::store::presets::resolve(conn, &reference, organization.as_deref())?
+            else {
+                return Ok(None);
+            };
+            Ok(views::preset_owner(conn, &id)?.map(|owner| (id, owner)))
+        })
+        .await?;
+    let Some((id, (organization_id, _template_id))) = owner else {
         return Err(ApiError::not_found("preset"));
     };
     let object = Object::new(Resource::Preset, Some(&organization_id), None);
@@ -185,7 +197,7 @@ pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, id: String) -> 
         .state
         .ctx
         .store
-        .write(move |tx| pools::reset_preset(tx, &id, &actor, now))
+        .write(move |tx| pools::reset_preset(tx, &id, None, &actor, now))
         .await
         .map_err(|error| match error {
             ResetError::UnknownPreset(_) => ApiError::not_found("preset"),
@@ -194,6 +206,10 @@ pub async fn reset_preset(ctx: &Ctx, request: Request<Incoming>, id: String) -> 
         })?;
     json(
         StatusCode::OK,
-        &json!({ "deletes_queued": report.deletes_queued, "previous_status": report.previous_status }),
+        &json!({
+            "preset_id": report.preset_id,
+            "deletes_queued": report.deletes_queued,
+            "previous_status": report.previous_status,
+        }),
     )
 }

@@ -50,9 +50,18 @@ pub(super) fn object(workspace: &WorkspaceView) -> Object<'_> {
     Object::workspace(&workspace.organization_id, &workspace.owner_id)
 }
 
-/// A live workspace the caller may read; 404 otherwise (whether or not it exists).
+/// A live workspace the caller may read, by id or `OWNER/NAME`; 404 otherwise (whether
+/// or not it exists).
 pub(super) async fn readable(ctx: &Ctx, id: String) -> Result<WorkspaceView, ApiError> {
-    let found = ctx.state.ctx.store.read(move |conn| views::workspace(conn, &id)).await?;
+    let found = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| match id.split_once('/') {
+            Some((owner, name)) => views::workspace_by_name(conn, owner, name),
+            None => views::workspace(conn, &id),
+        })
+        .await?;
     match found {
         Some(workspace)
             if !workspace.deleted && ctx.subject.can(Permission::Read, &object(&workspace)) =>

@@ -155,3 +155,62 @@ pub fn set_autostart_schedule(
     crate::store::lifecycle::refresh_next_start(tx, workspace_id)?;
     Ok(())
 }
+
+/// Sets (or clears) a workspace's TTL: the autostop delay of its next starts. 0 = never.
+pub fn set_ttl(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    ttl_s: Option<i64>,
+) -> Result<(), ScheduleError> {
+    if ttl_s.is_some_and(|ttl| ttl < 0) {
+        return Err(ScheduleError::Invalid("ttl_s must be 0 or more seconds".to_owned()));
+    }
+    if !store_lifecycle::set_ttl(tx, workspace_id, ttl_s)? {
+        return Err(ScheduleError::NotFound(workspace_id.to_owned()));
+    }
+    Ok(())
+}
+
+/// Why a deadline cannot move.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtendError {
+    #[error("the workspace is not running (its latest build is not a successful start)")]
+    NotRunning,
+    #[error("the workspace has no autostop deadline to extend")]
+    NoDeadline,
+    #[error("{requested} is not in the future")]
+    InThePast { requested: DateTime<Utc> },
+    #[error("{requested} is past the template's max_ttl cap ({max})")]
+    PastMax { requested: DateTime<Utc>, max: DateTime<Utc> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+crate::has_store_error!(ExtendError);
+
+/// Moves a running workspace's autostop deadline to `deadline` (earlier or later), never
+/// past the cap its start got from the template's `max_ttl`. Returns the previous one.
+pub fn extend_deadline(
+    tx: &mut WriteTx<'_>,
+    workspace_id: &str,
+    deadline: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ExtendError> {
+    let latest = builds::latest(tx, workspace_id)?.ok_or(ExtendError::NotRunning)?;
+    if latest.transition != Transition::Start
+        || latest.job_status != crate::domain::JobStatus::Succeeded
+    {
+        return Err(ExtendError::NotRunning);
+    }
+    let previous = latest.deadline.ok_or(ExtendError::NoDeadline)?;
+    if deadline <= now {
+        return Err(ExtendError::InThePast { requested: deadline });
+    }
+    if let Some(max) = store_lifecycle::max_deadline(tx, &latest.build_id)?
+        && deadline > max
+    {
+        return Err(ExtendError::PastMax { requested: deadline, max });
+    }
+    store_lifecycle::move_deadline(tx, &latest.build_id, deadline, now)?;
+    builds::refresh_latest(tx, workspace_id)?;
+    Ok(previous)
+}

@@ -200,7 +200,7 @@ pub fn sync_hard_limit(
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
-    #[error("no preset with id {0:?}")]
+    #[error("no preset {0:?} (an id, or TEMPLATE/PRESET on the template's active version)")]
     UnknownPreset(String),
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -212,6 +212,7 @@ crate::has_store_error!(ResetError, Build);
 /// What `reset_preset` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetReport {
+    pub preset_id: String,
     pub deletes_queued: usize,
     pub previous_status: String,
 }
@@ -220,10 +221,13 @@ pub struct ResetReport {
 /// clears its stored status, in one transaction.
 pub fn reset_preset(
     tx: &mut WriteTx<'_>,
-    preset_id: &str,
+    reference: &str,
+    organization: Option<&str>,
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> Result<ResetReport, ResetError> {
+    let unknown = || ResetError::UnknownPreset(reference.to_owned());
+    let preset_id = &presets::resolve(tx, reference, organization)?.ok_or_else(unknown)?;
     let previous_status = presets::hard_limit_state(tx, preset_id)?
         .map(|(status, _)| status)
         .ok_or_else(|| ResetError::UnknownPreset(preset_id.to_owned()))?;
@@ -247,5 +251,5 @@ pub fn reset_preset(
         },
         now,
     )?;
-    Ok(ResetReport { deletes_queued, previous_status })
+    Ok(ResetReport { preset_id: preset_id.clone(), deletes_queued, previous_status })
 }

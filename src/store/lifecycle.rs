@@ -200,3 +200,17 @@ pub fn set_schedule(
     )?;
     Ok(changed > 0)
 }
+
+/// Sets (or clears: the template's `default_ttl` applies) a live workspace's TTL, used
+/// from its next start; `false` when there is none.
+pub fn set_ttl(
+    conn: &Connection,
+    workspace_id: &str,
+    ttl_s: Option<i64>,
+) -> Result<bool, StoreError> {
+    let changed = conn.execute_cached(
+        "UPDATE workspaces SET ttl_s = ?2 WHERE id = ?1 AND deleted = 0",
+        params![workspace_id, ttl_s],
+    )?;
+    Ok(changed > 0)
+}

@@ -10,6 +10,29 @@ use crate::store::time::to_millis;
 use crate::store::workspaces::CreateWorkspaceError;
 use crate::store::{CachedStatements, StoreError};
 
+/// The id of the preset `reference` names: `TEMPLATE/PRESET` (the preset of that name on
+/// the live template's active version, in `organization` or the default one), or an id.
+pub fn resolve(
+    conn: &Connection,
+    reference: &str,
+    organization: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let Some((template, preset)) = reference.split_once('/') else {
+        return Ok(Some(reference.to_owned()));
+    };
+    Ok(conn
+        .query_row_cached(
+            "SELECT p.id FROM presets p
+               JOIN templates t ON t.active_version_id = p.template_version_id AND t.deleted = 0
+               JOIN organizations o ON o.id = t.organization_id
+              WHERE t.name = ?1 AND p.name = ?2
+                AND (o.name = ?3 OR (?3 IS NULL AND o.id = ?4))",
+            params![template, preset, organization, crate::domain::DEFAULT_ORGANIZATION_ID],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
 /// A preset as the write side needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresetRow {

@@ -362,6 +362,66 @@ pub fn revoke_token(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<b
     Ok(exists)
 }
 
+/// Sets a human user's status (`active` or `suspended`); false when there is no such user.
+/// A suspended user's tokens stop working at once (`authenticate` checks the status) and
+/// the lifecycle stops their started workspaces.
+pub fn set_status(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    Ok(conn.execute_cached(
+        "UPDATE users SET status = ?2, updated_at = ?3 WHERE id = ?1 AND is_system = 0",
+        params![id, status, to_millis(now)],
+    )? == 1)
+}
+
+/// Replaces the user's roles in one organization with `roles`.
+pub fn set_roles(
+    conn: &Connection,
+    user_id: &str,
+    organization_id: &str,
+    roles: &[Role],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "DELETE FROM user_roles WHERE user_id = ?1 AND organization_id = ?2",
+        params![user_id, organization_id],
+    )?;
+    for role in roles {
+        grant(conn, user_id, organization_id, *role, now)?;
+    }
+    Ok(())
+}
+
+/// Live workspaces the user owns (a user with any cannot be deleted).
+pub fn live_workspaces(conn: &Connection, user_id: &str) -> Result<i64, StoreError> {
+    Ok(conn.query_row_cached(
+        "SELECT COUNT(*) FROM workspaces WHERE owner_id = ?1 AND deleted = 0",
+        [user_id],
+        |row| row.get(0),
+    )?)
+}
+
+/// Deletes a user: the row stays (builds and audit entries name it), its tokens are
+/// revoked, its roles dropped, its status suspended and its name freed for reuse
+/// (`deleted-<id>-<name>`).
+pub fn retire(conn: &Connection, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let now = to_millis(now);
+    conn.execute_cached(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+        params![user_id, now],
+    )?;
+    conn.execute_cached("DELETE FROM user_roles WHERE user_id = ?1", [user_id])?;
+    conn.execute_cached(
+        "UPDATE users SET status = 'suspended', username = 'deleted-' || id || '-' || username,
+                updated_at = ?2 WHERE id = ?1 AND is_system = 0",
+        params![user_id, now],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

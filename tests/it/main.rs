@@ -5,6 +5,7 @@
 // A failed unwrap is a failed test with its location: exactly what a test wants.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod api;
 mod bad_input;
 mod binary;

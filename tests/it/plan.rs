@@ -294,7 +294,5 @@ fn plan_and_export_read_the_live_database_without_writing_to_it() {
         Duration::from_secs(30),
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("no preset with id \"no-such-preset\"")
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no preset \"no-such-preset\""));
 }

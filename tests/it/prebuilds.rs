@@ -322,7 +322,13 @@ async fn a_failing_preset_backs_off_then_hard_limits_until_reset() {
     let report = daemon
         .store
         .write(move |tx| {
-            pools::reset_preset(tx, &id, &workspaced::store::audit::Actor::system("test"), now)
+            pools::reset_preset(
+                tx,
+                &id,
+                None,
+                &workspaced::store::audit::Actor::system("test"),
+                now,
+            )
         })
         .await
         .unwrap();

@@ -159,6 +159,21 @@ pub fn workspace(conn: &Connection, id: &str) -> Result<Option<WorkspaceView>, S
         .optional()?)
 }
 
+/// The live workspace `name` of the user `owner` (a username), for `OWNER/NAME` addressing.
+pub fn workspace_by_name(
+    conn: &Connection,
+    owner: &str,
+    name: &str,
+) -> Result<Option<WorkspaceView>, StoreError> {
+    Ok(conn
+        .query_row_cached(
+            &format!("{WORKSPACE_VIEW} WHERE u.username = ?1 AND w.name = ?2 AND w.deleted = 0"),
+            [owner, name],
+            workspace_view,
+        )
+        .optional()?)
+}
+
 /// List filters; `None` = any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkspaceFilter {
