@@ -14,6 +14,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod accounts;
+mod pool;
+mod remote;
+mod table;
+mod ws;
 
 use crate::app::{App, AppError};
 use chrono::{DateTime, Utc};
@@ -76,6 +80,20 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Workspaces of the running daemon, over its API (token: WORKSPACED_TOKEN or --token-file).
+    Ws {
+        #[command(flatten)]
+        api: ws::ApiArgs,
+        #[command(subcommand)]
+        command: ws::WsCommand,
+    },
+    /// Prebuild pools of the running daemon, over its API.
+    Pool {
+        #[command(flatten)]
+        api: ws::ApiArgs,
+        #[command(subcommand)]
+        command: pool::PoolCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +188,12 @@ pub enum CliError {
     Reset(#[from] ResetError),
     #[error("{0}")]
     Input(String),
+    #[error("cannot reach the daemon at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the daemon answered {status}: {message}{}", field.as_ref().map(|field| format!(" (field {field})")).unwrap_or_default())]
+    Api { status: u16, message: String, field: Option<String> },
+    #[error("build {number} ended {status}")]
+    BuildEnded { number: i64, status: String },
     #[error(
         "`workspaced gc` only previews: add --dry-run; to run the GC now send SIGUSR1 to the daemon"
     )]
@@ -178,9 +202,12 @@ pub enum CliError {
 crate::has_store_error!(CliError, App, Reset);
 
 impl CliError {
-    /// 2 for input the operator must fix (config), 1 for everything else.
+    /// 2 for input the operator must fix (config, arguments, a request the API refused),
+    /// 3 for a followed build that did not succeed, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Api { status, .. } if *status < 500 => 2,
+            CliError::BuildEnded { .. } => 3,
             CliError::Config(_)
             | CliError::Telemetry(TelemetryError::Filter { .. })
             | CliError::ReadSnapshot { .. }
@@ -221,6 +248,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             accounts::token_list(source, user.as_deref())
         }
         Command::Token(TokenCommand::Revoke { id }) => accounts::token_revoke(source, &id),
+        Command::Ws { api, command } => ws::run(source, &api, command),
+        Command::Pool { api, command: pool::PoolCommand::List } => pool::list(source, &api),
     }
 }
 
@@ -364,7 +393,7 @@ fn preset_reset(source: ConfigSource, preset: &str, org: Option<&str>) -> Result
     ))
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|error| CliError::Stdout(std::io::Error::other(error)))?;
     print(&text)

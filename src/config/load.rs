@@ -111,9 +111,10 @@ pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
 }
 
 /// `WORKSPACED_SERVER__LISTEN=…` → `server.listen`. `WORKSPACED_CONFIG` names the file
-/// itself (read by the CLI), so it is not a key.
+/// itself, and `WORKSPACED_TOKEN`, `_TOKEN_FILE` and `_URL` are the API client's (`ws`,
+/// `pool`): none of them is a key.
 fn env_provider() -> Env {
-    Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__")
+    Env::prefixed(ENV_PREFIX).ignore(&["config", "token", "token_file", "url"]).split("__")
 }
 
 fn from_figment(source: &ConfigSource, error: figment::Error) -> ConfigError {

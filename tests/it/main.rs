@@ -10,6 +10,7 @@ mod api;
 mod bad_input;
 mod binary;
 mod candidates;
+mod cli;
 mod client;
 mod containers;
 mod daemon;
