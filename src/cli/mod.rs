@@ -357,14 +357,21 @@ fn plan(
     now: Option<String>,
 ) -> Result<(), CliError> {
     let now = parse_now(now)?;
-    let mut snapshot = match snapshot {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| CliError::ReadSnapshot { path, source })?;
-            Snapshot::parse(&text)?
-        }
-        None => live_snapshot(&source, now)?,
+    let Some(path) = snapshot else {
+        // The live database: the plan with names beside ids, from the same read.
+        let (store, now, settings) = live_store(&source, now)?;
+        let plan = store.read_blocking(|conn| {
+            let snapshot = store_snapshot::read(conn, now, settings)?;
+            let mut plan =
+                serde_json::to_value(planner::plan(&snapshot)).map_err(StoreError::Encode)?;
+            crate::store::views::names::annotate(conn, &mut plan)?;
+            Ok::<_, StoreError>(plan)
+        })?;
+        return print_json(&plan);
     };
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| CliError::ReadSnapshot { path, source })?;
+    let mut snapshot = Snapshot::parse(&text)?;
     if let Some(now) = now {
         snapshot.now = now;
     }
@@ -373,11 +380,19 @@ fn plan(
 
 /// The live database as a snapshot, opened read-only, at `now` or the current time.
 fn live_snapshot(source: &ConfigSource, now: Option<DateTime<Utc>>) -> Result<Snapshot, CliError> {
+    let (store, now, settings) = live_store(source, now)?;
+    Ok(store.read_blocking(|conn| store_snapshot::read(conn, now, settings))?)
+}
+
+/// The live database opened read-only, the time to plan at and the planner's settings.
+fn live_store(
+    source: &ConfigSource,
+    now: Option<DateTime<Utc>>,
+) -> Result<(Store, DateTime<Utc>, planner::snapshot::Settings), CliError> {
     let config = config::load(source)?;
     let store = Store::open_read_only(crate::app::store_options(&config.storage))?;
     let now = now.unwrap_or_else(|| SystemClock.now());
-    let settings = config.planner_settings();
-    Ok(store.read_blocking(|conn| store_snapshot::read(conn, now, settings))?)
+    Ok((store, now, config.planner_settings()))
 }
 
 fn preset_reset(source: ConfigSource, preset: &str, org: Option<&str>) -> Result<(), CliError> {

@@ -197,6 +197,10 @@ pub struct PublishedEvent {
     pub id: i64,
     pub created_at: DateTime<Utc>,
     pub event: Event,
+    /// Names of what the ids name, as of the commit (`{"workspace": …, "owner": …,
+    /// "template": …, "preset": …, "organization": …}`, the known ones); `Null` for
+    /// events written before names were recorded.
+    pub names: serde_json::Value,
 }
 
 #[cfg(test)]

@@ -27,9 +27,19 @@ pub async fn plan(ctx: &Ctx, request: &Request<Incoming>) -> ApiResult {
         None => ctx.now,
     };
     let settings = ctx.state.ctx.config.borrow().planner_settings();
-    let snapshot =
-        ctx.state.ctx.store.read(move |conn| snapshot::read(conn, now, settings)).await?;
-    json(StatusCode::OK, &planner::plan(&snapshot))
+    let plan = ctx
+        .state
+        .ctx
+        .store
+        .read(move |conn| {
+            let snapshot = snapshot::read(conn, now, settings)?;
+            let mut plan = serde_json::to_value(planner::plan(&snapshot))
+                .map_err(crate::store::StoreError::Encode)?;
+            crate::store::views::names::annotate(conn, &mut plan)?;
+            Ok(plan)
+        })
+        .await?;
+    json(StatusCode::OK, &plan)
 }
 
 pub async fn gc_run(ctx: &Ctx, request: Request<Incoming>) -> ApiResult {

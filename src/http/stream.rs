@@ -74,7 +74,13 @@ pub fn visible(subject: &Subject, event: &Event) -> bool {
 }
 
 fn sse_frame(event: &PublishedEvent) -> Option<Bytes> {
-    let data = serde_json::to_string(&event.event).ok()?;
+    let mut value = serde_json::to_value(&event.event).ok()?;
+    if let Some(object) = value.as_object_mut()
+        && !event.names.is_null()
+    {
+        object.insert("names".to_owned(), event.names.clone());
+    }
+    let data = value.to_string();
     Some(Bytes::from(format!("id: {}\nevent: {}\ndata: {data}\n\n", event.id, event.event.kind())))
 }
 

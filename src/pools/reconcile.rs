@@ -4,6 +4,7 @@
 //! failure never stops the others. Then it refreshes the prebuild metrics.
 
 use std::collections::HashMap;
+use tracing::Instrument;
 
 use crate::context::{LoopCtx, LoopError, Now, TickReport};
 use crate::error::error_chain;
@@ -40,15 +41,23 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
         u64::from(ctx.config.borrow().reconciler.max_queued_creates).saturating_sub(in_progress);
     for preset_plan in &plan.presets {
         let Some(preset) = presets.get(preset_plan.preset_id.as_str()) else { continue };
+        // Every line about this preset names it: organization, template, preset.
+        let template = index.templates.get(preset.template_id.as_str());
+        let span = tracing::info_span!(
+            "preset",
+            organization = template.map_or("", |t| t.organization_name.as_str()),
+            template = template.map_or("", |t| t.name.as_str()),
+            preset = %preset.name,
+        );
         if let Some(problem) = reconcile::schedule_problem(preset) {
-            tracing::warn!(preset_id = %preset.id, preset = %preset.name, problem = %problem, "preset schedules ignored; using the base instances");
+            span.in_scope(|| tracing::warn!(preset_id = %preset.id, problem = %problem, "preset schedules ignored; using the base instances"));
         }
-        match execute(ctx, preset_plan, now, &mut budget).await {
+        match execute(ctx, preset_plan, now, &mut budget).instrument(span.clone()).await {
             Ok(done) => actions += done,
             Err(error) => {
                 metrics.preset_errors.inc();
                 ctx.metrics.loops.errors.with_label_values(&["reconciler"]).inc();
-                tracing::error!(preset_id = %preset.id, error = %error_chain(&error), "reconciling preset failed; other presets go on");
+                span.in_scope(|| tracing::error!(preset_id = %preset.id, error = %error_chain(&error), "reconciling preset failed; other presets go on"));
             }
         }
     }

@@ -20,13 +20,59 @@ pub(crate) fn insert(
     event: &Event,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    let payload = serde_json::to_string(event).map_err(StoreError::Encode)?;
+    let mut payload = serde_json::to_value(event).map_err(StoreError::Encode)?;
+    let names = names(conn, &payload)?;
+    if let Some(object) = payload.as_object_mut()
+        && !names.is_empty()
+    {
+        object.insert(NAMES_KEY.to_owned(), serde_json::Value::Object(names));
+    }
+    let payload = payload.to_string();
     conn.execute_cached(
         "INSERT INTO outbox (kind, payload, organization_id, owner_id, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![event.kind(), payload, event.organization_id(), event.owner_id(), to_millis(now)],
     )?;
     Ok(conn.last_insert_rowid())
+}
+
+/// The payload key names are stored under, beside the event's own fields.
+const NAMES_KEY: &str = "names";
+
+/// The names of the workspace, owner, template, preset and organization an event's ids
+/// name, looked up in the event's own transaction (indexed lookups by id).
+fn names(
+    conn: &Connection,
+    payload: &serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    let id = |key: &str| {
+        payload[key].as_str().or_else(|| payload["build"][key].as_str()).map(str::to_owned)
+    };
+    let mut names = serde_json::Map::new();
+    let mut put = |key: &str, value: Option<String>| {
+        if let Some(value) = value {
+            names.insert(key.to_owned(), serde_json::Value::String(value));
+        }
+    };
+    let lookup = |sql: &str, id: &Option<String>| -> Result<Option<String>, StoreError> {
+        let Some(id) = id else { return Ok(None) };
+        Ok(rusqlite::OptionalExtension::optional(
+            conn.query_row_cached(sql, [id], |row| row.get(0)),
+        )?)
+    };
+    let workspace = id("workspace_id");
+    put("workspace", lookup("SELECT name FROM workspaces WHERE id = ?1", &workspace)?);
+    let owner = id("owner_id").or_else(|| id("user_id"));
+    put("owner", lookup("SELECT username FROM users WHERE id = ?1", &owner)?);
+    let template = id("template_id")
+        .or(lookup("SELECT template_id FROM workspaces WHERE id = ?1", &workspace)?);
+    put("template", lookup("SELECT name FROM templates WHERE id = ?1", &template)?);
+    put("preset", lookup("SELECT name FROM presets WHERE id = ?1", &id("preset_id"))?);
+    put(
+        "organization",
+        lookup("SELECT name FROM organizations WHERE id = ?1", &id("organization_id"))?,
+    );
+    Ok(names)
 }
 
 /// Committed events not yet delivered and after `after_id` (sent but not yet marked),
@@ -78,15 +124,20 @@ fn events(
     let mut events = Vec::new();
     for row in rows {
         let (id, payload, created_at) = row?;
-        let event = serde_json::from_str(&payload).map_err(|source| StoreError::Corrupt {
-            what: format!("outbox row {id}"),
-            reason: source.to_string(),
-        })?;
+        let corrupt =
+            |reason: String| StoreError::Corrupt { what: format!("outbox row {id}"), reason };
+        let mut value: serde_json::Value =
+            serde_json::from_str(&payload).map_err(|source| corrupt(source.to_string()))?;
+        let names = value
+            .as_object_mut()
+            .and_then(|object| object.remove(NAMES_KEY))
+            .unwrap_or(serde_json::Value::Null);
+        let event = serde_json::from_value(value).map_err(|source| corrupt(source.to_string()))?;
         let created_at = from_millis(created_at).ok_or_else(|| StoreError::Corrupt {
             what: format!("outbox row {id}"),
             reason: format!("created_at {created_at} is out of range"),
         })?;
-        events.push(PublishedEvent { id, created_at, event });
+        events.push(PublishedEvent { id, created_at, event, names });
     }
     Ok(events)
 }

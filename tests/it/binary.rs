@@ -445,12 +445,16 @@ async fn the_first_reconcile_runs_at_start_so_pool_gauges_exist_when_ready_and_a
     let daemon = DaemonProcess::start(&config);
     let started = std::time::Instant::now();
     let api = crate::client::Api::new(daemon.addr, Some(&token));
-    // Ready means the first cycle ran: the pool's gauges are there at once.
+    // The cycle at start queued the prebuild, and says for which pool by name.
+    let created = daemon.wait_for_log("prebuild created", Duration::from_secs(20));
+    assert_eq!(created["span"]["template"], "go", "{created}");
+    assert_eq!(created["span"]["preset"], "small", "{created}");
+    // Ready comes after the first cycle: the pool's gauges are there at once.
     daemon.wait_for_log("workspaced is ready", Duration::from_secs(20));
     let series = "workspaced_prebuilt_workspaces_desired{organization_name=\"default\",preset_name=\"small\",template_name=\"go\"}";
     let (_, scrape) = crate::helpers::http_get(daemon.addr, "/metrics");
     assert_eq!(crate::helpers::metric_value(&scrape, series), Some(1.0), "{scrape}");
-    // The cycle at start queued the prebuild; the claim gets it as soon as it is built.
+    // The claim gets it as soon as it is built.
     let line = daemon.wait_for_log("job finished", Duration::from_secs(20));
     assert_eq!(line["fields"]["owner"], "prebuilds", "{line}");
     assert_eq!(line["fields"]["status"], "succeeded", "{line}");

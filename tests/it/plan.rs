@@ -267,6 +267,13 @@ fn plan_and_export_read_the_live_database_without_writing_to_it() {
     assert!(output.status.success(), "{output:?}");
     let live: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(live["reconciler"]["presets"][0]["state"]["desired"], 2);
+    // Names beside ids, from the live database.
+    let preset = &live["reconciler"]["presets"][0];
+    assert_eq!(
+        (preset["organization"].as_str(), preset["template"].as_str(), preset["preset"].as_str()),
+        (Some("default"), Some("go"), Some("small")),
+        "{live}"
+    );
     // The daemon's cycle at start created both prebuilds: nothing more to do.
     assert_eq!(live["reconciler"]["presets"][0]["actions"], serde_json::json!([]), "{live}");
 
@@ -277,7 +284,14 @@ fn plan_and_export_read_the_live_database_without_writing_to_it() {
     std::fs::write(&exported, &output.stdout).unwrap();
     // The exported document plans the same way, and an edit changes the plan.
     let replayed = plan(&exported, &["--now", "2025-06-02T12:00:00Z"]).unwrap();
-    assert_eq!(replayed["reconciler"], live["reconciler"]);
+    // The same plan; a snapshot document carries ids only, so its plan has no names.
+    let mut named = live["reconciler"].clone();
+    for preset in named["presets"].as_array_mut().unwrap() {
+        for key in ["organization", "template", "preset"] {
+            preset.as_object_mut().unwrap().remove(key);
+        }
+    }
+    assert_eq!(replayed["reconciler"], named);
     let mut edited: Value = serde_json::from_slice(&output.stdout).unwrap();
     edited["presets"][0]["desired_instances"] = serde_json::json!(5);
     std::fs::write(&exported, edited.to_string()).unwrap();

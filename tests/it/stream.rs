@@ -41,8 +41,14 @@ async fn the_event_stream_filters_by_permission_and_resumes_after_a_disconnect()
     let (first_id, kind, data) = alice_stream.next_event(Duration::from_secs(10)).await.unwrap();
     assert_eq!(kind, "workspace.created");
     assert_eq!(data["workspace_id"], workspace_id.as_str());
-    let (_, kind, _) = alice_stream.next_event(Duration::from_secs(10)).await.unwrap();
+    // Names beside the ids, as of the commit.
+    assert_eq!(data["names"]["workspace"], "one", "{data}");
+    assert_eq!(data["names"]["owner"], "alice", "{data}");
+    assert_eq!(data["names"]["template"], "dev", "{data}");
+    assert_eq!(data["names"]["organization"], "default", "{data}");
+    let (_, kind, data) = alice_stream.next_event(Duration::from_secs(10)).await.unwrap();
     assert_eq!(kind, "build.queued");
+    assert_eq!(data["names"]["workspace"], "one", "{data}");
     daemon.wait_idle().await;
     let mut last_seen = first_id;
     let mut kinds = Vec::new();
@@ -215,6 +221,7 @@ async fn webhooks_are_signed_retried_after_a_500_and_dead_lettered() {
     let payload: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(payload["kind"], "workspace.created");
     assert_eq!(payload["event"]["workspace_id"], workspace_id.as_str());
+    assert_eq!(payload["event"]["names"]["workspace"], "hooked", "{payload}");
     assert_eq!(headers["x-workspaced-event"], "workspace.created");
     assert_eq!(headers["idempotency-key"].to_str().unwrap(), payload["id"].to_string());
     // The signature: HMAC-SHA256(secret, "<timestamp>.<body>"), checked independently.

@@ -5,6 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+pub mod names;
 mod templates;
 pub use templates::*;
 
