@@ -87,6 +87,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ws::WsCommand,
     },
+    /// Write the man pages (one per command) into a directory; the .deb ships them.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Prebuild pools of the running daemon, over its API.
     Pool {
         #[command(flatten)]
@@ -249,8 +255,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Token(TokenCommand::Revoke { id }) => accounts::token_revoke(source, &id),
         Command::Ws { api, command } => ws::run(source, &api, command),
+        Command::Man { out } => man_pages(&out),
         Command::Pool { api, command: pool::PoolCommand::List } => pool::list(source, &api),
     }
+}
+
+/// The man pages of every command, generated from the CLI definition.
+fn man_pages(out: &std::path::Path) -> Result<(), CliError> {
+    let failed = |source| CliError::Input(format!("--out {}: {source}", out.display()));
+    std::fs::create_dir_all(out).map_err(failed)?;
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(command, out).map_err(failed)?;
+    print(&format!("man pages written to {}", out.display()))
 }
 
 pub(super) fn open_store(source: &ConfigSource) -> Result<Store, CliError> {
