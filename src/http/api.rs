@@ -202,13 +202,34 @@ async fn authenticate(
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         response
     };
-    let Some(header) = request.headers().get(AUTHORIZATION) else {
-        return Err(unauthorized("missing bearer token (Authorization: Bearer <token>)"));
+    let token = match request.headers().get(AUTHORIZATION) {
+        Some(header) => {
+            let Some(token) = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer "))
+            else {
+                return Err(unauthorized("the Authorization header must be `Bearer <token>`"));
+            };
+            token.trim().to_owned()
+        }
+        // The status page's login cookie works for the API too.
+        None => match crate::http::page::session_token(request) {
+            Some(token) => token,
+            None => {
+                return Err(unauthorized("missing bearer token (Authorization: Bearer <token>)"));
+            }
+        },
     };
-    let Some(token) = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")) else {
-        return Err(unauthorized("the Authorization header must be `Bearer <token>`"));
-    };
-    let token = token.trim().to_owned();
+    authenticate_token(state, token).await.map_err(|refusal| match refusal {
+        Err(response) => response,
+        Ok(message) => unauthorized(message),
+    })
+}
+
+/// Checks a presented token: the subject and token id, or why not (`Ok(message)` for a
+/// refused token, `Err(response)` for a store failure).
+pub(super) async fn authenticate_token(
+    state: &Arc<HttpState>,
+    token: String,
+) -> Result<(Subject, String), Result<&'static str, HttpResponse>> {
     let now = state.ctx.clock.now();
     let checked = state.ctx.store.read(move |conn| users::authenticate(conn, &token, now)).await;
     match checked {
@@ -229,14 +250,14 @@ async fn authenticate(
         }
         Ok(Err(reason)) => {
             tracing::debug!(?reason, "api token refused");
-            Err(unauthorized(match reason {
+            Err(Ok(match reason {
                 Refused::Expired => "token expired",
                 Refused::Revoked => "token revoked",
                 Refused::UserNotActive => "user is not active",
                 Refused::Malformed | Refused::Unknown | Refused::WrongSecret => "invalid token",
             }))
         }
-        Err(error) => Err(ApiError::from(error).into_response()),
+        Err(error) => Err(Err(ApiError::from(error).into_response())),
     }
 }
 

@@ -12,6 +12,7 @@ mod builds;
 mod create;
 pub mod limits;
 mod operations;
+pub mod page;
 mod routes;
 mod settings;
 mod stream;
@@ -183,6 +184,9 @@ async fn route(
     let path = request.uri().path();
     if path == "/api/v1" || path.starts_with("/api/v1/") {
         return api::handle(state, request, peer).await;
+    }
+    if matches!(path, "/" | "/login" | "/logout") {
+        return page::handle(state, request).await;
     }
     let allowed = match path {
         "/healthz" | "/readyz" | "/metrics" => "GET, HEAD",

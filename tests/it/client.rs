@@ -62,6 +62,29 @@ impl Api {
         (status, headers, value)
     }
 
+    /// `raw` without a body, answering the body as text (HTML pages).
+    pub async fn raw_text(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, String) {
+        let mut request =
+            hyper::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .expect("request timed out")
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|body| serde_json::to_vec(&body).unwrap());
         let (status, _, value) = self.raw(method, path, body, &[]).await;

@@ -21,6 +21,7 @@ mod hostile;
 mod lifecycle;
 mod operations;
 mod outbox;
+mod page;
 mod plan;
 mod prebuilds;
 mod provisioner;

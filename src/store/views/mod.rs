@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 pub mod names;
+pub mod page;
 mod templates;
 pub use templates::*;
 
