@@ -32,6 +32,64 @@ pub enum Output {
     Json,
 }
 
+/// `workspaced user …` subcommands that go through the API (audited as the caller).
+#[derive(Debug, Subcommand)]
+pub enum UserRemote {
+    /// Suspend a user: its tokens stop working, the lifecycle stops its workspaces.
+    Suspend {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Reactivate a suspended user.
+    Activate {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set the user's roles in an organization (none given: remove them all).
+    Roles {
+        name: String,
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a user who owns no workspace (tokens revoked, name freed).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub fn user(source: ConfigSource, command: UserRemote) -> Result<(), CliError> {
+    let (api, name) = match &command {
+        UserRemote::Suspend { name, api }
+        | UserRemote::Activate { name, api }
+        | UserRemote::Roles { name, api, .. }
+        | UserRemote::Delete { name, api } => (api, name.clone()),
+    };
+    let remote = remote(&source, api)?;
+    let path = format!("/users/{}", segment(&name));
+    let (answer, done) = match &command {
+        UserRemote::Suspend { .. } => {
+            (remote.call("POST", &format!("{path}/suspend"), Some(json!({})))?, "suspended")
+        }
+        UserRemote::Activate { .. } => {
+            (remote.call("POST", &format!("{path}/activate"), Some(json!({})))?, "active")
+        }
+        UserRemote::Roles { roles, org, .. } => {
+            let body = strip_nulls(json!({ "roles": roles, "organization": org }));
+            (remote.call("PUT", &format!("{path}/roles"), Some(body))?, "roles set")
+        }
+        UserRemote::Delete { .. } => (remote.call("DELETE", &path, None)?, "deleted"),
+    };
+    emit(api.output, &answer, |_| format!("user {name}: {done}"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum WsCommand {
     /// List workspaces (all you may read; filters narrow it).
@@ -89,6 +147,12 @@ pub enum WsCommand {
         build: Option<i64>,
         #[arg(long, short = 'f')]
         follow: bool,
+    },
+    /// Rebuild a workspace on its template's active version.
+    Update {
+        workspace: String,
+        #[arg(long)]
+        wait: bool,
     },
     /// Protect a workspace from the GC and from deletes (--off to lift it).
     Protect {
@@ -220,6 +284,9 @@ pub fn run(source: ConfigSource, api: &ApiArgs, command: WsCommand) -> Result<()
         WsCommand::Stop { workspace, wait } => transition(&remote, api, &workspace, "stop", wait),
         WsCommand::Delete { workspace, wait } => {
             transition(&remote, api, &workspace, "delete", wait)
+        }
+        WsCommand::Update { workspace, wait } => {
+            transition(&remote, api, &workspace, "update", wait)
         }
         WsCommand::Logs { workspace, build, follow: streaming } => {
             let path = workspace_path(&remote, &workspace)?;

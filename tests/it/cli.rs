@@ -92,6 +92,28 @@ fn the_workspace_cli_drives_a_running_daemon_with_tables_json_and_exit_codes() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("WORKSPACED_TOKEN"), "{stderr}");
 
+    // Users through the API: suspend, reactivate, re-role, delete; an update with nothing
+    // newer is refused.
+    let migrated = run_binary(
+        &["user", "create", "bob", "--role", "member", "--config", &config_arg],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(migrated.status.success(), "{migrated:?}");
+    for (args, expect) in [
+        (&["user", "suspend", "bob"][..], "user bob: suspended"),
+        (&["user", "activate", "bob"][..], "user bob: active"),
+        (&["user", "roles", "bob", "--role", "auditor"][..], "user bob: roles set"),
+        (&["user", "delete", "bob"][..], "user bob: deleted"),
+    ] {
+        let (code, stdout, stderr) = cli(args, &token);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains(expect), "{args:?}: {stdout}");
+    }
+    let (code, _, stderr) = cli(&["ws", "update", "dev"], &token);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("active version already"), "{stderr}");
+
     // No daemon: exit 1, naming the address tried.
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
