@@ -10,7 +10,10 @@ use crate::config::ConfigSource;
 use crate::store::StoreError;
 use crate::store::{audit, users};
 
-use super::{CliError, open_store, print};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{CliError, open_store, print, ws};
 
 fn parse_role(role: &str) -> Result<Role, CliError> {
     Role::parse(role).ok_or_else(|| {
@@ -196,4 +199,62 @@ pub(super) fn token_revoke(source: ConfigSource, id: &str) -> Result<(), CliErro
         )));
     }
     print(&format!("token {id} revoked"))
+}
+
+/// `workspaced user …` subcommands that go through the API (audited as the caller).
+#[derive(Debug, Subcommand)]
+pub enum UserRemote {
+    /// Suspend a user: its tokens stop working, the lifecycle stops its workspaces.
+    Suspend {
+        name: String,
+        #[command(flatten)]
+        api: ws::ApiArgs,
+    },
+    /// Reactivate a suspended user.
+    Activate {
+        name: String,
+        #[command(flatten)]
+        api: ws::ApiArgs,
+    },
+    /// Set the user's roles in an organization (none given: remove them all).
+    Roles {
+        name: String,
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        api: ws::ApiArgs,
+    },
+    /// Delete a user who owns no workspace (tokens revoked, name freed).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        api: ws::ApiArgs,
+    },
+}
+
+pub fn user(source: ConfigSource, command: UserRemote) -> Result<(), CliError> {
+    let (api, name) = match &command {
+        UserRemote::Suspend { name, api }
+        | UserRemote::Activate { name, api }
+        | UserRemote::Roles { name, api, .. }
+        | UserRemote::Delete { name, api } => (api, name.clone()),
+    };
+    let remote = ws::remote(&source, api)?;
+    let path = format!("/users/{}", ws::segment(&name));
+    let (answer, done) = match &command {
+        UserRemote::Suspend { .. } => {
+            (remote.call("POST", &format!("{path}/suspend"), Some(json!({})))?, "suspended")
+        }
+        UserRemote::Activate { .. } => {
+            (remote.call("POST", &format!("{path}/activate"), Some(json!({})))?, "active")
+        }
+        UserRemote::Roles { roles, org, .. } => {
+            let body = ws::strip_nulls(json!({ "roles": roles, "organization": org }));
+            (remote.call("PUT", &format!("{path}/roles"), Some(body))?, "roles set")
+        }
+        UserRemote::Delete { .. } => (remote.call("DELETE", &path, None)?, "deleted"),
+    };
+    ws::emit(api.output, &answer, |_| format!("user {name}: {done}"))
 }

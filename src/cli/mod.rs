@@ -116,7 +116,7 @@ pub enum UserCommand {
     },
     /// Suspend, reactivate, re-role or delete a user, over the running daemon's API.
     #[command(flatten)]
-    Remote(ws::UserRemote),
+    Remote(accounts::UserRemote),
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,7 +250,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(UserCommand::Create { name, role, org }) => {
             accounts::user_create(source, &name, role.as_deref(), &org)
         }
-        Command::User(UserCommand::Remote(command)) => ws::user(source, command),
+        Command::User(UserCommand::Remote(command)) => accounts::user(source, command),
         Command::Token(TokenCommand::Create { user, role, org, expires, name }) => {
             accounts::token_create(source, &user, role.as_deref(), &org, expires.as_deref(), &name)
         }

@@ -52,21 +52,7 @@ pub fn list(source: ConfigSource, api: &ApiArgs) -> Result<(), CliError> {
                 } else {
                     "ok".to_owned()
                 };
-                let next: Vec<String> = pool["next_actions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|action| match action["type"].as_str() {
-                        Some("create") => format!("create {}", text(&action["count"])),
-                        Some("delete") => format!(
-                            "delete {} ({})",
-                            action["workspace_ids"].as_array().map_or(0, Vec::len),
-                            text(&action["reason"])
-                        ),
-                        Some("backoff") => format!("wait until {}", text(&action["until"])),
-                        _ => action.to_string(),
-                    })
-                    .collect();
+                let next = crate::planner::plan::summarize_actions(&pool["next_actions"]);
                 vec![
                     name,
                     text(&pool["desired"]),
@@ -74,7 +60,7 @@ pub fn list(source: ConfigSource, api: &ApiArgs) -> Result<(), CliError> {
                     text(&pool["eligible"]),
                     text(&pool["in_progress"]),
                     status,
-                    if next.is_empty() { "-".to_owned() } else { next.join(", ") },
+                    next,
                 ]
             })
             .collect();

@@ -32,64 +32,6 @@ pub enum Output {
     Json,
 }
 
-/// `workspaced user …` subcommands that go through the API (audited as the caller).
-#[derive(Debug, Subcommand)]
-pub enum UserRemote {
-    /// Suspend a user: its tokens stop working, the lifecycle stops its workspaces.
-    Suspend {
-        name: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Reactivate a suspended user.
-    Activate {
-        name: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Set the user's roles in an organization (none given: remove them all).
-    Roles {
-        name: String,
-        #[arg(long = "role", value_name = "ROLE")]
-        roles: Vec<String>,
-        #[arg(long)]
-        org: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Delete a user who owns no workspace (tokens revoked, name freed).
-    Delete {
-        name: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-pub fn user(source: ConfigSource, command: UserRemote) -> Result<(), CliError> {
-    let (api, name) = match &command {
-        UserRemote::Suspend { name, api }
-        | UserRemote::Activate { name, api }
-        | UserRemote::Roles { name, api, .. }
-        | UserRemote::Delete { name, api } => (api, name.clone()),
-    };
-    let remote = remote(&source, api)?;
-    let path = format!("/users/{}", segment(&name));
-    let (answer, done) = match &command {
-        UserRemote::Suspend { .. } => {
-            (remote.call("POST", &format!("{path}/suspend"), Some(json!({})))?, "suspended")
-        }
-        UserRemote::Activate { .. } => {
-            (remote.call("POST", &format!("{path}/activate"), Some(json!({})))?, "active")
-        }
-        UserRemote::Roles { roles, org, .. } => {
-            let body = strip_nulls(json!({ "roles": roles, "organization": org }));
-            (remote.call("PUT", &format!("{path}/roles"), Some(body))?, "roles set")
-        }
-        UserRemote::Delete { .. } => (remote.call("DELETE", &path, None)?, "deleted"),
-    };
-    emit(api.output, &answer, |_| format!("user {name}: {done}"))
-}
-
 #[derive(Debug, Subcommand)]
 pub enum WsCommand {
     /// List workspaces (all you may read; filters narrow it).
@@ -188,7 +130,7 @@ pub(super) fn remote(source: &ConfigSource, api: &ApiArgs) -> Result<Remote, Cli
 }
 
 /// A path segment: percent-encoded where needed.
-fn segment(text: &str) -> String {
+pub(super) fn segment(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
@@ -368,7 +310,7 @@ pub fn run(source: ConfigSource, api: &ApiArgs, command: WsCommand) -> Result<()
     }
 }
 
-fn strip_nulls(value: Value) -> Value {
+pub(super) fn strip_nulls(value: Value) -> Value {
     match value {
         Value::Object(map) => {
             Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())

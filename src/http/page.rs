@@ -185,25 +185,6 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn actions(list: &Value) -> String {
-    let done: Vec<String> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|action| match action["type"].as_str() {
-            Some("create") => format!("create {}", text(&action["count"])),
-            Some("delete") => format!(
-                "delete {} ({})",
-                action["workspace_ids"].as_array().map_or(0, Vec::len),
-                text(&action["reason"])
-            ),
-            Some("backoff") => format!("wait until {}", text(&action["until"])),
-            _ => action.to_string(),
-        })
-        .collect();
-    if done.is_empty() { "-".to_owned() } else { done.join(", ") }
-}
-
 async fn status_page(state: &Arc<HttpState>, subject: &Subject) -> HttpResponse {
     let now = state.ctx.clock.now();
     let settings = state.ctx.config.borrow().planner_settings();
@@ -305,7 +286,7 @@ async fn status_page(state: &Arc<HttpState>, subject: &Subject) -> HttpResponse 
             text(&state["eligible"]),
             text(&state["starting"]),
             status,
-            actions(&preset["actions"]),
+            crate::planner::plan::summarize_actions(&preset["actions"]),
         ]);
     }
     body.push_str("<h2>Pools</h2>");

@@ -197,15 +197,5 @@ async fn update(ctx: &Ctx, workspace: &WorkspaceView) -> ApiResult {
             Ok(build)
         })
         .await?;
-    json(
-        StatusCode::ACCEPTED,
-        &json!({
-            "build": {
-                "id": build.build.build_id,
-                "build_number": build.build.build_number,
-                "transition": build.build.transition,
-                "job_id": build.build.job_id,
-            }
-        }),
-    )
+    crate::http::workspaces::accepted(&build)
 }

@@ -263,6 +263,11 @@ async fn enqueue(
             Ok(build)
         })
         .await?;
+    accepted(&build)
+}
+
+/// The 202 answer to a queued build.
+pub(super) fn accepted(build: &crate::store::builds::QueuedBuild) -> ApiResult {
     json(
         StatusCode::ACCEPTED,
         &json!({

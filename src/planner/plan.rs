@@ -146,3 +146,28 @@ pub struct GcAction {
     #[serde(skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
     pub deletes_at: Option<DateTime<Utc>>,
 }
+
+/// One line for a serialized list of pool actions (`create 2, delete 1 (expired)`), `-`
+/// for none: what the CLI's `pool list` and the status page show.
+pub fn summarize_actions(actions: &serde_json::Value) -> String {
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let parts: Vec<String> = actions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|action| match action["type"].as_str() {
+            Some("create") => format!("create {}", text(&action["count"])),
+            Some("delete") => format!(
+                "delete {} ({})",
+                action["workspace_ids"].as_array().map_or(0, Vec::len),
+                text(&action["reason"])
+            ),
+            Some("backoff") => format!("wait until {}", text(&action["until"])),
+            _ => action.to_string(),
+        })
+        .collect();
+    if parts.is_empty() { "-".to_owned() } else { parts.join(", ") }
+}

@@ -33,18 +33,19 @@ impl Api {
         Api { token: Some(token.to_owned()), ..self.clone() }
     }
 
-    /// Sends `method path` with a raw body; returns status, headers and the JSON body
-    /// (`Value::Null` when empty or not JSON).
-    pub async fn raw(
+    /// Sends `method path` with a raw body (and the bearer token when set); returns status,
+    /// headers and the body bytes.
+    async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
-    ) -> (u16, hyper::HeaderMap, Value) {
+        with_token: bool,
+    ) -> (u16, hyper::HeaderMap, Bytes) {
         let mut request =
             hyper::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
-        if let Some(token) = &self.token {
+        if let Some(token) = self.token.as_ref().filter(|_| with_token) {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         for (name, value) in headers {
@@ -58,30 +59,30 @@ impl Api {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, value)
+        (status, headers, bytes)
     }
 
-    /// `raw` without a body, answering the body as text (HTML pages).
+    /// Sends `method path` with a raw body; returns status, headers and the JSON body
+    /// (`Value::Null` when empty or not JSON).
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Value) {
+        let (status, headers, bytes) = self.send(method, path, body, headers, true).await;
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// `raw` without a body or token, answering the body as text (HTML pages).
     pub async fn raw_text(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, hyper::HeaderMap, String) {
-        let mut request =
-            hyper::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(Bytes::new())).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
-            .await
-            .expect("request timed out")
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let (status, headers, bytes) = self.send(method, path, None, headers, false).await;
         (status, headers, String::from_utf8_lossy(&bytes).into_owned())
     }
 
