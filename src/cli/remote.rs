@@ -113,14 +113,22 @@ impl Remote {
         CliError::Unreachable { url: self.base.clone(), reason }
     }
 
+    /// Sends a request and waits for the answer's head (bounded by `CALL_TIMEOUT`).
+    async fn send(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
+        tokio::time::timeout(CALL_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| self.unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
+            .map_err(|error| self.unreachable(crate::error::error_chain(&error)))
+    }
+
     /// `method path` with a JSON body; the answer's JSON, or the API's error.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let request = self.request(method, path, body.as_ref())?;
         self.runtime.block_on(async {
-            let response = tokio::time::timeout(CALL_TIMEOUT, self.client.request(request))
-                .await
-                .map_err(|_| self.unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
-                .map_err(|error| self.unreachable(crate::error::error_chain(&error)))?;
+            let response = self.send(request).await?;
             let status = response.status();
             let bytes = tokio::time::timeout(CALL_TIMEOUT, response.into_body().collect())
                 .await
@@ -141,10 +149,7 @@ impl Remote {
     pub fn follow(&self, path: &str, mut line: impl FnMut(Value)) -> Result<(), CliError> {
         let request = self.request("GET", path, None)?;
         self.runtime.block_on(async {
-            let response = tokio::time::timeout(CALL_TIMEOUT, self.client.request(request))
-                .await
-                .map_err(|_| self.unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
-                .map_err(|error| self.unreachable(crate::error::error_chain(&error)))?;
+            let response = self.send(request).await?;
             let status = response.status();
             let mut body = response.into_body();
             if !status.is_success() {

@@ -359,14 +359,23 @@ pub fn insert_preset(
             params![id, name, value],
         )?;
     }
-    for (cron, instances) in &spec.schedules {
+    insert_schedules(conn, &id, &spec.schedules)?;
+    Ok(id)
+}
+
+fn insert_schedules(
+    conn: &Connection,
+    preset_id: &str,
+    schedules: &[(String, i64)],
+) -> Result<(), StoreError> {
+    for (cron, instances) in schedules {
         conn.execute_cached(
             "INSERT INTO preset_prebuild_schedules (preset_id, cron_expression, desired_instances)
              VALUES (?1, ?2, ?3)",
-            params![id, cron, instances],
+            params![preset_id, cron, instances],
         )?;
     }
-    Ok(id)
+    Ok(())
 }
 
 /// A preset's parameter values.
@@ -447,13 +456,7 @@ pub fn update_pool(
         params![preset_id, spec.desired_instances, spec.ttl_s, spec.scheduling_timezone],
     )?;
     conn.execute_cached("DELETE FROM preset_prebuild_schedules WHERE preset_id = ?1", [preset_id])?;
-    for (cron, instances) in &spec.schedules {
-        conn.execute_cached(
-            "INSERT INTO preset_prebuild_schedules (preset_id, cron_expression, desired_instances)
-             VALUES (?1, ?2, ?3)",
-            params![preset_id, cron, instances],
-        )?;
-    }
+    insert_schedules(conn, preset_id, &spec.schedules)?;
     Ok(())
 }
 
