@@ -310,8 +310,8 @@ fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
         );
     }
     lines.push(format!(
-        "{:<38} {:<38} {:>10} {:<14} {:<7} {}",
-        "WORKSPACE", "OWNER", "AGE", "BASIS", "ACTION", "REASON"
+        "{:<38} {:<38} {:>10} {:<14} {:<8} {:<7} {}",
+        "WORKSPACE", "OWNER", "AGE", "BASIS", "USED VIA", "ACTION", "REASON"
     ));
     // Owners by name: an operator reads names, not ids.
     let mut names = std::collections::HashMap::new();
@@ -333,12 +333,15 @@ fn gc_preview(source: ConfigSource) -> Result<(), CliError> {
         let age = crate::config::duration::format_duration(std::time::Duration::from_secs(
             judged.action.age_s,
         ));
+        // What last reported use: why a workspace counts as active (or not).
+        let source = judged.workspace.last_used_source.map_or("-", |source| source.into());
         lines.push(format!(
-            "{:<38} {:<38} {:>10} {:<14} {:<7} {}",
+            "{:<38} {:<38} {:>10} {:<14} {:<8} {:<7} {}",
             judged.workspace.id,
             owner,
             age,
             judged.basis.as_str(),
+            source,
             action,
             reason
         ));

@@ -439,7 +439,11 @@ fn show_text(workspace: &Value) -> String {
         format!("autostart:   {}", text(&workspace["autostart_schedule"])),
         format!("ttl_s:       {}", text(&workspace["ttl_s"])),
         format!("protected:   {}", text(&workspace["protected"])),
-        format!("last used:   {}", text(&workspace["last_used_at"])),
+        format!(
+            "last used:   {} (via {})",
+            text(&workspace["last_used_at"]),
+            workspace["last_used_source"].as_str().unwrap_or("nothing since creation")
+        ),
     ];
     if !workspace["health"].is_null() {
         lines.push(format!(

@@ -4,6 +4,7 @@
 //! No IO and no clock: values only. Each enum reads and writes the exact strings the
 //! schema's CHECK constraints and the wire formats use.
 
+pub mod activity;
 pub mod event;
 pub mod job;
 pub mod parameters;

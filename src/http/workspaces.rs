@@ -6,6 +6,7 @@ use hyper::{Request, StatusCode};
 use serde_json::json;
 
 use crate::auth::{Action as Permission, Object};
+use crate::domain::activity::ActivitySource;
 use crate::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, Transition};
 use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, query};
 use crate::store::audit::{self, Entry};
@@ -340,10 +341,17 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
                 .ctx
                 .store
                 .write(move |tx| {
-                    let activity = crate::lifecycle::report_activity(tx, &workspace_id, now)?;
+                    let activity = crate::store::lifecycle::report_activity(
+                        tx,
+                        &workspace_id,
+                        now,
+                        ActivitySource::Api,
+                    )?;
                     // Audited when it was recorded (at most once a minute per workspace, as
                     // the write itself): who kept the workspace alive, and from where.
-                    if let crate::lifecycle::Activity::Recorded { deadline_extended } = activity {
+                    if let crate::store::lifecycle::Activity::Recorded { deadline_extended } =
+                        activity
+                    {
                         audit::record(
                             tx,
                             &actor,
@@ -361,11 +369,11 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
                 })
                 .await?;
             let (recorded, extended) = match activity {
-                crate::lifecycle::Activity::Recorded { deadline_extended } => {
+                crate::store::lifecycle::Activity::Recorded { deadline_extended } => {
                     (true, deadline_extended)
                 }
-                crate::lifecycle::Activity::Coalesced => (false, false),
-                crate::lifecycle::Activity::NotFound => {
+                crate::store::lifecycle::Activity::Coalesced => (false, false),
+                crate::store::lifecycle::Activity::NotFound => {
                     return Err(ApiError::not_found("workspace"));
                 }
             };

@@ -1,7 +1,8 @@
 //! The lifecycle executor's write side: for one candidate workspace, inside one write
 //! transaction, re-read it (with its latest build and template), re-decide with the
-//! planner's own rule, and act: enqueue the build, mark it dormant. Also activity reports
-//! and autostart schedule changes, which move the lifecycle's inputs.
+//! planner's own rule, and act: enqueue the build, mark it dormant. Also autostart schedule
+//! changes, which move the lifecycle's inputs (activity is `store::lifecycle::report_activity`:
+//! the API, the app proxy and the health monitor all report it).
 //!
 //! The decision lives in `planner::lifecycle::decide`; this module only makes it so.
 
@@ -11,17 +12,12 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::event::Event;
 use crate::domain::{BuildReason, Transition};
-use crate::planner::deadlines::deadline_on_activity;
 use crate::planner::lifecycle;
 use crate::planner::plan::{LifecycleDecision, LifecycleReason};
 use crate::planner::schedule::CronSchedule;
 use crate::store::builds::{self, BuildError, BuildRequest};
 use crate::store::lifecycle as store_lifecycle;
-use crate::store::time::to_millis;
 use crate::store::{StoreError, WriteTx, snapshot};
-
-/// Activity reports closer together than this are coalesced into one write.
-pub const ACTIVITY_COALESCE_S: i64 = 60;
 
 /// Re-judges one workspace at `tick` and carries out the decision; `None` when nothing is
 /// due any more (the candidate query is a superset; state may have changed since).
@@ -83,49 +79,6 @@ pub fn reason_name(reason: LifecycleReason) -> &'static str {
         LifecycleReason::Dormancy => "dormancy",
         LifecycleReason::Autodelete => "autodelete",
     }
-}
-
-/// What an activity report did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activity {
-    /// Recorded; `deadline_extended` when the autostop deadline moved.
-    Recorded {
-        deadline_extended: bool,
-    },
-    /// Within a minute of the last recorded activity: nothing written.
-    Coalesced,
-    NotFound,
-}
-
-/// Records activity on a workspace: `last_used_at = now` (at most one write per minute),
-/// and a started workspace whose deadline is closer than its TTL gets the deadline moved
-/// to now + TTL, never past the build's max deadline.
-pub fn report_activity(
-    tx: &mut WriteTx<'_>,
-    workspace_id: &str,
-    now: DateTime<Utc>,
-) -> Result<Activity, StoreError> {
-    let Some((last_used_at, ttl)) = store_lifecycle::activity_inputs(tx, workspace_id)? else {
-        return Ok(Activity::NotFound);
-    };
-    if to_millis(now) - last_used_at < ACTIVITY_COALESCE_S * 1000 {
-        return Ok(Activity::Coalesced);
-    }
-    store_lifecycle::touch(tx, workspace_id, now)?;
-    let mut deadline_extended = false;
-    if let Some(latest) = builds::latest(tx, workspace_id)?
-        && latest.transition == Transition::Start
-        && latest.job_status == crate::domain::JobStatus::Succeeded
-        && let Some(deadline) = latest.deadline
-    {
-        let max_deadline = store_lifecycle::max_deadline(tx, &latest.build_id)?;
-        if let Some(bumped) = deadline_on_activity(now, deadline, ttl, max_deadline) {
-            store_lifecycle::move_deadline(tx, &latest.build_id, bumped, now)?;
-            builds::refresh_latest(tx, workspace_id)?;
-            deadline_extended = true;
-        }
-    }
-    Ok(Activity::Recorded { deadline_extended })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -472,6 +472,10 @@ pub struct Workspace {
     /// Since when its readiness probe fails (absent: healthy or not probed).
     #[serde(default, with = "rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub unhealthy_since: Option<DateTime<Utc>>,
+    /// What reported `last_used_at` (`api`, `proxy`, `backend`); informational, no rule
+    /// reads it (absent: unknown, or nothing since creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_source: Option<crate::domain::activity::ActivitySource>,
 }
 
 impl Workspace {

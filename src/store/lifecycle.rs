@@ -1,6 +1,6 @@
 //! The lifecycle's SQL: finding the workspaces that may be due (one indexed query whose
 //! cost follows the number of due workspaces), keeping `next_start_at` current, marking a
-//! workspace dormant, and recording activity.
+//! workspace dormant, and recording activity (`report_activity`, with its source).
 //!
 //! Decisions are not made here: candidates are re-judged by `planner::lifecycle` inside
 //! the executor's write transaction.
@@ -9,9 +9,12 @@ use crate::store::CachedStatements;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::domain::PREBUILDS_USER_ID;
+use crate::domain::activity::ActivitySource;
+use crate::domain::{PREBUILDS_USER_ID, TextEnum};
+use crate::planner::deadlines::deadline_on_activity;
 use crate::planner::deadlines::{self, AutostartInputs};
 use crate::store::StoreError;
+use crate::store::builds;
 use crate::store::time::{from_millis, to_millis};
 
 /// Ids of live, non-prebuild workspaces that may need a transition at `tick`: past their
@@ -152,11 +155,64 @@ pub fn activity_inputs(
         .optional()?)
 }
 
-/// `last_used_at = now`.
-pub fn touch(conn: &Connection, workspace_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Activity reports closer together than this are coalesced into one write.
+pub const ACTIVITY_COALESCE_S: i64 = 60;
+
+/// What an activity report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Recorded; `deadline_extended` when the autostop deadline moved.
+    Recorded {
+        deadline_extended: bool,
+    },
+    /// Within a minute of the last recorded activity: nothing written.
+    Coalesced,
+    NotFound,
+}
+
+/// Records activity on a workspace: `last_used_at = now` and what reported it (at most
+/// one write per minute),
+/// and a started workspace whose deadline is closer than its TTL gets the deadline moved
+/// to now + TTL, never past the build's max deadline.
+pub fn report_activity(
+    conn: &Connection,
+    workspace_id: &str,
+    now: DateTime<Utc>,
+    source: ActivitySource,
+) -> Result<Activity, StoreError> {
+    let Some((last_used_at, ttl)) = activity_inputs(conn, workspace_id)? else {
+        return Ok(Activity::NotFound);
+    };
+    if to_millis(now) - last_used_at < ACTIVITY_COALESCE_S * 1000 {
+        return Ok(Activity::Coalesced);
+    }
+    touch(conn, workspace_id, now, source)?;
+    let mut deadline_extended = false;
+    if let Some(latest) = builds::latest(conn, workspace_id)?
+        && latest.transition == crate::domain::Transition::Start
+        && latest.job_status == crate::domain::JobStatus::Succeeded
+        && let Some(deadline) = latest.deadline
+    {
+        let max_deadline = max_deadline(conn, &latest.build_id)?;
+        if let Some(bumped) = deadline_on_activity(now, deadline, ttl, max_deadline) {
+            move_deadline(conn, &latest.build_id, bumped, now)?;
+            builds::refresh_latest(conn, workspace_id)?;
+            deadline_extended = true;
+        }
+    }
+    Ok(Activity::Recorded { deadline_extended })
+}
+
+/// `last_used_at = now`, reported by `source`.
+fn touch(
+    conn: &Connection,
+    workspace_id: &str,
+    now: DateTime<Utc>,
+    source: ActivitySource,
+) -> Result<(), StoreError> {
     conn.execute_cached(
-        "UPDATE workspaces SET last_used_at = ?2 WHERE id = ?1",
-        params![workspace_id, to_millis(now)],
+        "UPDATE workspaces SET last_used_at = ?2, last_used_source = ?3 WHERE id = ?1",
+        params![workspace_id, to_millis(now), source.as_str()],
     )?;
     Ok(())
 }

@@ -211,7 +211,7 @@ pub fn transfer_prebuild(
 ) -> Result<bool, CreateWorkspaceError> {
     let changed = conn
         .execute_cached(
-            "UPDATE workspaces SET owner_id = ?2, name = ?3, last_used_at = ?4, updated_at = ?4,
+            "UPDATE workspaces SET owner_id = ?2, name = ?3, last_used_at = ?4, last_used_source = NULL, updated_at = ?4,
                     dormant_at = NULL, deleting_at = NULL, autostart_schedule = ?5, ttl_s = ?6
               WHERE id = ?1 AND owner_id = ?7 AND deleted = 0",
             params![

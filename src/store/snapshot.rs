@@ -31,7 +31,7 @@ const WORKSPACE_COLUMNS: &str = "SELECT id, template_id, owner_id = ?1, owner_id
                 latest_build_number, latest_transition, latest_job_status, latest_template_version_id,
                 latest_preset_id, latest_initiator_id = ?1, latest_build_created_at,
                 latest_job_completed_at, latest_deadline,
-                CASE WHEN health = 'unhealthy' THEN health_since END
+                CASE WHEN health = 'unhealthy' THEN health_since END, last_used_source
            FROM workspaces WHERE deleted = 0";
 
 fn time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
@@ -378,6 +378,10 @@ fn map_workspace_rows(
             protected: row.get(11)?,
             gc_warned_at: optional_time(row, 12)?,
             unhealthy_since: optional_time(row, 22)?,
+            // Written by the store from the enum (CHECK constraint); unreadable = unknown.
+            last_used_source: row
+                .get::<_, Option<String>>(23)?
+                .and_then(|source| source.parse().ok()),
         });
     }
     Ok((workspaces, builds))

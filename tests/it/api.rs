@@ -435,11 +435,23 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
     assert_eq!((status, refused["field"].as_str()), (409, Some("protected")), "{refused}");
     assert_eq!(alice.post(&format!("{slow_path}/unprotect"), json!({})).await.0, 200);
 
-    // Activity is recorded (then coalesced within a minute).
+    // Activity is recorded (then coalesced within a minute), with its source.
     daemon.clock.advance(chrono::Duration::minutes(5));
+    let (_, before) = alice.get(&slow_path).await;
+    assert_eq!(before["last_used_source"], json!(null), "{before}");
     let (status, activity) = alice.post(&format!("{slow_path}/activity"), json!({})).await;
     assert_eq!((status, &activity["recorded"]), (200, &json!(true)));
     assert_eq!(alice.post(&format!("{slow_path}/activity"), json!({})).await.1["recorded"], false);
+    let (_, used) = alice.get(&slow_path).await;
+    assert_eq!(used["last_used_source"], "api", "{used}");
+    assert_eq!(
+        used["last_used_at"]
+            .as_str()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.timestamp_millis()),
+        Some(daemon.clock_now().timestamp_millis()),
+        "{used}"
+    );
 
     assert_eq!(alice.call("DELETE", &slow_path, None).await.0, 202);
     daemon.wait_idle().await;

@@ -99,7 +99,14 @@ async fn a_workspace_is_warned_then_deleted_after_the_window_by_activity_or_crea
         let now = daemon.clock.now();
         daemon
             .store
-            .write(move |tx| workspaced::lifecycle::report_activity(tx, &id, now))
+            .write(move |tx| {
+                workspaced::store::lifecycle::report_activity(
+                    tx,
+                    &id,
+                    now,
+                    workspaced::domain::activity::ActivitySource::Api,
+                )
+            })
             .await
             .unwrap();
     }
@@ -189,7 +196,14 @@ async fn the_safety_valve_deletes_nothing_and_a_failed_delete_is_retried_next_ru
     let now = daemon.clock.now();
     daemon
         .store
-        .write(move |tx| workspaced::lifecycle::report_activity(tx, &id, now))
+        .write(move |tx| {
+            workspaced::store::lifecycle::report_activity(
+                tx,
+                &id,
+                now,
+                workspaced::domain::activity::ActivitySource::Api,
+            )
+        })
         .await
         .unwrap();
     assert_eq!(run_gc(&daemon).await, 2);
@@ -332,6 +346,9 @@ async fn the_dry_run_previews_a_disabled_gc_as_enabled_and_says_so() {
     let row = text.lines().find(|line| line.starts_with(&id)).unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("warn"), "{row}");
     assert!(row.split_whitespace().nth(1) == Some("root"), "the owner by name: {row}");
+    // What last reported use (nothing since creation here): why it counts as (in)active.
+    assert!(text.contains("USED VIA"), "{text}");
+    assert_eq!(row.split_whitespace().nth(4), Some("-"), "no use reported: {row}");
     // Nothing was written: the disabled GC warned nobody.
     let warned: i64 = rusqlite::Connection::open(dir.path().join("data/workspaced.db"))
         .unwrap()

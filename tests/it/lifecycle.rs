@@ -8,8 +8,9 @@ use workspaced::clock::Clock;
 use workspaced::config::templates::TemplateConfig;
 use workspaced::domain::LoopKind;
 use workspaced::domain::{BuildReason, JobStatus, PREBUILDS_USER_ID, Transition};
-use workspaced::lifecycle::{self, Activity};
+use workspaced::lifecycle;
 use workspaced::store::builds;
+use workspaced::store::lifecycle::Activity;
 use workspaced::store::workspaces;
 
 use crate::fixtures;
@@ -144,21 +145,52 @@ async fn a_started_workspace_stops_at_its_deadline_and_activity_extends_it() {
     daemon.clock.set(at("2025-06-02T10:00:30Z"));
     let now = daemon.clock.now();
     let id = ws.clone();
-    let activity =
-        daemon.store.write(move |tx| lifecycle::report_activity(tx, &id, now)).await.unwrap();
+    let activity = daemon
+        .store
+        .write(move |tx| {
+            workspaced::store::lifecycle::report_activity(
+                tx,
+                &id,
+                now,
+                workspaced::domain::activity::ActivitySource::Api,
+            )
+        })
+        .await
+        .unwrap();
     assert_eq!(activity, Activity::Coalesced);
     daemon.clock.set(at("2025-06-02T10:50:00Z"));
     let now = daemon.clock.now();
     let id = ws.clone();
-    let activity =
-        daemon.store.write(move |tx| lifecycle::report_activity(tx, &id, now)).await.unwrap();
+    let activity = daemon
+        .store
+        .write(move |tx| {
+            workspaced::store::lifecycle::report_activity(
+                tx,
+                &id,
+                now,
+                workspaced::domain::activity::ActivitySource::Api,
+            )
+        })
+        .await
+        .unwrap();
     assert_eq!(activity, Activity::Recorded { deadline_extended: true });
     assert_eq!(latest(&daemon, &ws).await.deadline, Some(at("2025-06-02T11:50:00Z")));
     // Never past the max deadline (start + 3 h = 13:00).
     daemon.clock.set(at("2025-06-02T12:30:00Z"));
     let now = daemon.clock.now();
     let id = ws.clone();
-    daemon.store.write(move |tx| lifecycle::report_activity(tx, &id, now)).await.unwrap();
+    daemon
+        .store
+        .write(move |tx| {
+            workspaced::store::lifecycle::report_activity(
+                tx,
+                &id,
+                now,
+                workspaced::domain::activity::ActivitySource::Api,
+            )
+        })
+        .await
+        .unwrap();
     assert_eq!(latest(&daemon, &ws).await.deadline, Some(at("2025-06-02T13:00:00Z")));
 
     daemon.clock.set(at("2025-06-02T12:59:59Z"));

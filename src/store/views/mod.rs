@@ -15,7 +15,7 @@ use crate::store::CachedStatements;
 use crate::store::StoreError;
 use crate::store::time::from_millis;
 
-fn rfc3339(millis: Option<i64>) -> Option<String> {
+pub(crate) fn rfc3339(millis: Option<i64>) -> Option<String> {
     millis.and_then(from_millis).map(|time| time.to_rfc3339())
 }
 
@@ -81,6 +81,9 @@ pub struct WorkspaceView {
     pub gc_warned_at: Option<String>,
     pub created_at: Option<String>,
     pub last_used_at: Option<String>,
+    /// What reported `last_used_at` (`api`, `proxy`, `backend`); `None` = nothing since
+    /// creation or the claim.
+    pub last_used_source: Option<String>,
     pub deleted: bool,
     /// What a developer connects to; empty unless the workspace runs and reports apps.
     pub apps: Vec<crate::domain::App>,
@@ -103,7 +106,7 @@ const WORKSPACE_VIEW: &str =
         w.latest_build_created_at, w.latest_job_completed_at, w.latest_deadline,
         w.autostart_schedule, w.ttl_s, w.protected, w.dormant_at, w.deleting_at, w.gc_warned_at,
         w.created_at, w.last_used_at, w.deleted, w.apps, w.health, w.health_error,
-        w.health_since
+        w.health_since, w.last_used_source
    FROM workspaces w JOIN users u ON u.id = w.owner_id JOIN templates t ON t.id = w.template_id";
 
 fn workspace_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceView> {
@@ -139,6 +142,7 @@ fn workspace_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceView> {
         gc_warned_at: rfc3339(row.get(19)?),
         created_at: rfc3339(row.get(20)?),
         last_used_at: rfc3339(row.get(21)?),
+        last_used_source: row.get(27)?,
         deleted: row.get(22)?,
         // Written by the store from a typed list; an unreadable value shows as none.
         apps: row
