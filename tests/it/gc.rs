@@ -95,20 +95,7 @@ async fn a_workspace_is_warned_then_deleted_after_the_window_by_activity_or_crea
     // Both are used on day 5: that resets the activity age, not the creation age.
     daemon.clock.set(at("2025-06-05T00:00:00Z"));
     for id in [&active, &created] {
-        let id = id.clone();
-        let now = daemon.clock.now();
-        daemon
-            .store
-            .write(move |tx| {
-                workspaced::store::lifecycle::report_activity(
-                    tx,
-                    &id,
-                    now,
-                    workspaced::domain::activity::ActivitySource::Api,
-                )
-            })
-            .await
-            .unwrap();
+        daemon.report_activity(id).await;
     }
     // Day 9.5: the creation-based one is due (9.5 d > 10 d − 1 d) and is warned.
     daemon.clock.set(at("2025-06-10T12:00:00Z"));
@@ -193,19 +180,7 @@ async fn the_safety_valve_deletes_nothing_and_a_failed_delete_is_retried_next_ru
     let id = fresh.clone();
     // Warn both old ones.
     daemon.clock.set(at("2025-06-10T12:00:00Z"));
-    let now = daemon.clock.now();
-    daemon
-        .store
-        .write(move |tx| {
-            workspaced::store::lifecycle::report_activity(
-                tx,
-                &id,
-                now,
-                workspaced::domain::activity::ActivitySource::Api,
-            )
-        })
-        .await
-        .unwrap();
+    daemon.report_activity(&id).await;
     assert_eq!(run_gc(&daemon).await, 2);
     daemon.clock.set(at("2025-06-12T00:00:00Z"));
     // A valve of 0.5 of 3 workspaces allows 1 delete, not 2: tripped.

@@ -325,6 +325,25 @@ impl TestDaemon {
         use workspaced::clock::Clock;
         self.clock.now()
     }
+
+    /// Reports activity on `workspace_id` at the clock's now, as the API does.
+    pub async fn report_activity(
+        &self,
+        workspace_id: &str,
+    ) -> workspaced::store::lifecycle::Activity {
+        let (id, now) = (workspace_id.to_owned(), self.clock_now());
+        self.store
+            .write(move |tx| {
+                workspaced::store::lifecycle::report_activity(
+                    tx,
+                    &id,
+                    now,
+                    workspaced::domain::activity::ActivitySource::Api,
+                )
+            })
+            .await
+            .unwrap()
+    }
 }
 
 impl TestDaemon {

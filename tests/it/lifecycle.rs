@@ -143,54 +143,15 @@ async fn a_started_workspace_stops_at_its_deadline_and_activity_extends_it() {
 
     // Activity 30 s after the last is coalesced; at 10:50 it moves the deadline to 11:50.
     daemon.clock.set(at("2025-06-02T10:00:30Z"));
-    let now = daemon.clock.now();
-    let id = ws.clone();
-    let activity = daemon
-        .store
-        .write(move |tx| {
-            workspaced::store::lifecycle::report_activity(
-                tx,
-                &id,
-                now,
-                workspaced::domain::activity::ActivitySource::Api,
-            )
-        })
-        .await
-        .unwrap();
+    let activity = daemon.report_activity(&ws).await;
     assert_eq!(activity, Activity::Coalesced);
     daemon.clock.set(at("2025-06-02T10:50:00Z"));
-    let now = daemon.clock.now();
-    let id = ws.clone();
-    let activity = daemon
-        .store
-        .write(move |tx| {
-            workspaced::store::lifecycle::report_activity(
-                tx,
-                &id,
-                now,
-                workspaced::domain::activity::ActivitySource::Api,
-            )
-        })
-        .await
-        .unwrap();
+    let activity = daemon.report_activity(&ws).await;
     assert_eq!(activity, Activity::Recorded { deadline_extended: true });
     assert_eq!(latest(&daemon, &ws).await.deadline, Some(at("2025-06-02T11:50:00Z")));
     // Never past the max deadline (start + 3 h = 13:00).
     daemon.clock.set(at("2025-06-02T12:30:00Z"));
-    let now = daemon.clock.now();
-    let id = ws.clone();
-    daemon
-        .store
-        .write(move |tx| {
-            workspaced::store::lifecycle::report_activity(
-                tx,
-                &id,
-                now,
-                workspaced::domain::activity::ActivitySource::Api,
-            )
-        })
-        .await
-        .unwrap();
+    daemon.report_activity(&ws).await;
     assert_eq!(latest(&daemon, &ws).await.deadline, Some(at("2025-06-02T13:00:00Z")));
 
     daemon.clock.set(at("2025-06-02T12:59:59Z"));
