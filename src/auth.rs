@@ -64,6 +64,9 @@ pub enum Action {
     Create,
     Update,
     Delete,
+    /// Use a workspace's apps through the app proxy: granted with update, never by read
+    /// alone (an auditor sees a workspace but cannot act as its owner in it).
+    Connect,
 }
 
 crate::text_enums! {
@@ -191,30 +194,36 @@ mod tests {
     }
 
     /// The expected matrix, written out row by row (role, resource, owner) → the actions
-    /// allowed, as "rcud" letters.
+    /// allowed, as "rcudx" letters (x = connect).
     fn expected(role: Role, resource: Resource, owner: &str) -> &'static str {
         use Resource as R;
         let prebuild = owner == PREBUILDS_USER_ID;
         let own = owner == ME;
         match (role, resource) {
-            (Role::Owner, _) => "rcud",
+            (Role::Owner, _) => "rcudx",
             (_, R::Token) if own => "rd",
             (Role::Auditor, _) => "r",
-            (Role::TemplateAdmin, R::Template | R::Preset | R::PrebuiltWorkspace) => "rcud",
-            (Role::TemplateAdmin, R::Workspace) if prebuild => "rcud",
+            (Role::TemplateAdmin, R::Template | R::Preset | R::PrebuiltWorkspace) => "rcudx",
+            (Role::TemplateAdmin, R::Workspace) if prebuild => "rcudx",
             (Role::TemplateAdmin, R::Workspace | R::Organization) => "r",
-            (Role::Member, R::Workspace) if own => "rcud",
+            (Role::Member, R::Workspace) if own => "rcudx",
             (Role::Member, R::Template | R::Preset | R::Organization) => "r",
             _ => "",
         }
     }
 
     fn letters(subject: &Subject, object: &Object<'_>) -> String {
-        [(Action::Read, 'r'), (Action::Create, 'c'), (Action::Update, 'u'), (Action::Delete, 'd')]
-            .iter()
-            .filter(|(action, _)| subject.can(*action, object))
-            .map(|(_, letter)| *letter)
-            .collect()
+        [
+            (Action::Read, 'r'),
+            (Action::Create, 'c'),
+            (Action::Update, 'u'),
+            (Action::Delete, 'd'),
+            (Action::Connect, 'x'),
+        ]
+        .iter()
+        .filter(|(action, _)| subject.can(*action, object))
+        .map(|(_, letter)| *letter)
+        .collect()
     }
 
     #[test]
@@ -259,7 +268,7 @@ mod tests {
     #[test]
     fn deployment_wide_objects_belong_to_the_default_organizations_staff() {
         let users = Object::new(Resource::User, None, None);
-        assert_eq!(letters(&subject(Role::Owner, DEFAULT_ORGANIZATION_ID), &users), "rcud");
+        assert_eq!(letters(&subject(Role::Owner, DEFAULT_ORGANIZATION_ID), &users), "rcudx");
         assert_eq!(letters(&subject(Role::Auditor, DEFAULT_ORGANIZATION_ID), &users), "r");
         assert_eq!(letters(&subject(Role::Owner, ORG), &users), "");
         assert_eq!(letters(&subject(Role::Member, DEFAULT_ORGANIZATION_ID), &users), "");

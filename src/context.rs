@@ -4,12 +4,16 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 
+use crate::activity::Tracker;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::TextEnum;
+use crate::domain::activity::ActivitySource;
 use crate::metrics::Metrics;
+use crate::store::lifecycle::{ACTIVITY_COALESCE_S, Activity};
 use crate::store::{Store, StoreError};
 
 /// Everything a loop iteration may use. Cheap to clone.
@@ -20,6 +24,70 @@ pub struct LoopCtx {
     pub metrics: Metrics,
     /// The live config; a reload sends a new value.
     pub config: watch::Receiver<Arc<Config>>,
+    /// The activity gate and the app proxy's upstream connections.
+    pub activity: Arc<Tracker>,
+}
+
+impl LoopCtx {
+    /// Reports use of a workspace by `source` (`admit_activity`, then `record_activity`).
+    pub async fn report_activity(
+        &self,
+        workspace_id: &str,
+        source: ActivitySource,
+    ) -> Option<Activity> {
+        let now = self.admit_activity(workspace_id, source)?;
+        self.record_activity(workspace_id, now, source).await
+    }
+
+    /// The in-memory gate: `Some(now)` when this report should be written (none for this
+    /// workspace in the last minute on the daemon's clock); counted as `coalesced`
+    /// otherwise. Cheap: callers on a hot path check it before they spawn the write.
+    pub fn admit_activity(&self, workspace_id: &str, source: ActivitySource) -> Option<Now> {
+        let now = self.clock.now();
+        let window = TimeDelta::seconds(ACTIVITY_COALESCE_S);
+        if self.activity.admit(workspace_id, now, window) {
+            return Some(now);
+        }
+        self.metrics
+            .proxy
+            .activity_reports
+            .with_label_values(&[source.as_str(), "coalesced"])
+            .inc();
+        None
+    }
+
+    /// Writes an admitted report: `last_used_at`, the source and the deadline bump, in
+    /// `workspaced_activity_reports_total`. `None` when the write failed (logged; the
+    /// gate lets the next use retry).
+    pub async fn record_activity(
+        &self,
+        workspace_id: &str,
+        now: Now,
+        source: ActivitySource,
+    ) -> Option<Activity> {
+        let reports = &self.metrics.proxy.activity_reports;
+        let id = workspace_id.to_owned();
+        let written = self
+            .store
+            .write(move |tx| crate::store::lifecycle::report_activity(tx, &id, now, source))
+            .await;
+        match written {
+            Ok(activity) => {
+                let result = match activity {
+                    Activity::Recorded { .. } => "recorded",
+                    Activity::Coalesced | Activity::NotFound => "coalesced",
+                };
+                reports.with_label_values(&[source.as_str(), result]).inc();
+                Some(activity)
+            }
+            Err(error) => {
+                self.activity.forget(workspace_id);
+                reports.with_label_values(&[source.as_str(), "failed"]).inc();
+                tracing::warn!(workspace_id, source = source.as_str(), error = %crate::error::error_chain(&error), "cannot record workspace activity");
+                None
+            }
+        }
+    }
 }
 
 /// What one iteration saw and did.

@@ -6,7 +6,8 @@
 //!   do what).
 //! - `config`: TOML + environment into a typed, validated `Config`.
 //! - `store`: all SQL (one writer, read-only readers, migrations, the event outbox).
-//! - `metrics`, `telemetry`: the Prometheus registry; logging.
+//! - `metrics`, `telemetry`, `activity`: the Prometheus registry; logging; the in-memory
+//!   activity gate and the app proxy's upstream connection counts.
 //! - `context`, `systemd`: what a loop iteration gets; sd_notify and the watchdog.
 //! - `events`, `provisioner`: publisher and webhooks; backends and the job runner.
 //! - `pools`, `lifecycle`, `gc`, `health`, `retention`, `templates`: the capabilities,
@@ -17,6 +18,7 @@
 //!
 //! See ARCHITECTURE.md for the map of every module and the invariants.
 
+pub mod activity;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -79,6 +79,8 @@ pub struct App {
     gc_trigger: Arc<tokio::sync::Notify>,
     notifier: Arc<Notifier>,
     health: LoopHealth,
+    /// Activity gate and the app proxy's upstream connections (shared by every loop ctx).
+    activity: Arc<crate::activity::Tracker>,
     /// Whether the reconciler's first cycle runs at start (tests that drive cycles turn it off).
     initial_reconcile: bool,
     /// Held until the app is dropped (after shutdown).
@@ -151,6 +153,7 @@ impl App {
         );
         Ok(App {
             listener,
+            activity: Arc::new(crate::activity::Tracker::new()),
             local_addr,
             store,
             open_report,
@@ -193,6 +196,7 @@ impl App {
             clock: Arc::clone(&self.clock),
             metrics: self.metrics.clone(),
             config: self.config.subscribe(),
+            activity: Arc::clone(&self.activity),
         }
     }
 
@@ -253,6 +257,8 @@ impl App {
         let config = Arc::clone(&self.config.borrow());
         let grace = config.server.shutdown_grace.as_duration();
         let addr = self.local_addr;
+        let http_ctx = self.loop_ctx();
+        let ctx = self.loop_ctx();
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .map_err(|source| AppError::Bind { addr, source })?;
 
@@ -265,12 +271,7 @@ impl App {
         let workers = TaskTracker::new();
         let workers_cancel = CancellationToken::new();
         let http_state = Arc::new(HttpState {
-            ctx: LoopCtx {
-                store: self.store.clone(),
-                clock: Arc::clone(&self.clock),
-                metrics: self.metrics.clone(),
-                config: self.config.subscribe(),
-            },
+            ctx: http_ctx,
             runner: self.runner.clone(),
             events: self.events.clone(),
             shutdown: workers_cancel.clone(),
@@ -281,6 +282,7 @@ impl App {
                 config.api.max_streams_per_token,
             ),
             tasks: workers.clone(),
+            proxy: http::proxy::Upstream::new(Arc::clone(&self.activity)),
         });
         workers.spawn(http::serve(
             listener,
@@ -289,12 +291,6 @@ impl App {
             workers_cancel.clone(),
             grace,
         ));
-        let ctx = LoopCtx {
-            store: self.store.clone(),
-            clock: Arc::clone(&self.clock),
-            metrics: self.metrics.clone(),
-            config: self.config.subscribe(),
-        };
         log_gc_configuration(&config);
         // Jobs a previous process left running can never finish: mark them interrupted
         // before any worker starts, then carry on with what they were doing.

@@ -102,6 +102,14 @@ pub struct ContainerSpec {
     /// Named container ports (TCP) to publish on the host address; each becomes an app.
     #[serde(default)]
     pub ports: BTreeMap<String, u16>,
+    /// Per-app settings, keyed by a port name: `apps.web.share = "authenticated"`.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppSettings>,
+    /// Report established TCP connections to the container's ports (ones that bypass
+    /// the app proxy: SSH, an IDE) as activity with source `backend`, at the health
+    /// monitor's interval.
+    #[serde(default)]
+    pub connection_activity: bool,
     /// Memory limit: bytes, or a number with k, m or g (binary units), e.g. `"512m"`.
     #[serde(default)]
     pub memory: Option<String>,
@@ -117,6 +125,15 @@ pub struct ContainerSpec {
     /// The readiness probe; absent = ready once the container runs.
     #[serde(default)]
     pub ready: Option<ProbeSpec>,
+}
+
+/// How an app (a published port) is offered through the app proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// `owner` (default) or `authenticated` (any logged-in user of the organization).
+    #[serde(default)]
+    pub share: crate::domain::AppShare,
 }
 
 /// How workspaced checks that a workspace answers (it runs the probe itself: engine
@@ -265,6 +282,9 @@ pub fn check_spec(spec: &ContainerSpec, parameters: &BTreeSet<String>) -> Result
         if *port == 0 {
             return Err(problem(format!("ports.{name}"), "0 is not a port"));
         }
+    }
+    if let Some(name) = spec.apps.keys().find(|name| !spec.ports.contains_key(*name)) {
+        return Err(problem(format!("apps.{name}"), format!("{name:?} names no entry of ports")));
     }
     if let Some(memory) = &spec.memory {
         parse_memory(memory).map_err(|reason| problem("memory", reason))?;
@@ -545,6 +565,16 @@ mod tests {
                 "names no entry",
             ),
             (serde_json::json!({"image": "i", "ready": {}}), "ready", "exactly one"),
+            (
+                serde_json::json!({"image": "i", "ports": {"web": 80}, "apps": {"ide": {}}}),
+                "apps.ide",
+                "names no entry of ports",
+            ),
+            (
+                serde_json::json!({"image": "i", "ports": {"web": 80}, "apps": {"web": {"share": "public"}}}),
+                "apps.web.share",
+                "unknown variant",
+            ),
             (
                 serde_json::json!({"image": "i", "labels": {"io.workspaced.x": "1"}}),
                 "labels.io.workspaced.x",

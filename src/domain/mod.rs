@@ -295,6 +295,27 @@ pub struct Agent {
 pub struct App {
     pub name: String,
     pub url: String,
+    /// Who may use it through the app proxy (`owner` when absent).
+    #[serde(default, skip_serializing_if = "AppShare::is_owner")]
+    pub share: AppShare,
+}
+
+/// Who may use an app through the app proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppShare {
+    /// Whoever may connect to the workspace: its owner, owners of its organization, a
+    /// template admin for a prebuild. Never an auditor.
+    #[default]
+    Owner,
+    /// Any logged-in user of the workspace's organization.
+    Authenticated,
+}
+
+impl AppShare {
+    pub fn is_owner(&self) -> bool {
+        *self == AppShare::Owner
+    }
 }
 
 /// A container-engine object workspaced created whose workspace is gone.

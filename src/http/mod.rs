@@ -1,5 +1,6 @@
 //! The HTTP server: hyper over HTTP/1.1 on one listener, serving `/healthz`, `/readyz`,
-//! `/metrics` (no token) and the JSON API under `/api/v1` (bearer token, see `api`).
+//! `/metrics` (no token), the JSON API under `/api/v1` (bearer token, see `api`), the
+//! status page, and workspace apps under `/@{owner}/{workspace}/apps/{app}/` (`proxy`).
 //!
 //! Owns accepting, top-level routing and graceful shutdown: on cancellation it stops
 //! accepting, ends event streams, lets in-flight requests finish (hyper-util's
@@ -13,6 +14,7 @@ mod create;
 pub mod limits;
 mod operations;
 pub mod page;
+pub mod proxy;
 mod routes;
 mod settings;
 mod stream;
@@ -33,7 +35,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,14 +58,18 @@ pub struct HttpState {
     pub limits: limits::Limits,
     /// Owns the tasks requests start (streams, bookkeeping): they end with the daemon.
     pub tasks: TaskTracker,
+    /// The app proxy's client to workspace apps.
+    pub proxy: proxy::Upstream,
 }
 
-pub type Body = BoxBody<Bytes, Infallible>;
+/// A response body: complete (`full`), a stream the daemon writes (`stream`), or an
+/// upstream's body passed through (`proxy`, whose errors end the connection).
+pub type Body = BoxBody<Bytes, hyper::Error>;
 pub type HttpResponse = Response<Body>;
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
 }
 
 /// Serves until `cancel` fires, then drains for at most `grace`.
@@ -75,7 +80,9 @@ pub async fn serve(
     cancel: CancellationToken,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Connection tasks, drained on shutdown (hyper-util's GracefulShutdown does not take
+    // connections with upgrades, so each connection watches `cancel` itself).
+    let connections_open = TaskTracker::new();
     let server = state.ctx.config.borrow().server.clone();
     let max_connections = effective_connection_cap(server.max_connections);
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -121,19 +128,34 @@ pub async fn serve(
         builder
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(server.header_read_timeout.as_duration());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        // Upgrades: a WebSocket through the app proxy takes the connection over.
+        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let cancel_connection = cancel.clone();
         open.inc();
-        tracker.spawn(async move {
-            if let Err(error) = connection.await {
+        tracker.spawn(connections_open.track_future(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = cancel_connection.cancelled() => {
+                    // Finish the request in flight, then close (an upgraded tunnel ends
+                    // with the daemon's shutdown token).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(error = %error, "http connection ended with an error");
             }
             open.dec();
             drop(permit);
-        });
+        }));
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("http connections drained"),
+        () = async {
+            connections_open.close();
+            connections_open.wait().await;
+        } => tracing::debug!("http connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("http connections still open after the grace period"),
     }
 }
@@ -184,6 +206,9 @@ async fn route(
     let path = request.uri().path();
     if path == "/api/v1" || path.starts_with("/api/v1/") {
         return api::handle(state, request, peer).await;
+    }
+    if path.starts_with(proxy::PREFIX) {
+        return proxy::handle(state, request, peer).await;
     }
     if matches!(path, "/" | "/login" | "/logout") {
         return page::handle(state, request).await;

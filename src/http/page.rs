@@ -19,7 +19,7 @@ use crate::domain::LoopKind;
 use crate::http::{HttpResponse, HttpState, full};
 use crate::store::views::page::{self as page_views, FailedBuild};
 
-const COOKIE_NAME: &str = "wsd_session";
+pub const COOKIE_NAME: &str = "wsd_session";
 /// Largest login form read.
 const MAX_FORM_BYTES: usize = 4096;
 /// Rows per section at most: the page costs what it shows, not the fleet.
@@ -39,7 +39,7 @@ pub fn session_token(request: &Request<Incoming>) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -23,7 +23,13 @@ fn fixture(config: Config) -> Fixture {
         DateTime::parse_from_rfc3339("2025-06-02T12:00:00Z").unwrap().to_utc(),
     ));
     let (sender, receiver) = watch::channel(Arc::new(config));
-    let ctx = LoopCtx { store, clock, metrics: Metrics::new().unwrap(), config: receiver };
+    let ctx = LoopCtx {
+        store,
+        clock,
+        metrics: Metrics::new().unwrap(),
+        config: receiver,
+        activity: Arc::new(crate::activity::Tracker::new()),
+    };
     Fixture { _dir: dir, ctx, config: sender }
 }
 

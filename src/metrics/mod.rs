@@ -10,6 +10,7 @@ mod lifecycle;
 mod loops;
 mod prebuilds;
 mod provisioner;
+mod proxy;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -19,6 +20,7 @@ pub use lifecycle::{GcMetrics, LifecycleMetrics};
 pub use loops::{ConfigMetrics, LoopMetrics, OutboxMetrics};
 pub use prebuilds::PrebuildMetrics;
 pub use provisioner::ProvisionerMetrics;
+pub use proxy::{DIRECTIONS, ProxyMetrics};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot register metric families")]
@@ -37,6 +39,7 @@ pub struct Metrics {
     pub gc: GcMetrics,
     pub api: ApiMetrics,
     pub health: HealthMetrics,
+    pub proxy: ProxyMetrics,
     /// Rows pruned by the retention task, by `kind`.
     pub retention_pruned: IntCounterVec,
 }
@@ -67,6 +70,7 @@ impl Metrics {
         let gc = GcMetrics::register(&registry)?;
         let api = ApiMetrics::register(&registry)?;
         let health = HealthMetrics::register(&registry)?;
+        let proxy = ProxyMetrics::register(&registry)?;
         let retention_pruned = IntCounterVec::new(
             Opts::new(
                 "workspaced_retention_pruned_total",
@@ -95,6 +99,7 @@ impl Metrics {
             gc,
             api,
             health,
+            proxy,
             retention_pruned,
         })
     }

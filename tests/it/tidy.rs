@@ -150,7 +150,7 @@ const LAYERS: &[&[&str]] = &[
     &["planner", "auth"],
     &["config"],
     &["store"],
-    &["metrics", "telemetry"],
+    &["metrics", "telemetry", "activity"],
     &["context", "systemd"],
     &["events", "provisioner"],
     &["pools", "lifecycle", "gc", "health", "retention", "templates"],

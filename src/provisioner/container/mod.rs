@@ -401,7 +401,11 @@ impl ContainerBackend {
         }
         let apps = addresses
             .iter()
-            .map(|(port, address)| App { name: port.clone(), url: format!("http://{address}/") })
+            .map(|(port, address)| App {
+                name: port.clone(),
+                url: format!("http://{address}/"),
+                share: spec.apps.get(port).map(|app| app.share).unwrap_or_default(),
+            })
             .collect::<Vec<_>>();
         let mut apps = apps;
         apps.sort_by(|a, b| a.name.cmp(&b.name));
