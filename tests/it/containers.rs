@@ -16,9 +16,9 @@ use crate::helpers::{DaemonProcess, binary_config, owner_token, run_binary, writ
 /// The image the example config and these tests run (`scripts/container-image`).
 pub const IMAGE: &str = "localhost/workspaced-web:1";
 
-struct Podman {
-    dir: PathBuf,
-    socket: PathBuf,
+pub struct Podman {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
 }
 
 static PODMAN: OnceLock<Result<Podman, String>> = OnceLock::new();
@@ -115,14 +115,14 @@ fn ping(socket: &Path) -> bool {
 }
 
 impl Podman {
-    fn get() -> &'static Podman {
+    pub fn get() -> &'static Podman {
         match PODMAN.get_or_init(podman_setup) {
             Ok(podman) => podman,
             Err(reason) => panic!("no container engine for the container tests: {reason}"),
         }
     }
 
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new("podman")
             .args(podman_flags())
             .args(args)
@@ -132,7 +132,7 @@ impl Podman {
     }
 
     /// `podman ARGS`, which must succeed; its stdout, trimmed.
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let output = self.cli(args);
         assert!(
             output.status.success(),
@@ -151,13 +151,13 @@ impl Podman {
     }
 
     /// The `.State.Status` of a container, or `None` when there is none.
-    fn state(&self, name: &str) -> Option<String> {
+    pub fn state(&self, name: &str) -> Option<String> {
         let output = self.cli(&["inspect", "--format", "{{.State.Status}}", name]);
         output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Removes every container and volume of these workspaces (a failed test's leftovers).
-    fn clean(&self, workspace_ids: &[String]) {
+    pub fn clean(&self, workspace_ids: &[String]) {
         for id in workspace_ids {
             let _ = self.cli(&["rm", "-f", &format!("wsd-{id}")]);
             let _ = self.cli(&["volume", "rm", "-f", &format!("wsd-{id}-home")]);
@@ -202,7 +202,7 @@ failure_threshold = 3
     )
 }
 
-async fn wait_for<T>(
+pub async fn wait_for<T>(
     what: &str,
     timeout: Duration,
     mut probe: impl AsyncFnMut() -> Option<T>,

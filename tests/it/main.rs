@@ -25,6 +25,7 @@ mod page;
 mod plan;
 mod prebuilds;
 mod provisioner;
+mod proxy;
 mod reliability;
 mod stream;
 mod systemd;
