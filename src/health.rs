@@ -11,19 +11,21 @@
 //! workspace is checked at once and keeps its stored verdict until the checks say
 //! otherwise, so a daemon restart never changes a running workspace.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::Tracker as ActivityTracker;
 use crate::config::container::{CONTAINER_BACKEND, ProbeSpec, parse_spec};
 use crate::context::LoopCtx;
+use crate::domain::activity::ActivitySource;
 use crate::error::error_chain;
 use crate::planner::health::{Check, Verdict, judge};
 use crate::provisioner::container::engine::{self, Engine};
-use crate::provisioner::container::{orphans, probe};
+use crate::provisioner::container::{connections, orphans, probe};
 use crate::store::health::{self, Running};
 
 /// How often the monitor looks for due checks.
@@ -44,6 +46,8 @@ struct Tracker {
 pub struct HealthReport {
     pub checked: u64,
     pub changed: u64,
+    /// Workspaces with connections that bypass the proxy, reported as `backend` activity.
+    pub backend_active: u64,
     /// Unhealthy running workspaces after the tick, by template name.
     pub unhealthy: BTreeMap<String, u64>,
 }
@@ -53,11 +57,18 @@ pub struct Monitor {
     trackers: HashMap<String, Tracker>,
     /// Templates that had unhealthy workspaces (their gauge is reset when none are left).
     reported: Vec<String>,
+    /// Workspace builds whose connection table could not be read (warned once).
+    connection_errors: HashSet<(String, i64)>,
 }
 
 impl Monitor {
     pub fn new(ctx: LoopCtx) -> Monitor {
-        Monitor { ctx, trackers: HashMap::new(), reported: Vec::new() }
+        Monitor {
+            ctx,
+            trackers: HashMap::new(),
+            reported: Vec::new(),
+            connection_errors: HashSet::new(),
+        }
     }
 
     /// Runs until `shutdown`; counts engine orphans at start and every
@@ -108,6 +119,9 @@ impl Monitor {
         self.trackers.retain(|id, tracker| {
             running.iter().any(|r| &r.workspace_id == id && r.build_number == tracker.build_number)
         });
+        self.connection_errors.retain(|(id, build)| {
+            running.iter().any(|r| &r.workspace_id == id && r.build_number == *build)
+        });
         let due: Vec<Running> = running
             .iter()
             .filter(|workspace| {
@@ -135,23 +149,38 @@ impl Monitor {
                     let engine = engine.clone();
                     let containers = Arc::clone(&containers);
                     let workspace = workspace.clone();
+                    let tracker = Arc::clone(&self.ctx.activity);
                     checks.spawn(async move {
                         let config: serde_json::Map<String, serde_json::Value> =
                             serde_json::from_str(&workspace.provisioner_config).unwrap_or_default();
                         let spec = parse_spec(&config).ok();
                         let ready = spec.as_ref().and_then(|spec| spec.ready.clone());
-                        let result = match (&engine, containers.as_ref()) {
+                        let (result, direct) = match (&engine, containers.as_ref()) {
                             (Ok(engine), Ok(containers)) => {
-                                check(engine, containers, &workspace, spec.as_ref()).await
+                                // Sampled before the probe, whose own connection is not use.
+                                let direct = direct_connections(
+                                    engine,
+                                    containers,
+                                    &workspace,
+                                    spec.as_ref(),
+                                    &tracker,
+                                )
+                                .await;
+                                (check(engine, containers, &workspace, spec.as_ref()).await, direct)
                             }
-                            (Err(error), _) | (_, Err(error)) => Check::Failed(error.clone()),
+                            (Err(error), _) | (_, Err(error)) => {
+                                (Check::Failed(error.clone()), Ok(0))
+                            }
                         };
-                        (workspace, ready, result)
+                        (workspace, ready, result, direct)
                     });
                 }
                 while let Some(joined) = checks.join_next().await {
-                    let Ok((workspace, ready, result)) = joined else { continue };
+                    let Ok((workspace, ready, result, direct)) = joined else { continue };
                     report.checked += 1;
+                    if self.backend_activity(&workspace, direct).await {
+                        report.backend_active += 1;
+                    }
                     self.record(&workspace, ready.as_ref(), result, &mut verdicts);
                 }
             }
@@ -168,6 +197,32 @@ impl Monitor {
         }
         self.publish(&report);
         Ok(report)
+    }
+
+    /// Reports connections that bypass the proxy as `backend` activity; an unreadable
+    /// connection table is logged once per workspace start, not at every check.
+    /// True when there were such connections.
+    async fn backend_activity(
+        &mut self,
+        workspace: &Running,
+        direct: Result<usize, String>,
+    ) -> bool {
+        match direct {
+            Ok(0) => false,
+            Ok(_) => {
+                self.ctx.report_activity(&workspace.workspace_id, ActivitySource::Backend).await;
+                true
+            }
+            Err(error) => {
+                if self
+                    .connection_errors
+                    .insert((workspace.workspace_id.clone(), workspace.build_number))
+                {
+                    tracing::warn!(workspace_id = %workspace.workspace_id, %error, "cannot count the container's connections (connection_activity); its direct use is not seen");
+                }
+                false
+            }
+        }
     }
 
     /// Updates the tracker after one check; `verdicts` gets the new verdict when the
@@ -308,4 +363,36 @@ async fn check(
         Ok(()) => Check::Passed,
         Err(error) => Check::Failed(error),
     }
+}
+
+/// Established connections to the workspace's ports that did not come through the app
+/// proxy (template opt-in: `connection_activity`); 0 when not wanted or the container
+/// does not run; an error when its connection table cannot be read.
+async fn direct_connections(
+    engine: &Engine,
+    containers: &HashMap<String, engine::ContainerInfo>,
+    workspace: &Running,
+    spec: Option<&crate::config::container::ContainerSpec>,
+    tracker: &ActivityTracker,
+) -> Result<usize, String> {
+    let Some(spec) = spec.filter(|spec| spec.connection_activity) else { return Ok(0) };
+    let name = engine::container_name(&workspace.workspace_id);
+    let Some(listed) = containers.get(&name).filter(|info| info.running) else { return Ok(0) };
+    let pid = match engine.inspect(&name).await {
+        Ok(Some(info)) => info.pid,
+        Ok(None) => None,
+        Err(error) => {
+            tracing::debug!(workspace_id = %workspace.workspace_id, %error, "cannot inspect the container for its connections");
+            None
+        }
+    };
+    let Some(pid) = pid else { return Ok(0) };
+    let ports: Vec<u16> = spec.ports.values().copied().collect();
+    let seen = connections::established(pid, &ports).await?;
+    let proxied: usize = ports
+        .iter()
+        .filter_map(|port| listed.published.get(port))
+        .map(|address| tracker.upstream_connections(address))
+        .sum();
+    Ok(seen.saturating_sub(proxied))
 }

@@ -83,7 +83,7 @@ fn app_image() -> &'static Podman {
     podman
 }
 
-fn template() -> TemplateConfig {
+fn template(connection_activity: bool) -> TemplateConfig {
     serde_json::from_value(json!({
         "name": "app",
         "provisioner": "container",
@@ -94,6 +94,7 @@ fn template() -> TemplateConfig {
             "command": ["/app", "8080", "8081"],
             "ports": { "web": 8080, "shared": 8081 },
             "apps": { "shared": { "share": "authenticated" } },
+            "connection_activity": connection_activity,
             "ready": { "http": "http://{port.web}/healthz", "interval": "1s", "timeout": "2s" },
         },
     }))
@@ -116,7 +117,7 @@ async fn the_app_proxy_admits_the_owner_counts_real_use_and_not_an_idle_websocke
     let daemon = TestDaemon::spawn_with(move |config| {
         config.provisioner.container.socket = socket;
         config.provisioner.job_timeout = workspaced::config::duration::HumanDuration::from_secs(60);
-        config.templates = vec![template()];
+        config.templates = vec![template(false)];
     })
     .await;
     let api = Api::new(daemon.addr, None);
@@ -280,6 +281,65 @@ async fn the_app_proxy_admits_the_owner_counts_real_use_and_not_an_idle_websocke
     let sent = daemon.metric("workspaced_proxy_bytes_total{direction=\"to_workspace\"}").await;
     assert!(sent.is_some_and(|bytes| bytes >= 5.0), "{sent:?}");
     drop(socket);
+    daemon.shutdown().await;
+    podman.clean(&[id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_connections_count_as_backend_activity_and_the_proxys_own_do_not() {
+    let podman = app_image();
+    let socket = format!("unix://{}", podman.socket.display());
+    let daemon = TestDaemon::spawn_with(move |config| {
+        config.provisioner.container.socket = socket;
+        config.provisioner.job_timeout = workspaced::config::duration::HumanDuration::from_secs(60);
+        config.templates = vec![template(true)];
+    })
+    .await;
+    let api = Api::new(daemon.addr, None);
+    let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
+    let started_at = daemon.clock_now();
+    let (status, created) =
+        alice.post("/api/v1/workspaces", json!({ "template": "app", "name": "dev" })).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+    let workspace = wait_for("the workspace to run", Duration::from_secs(90), async || {
+        let (_, workspace) = alice.get(&format!("/api/v1/workspaces/{id}")).await;
+        (workspace["status"] == "running").then_some(workspace)
+    })
+    .await;
+    let direct = workspace["apps"][1]["url"].as_str().unwrap().trim_start_matches("http://");
+    let direct = direct.trim_end_matches('/').to_owned();
+
+    // Proxied use: source proxy. The proxy's pooled connection stays open inside the
+    // container, and the health checks that follow do not mistake it for direct use.
+    daemon.clock.set(started_at + chrono::TimeDelta::minutes(10));
+    assert_eq!(alice.raw("GET", "/@alice/dev/apps/web/", None, &[]).await.0, 200);
+    let proxied_at = rfc3339(daemon.clock_now());
+    wait_for("the proxy's activity report", Duration::from_secs(10), async || {
+        (last_used(&alice, &id).await == (json!(proxied_at), json!("proxy"))).then_some(())
+    })
+    .await;
+    daemon.clock.set(started_at + chrono::TimeDelta::minutes(20));
+    let probes = r#"workspaced_health_probes_total{result="pass"}"#;
+    let before = daemon.metric(probes).await.unwrap_or(0.0);
+    wait_for("three more health checks", Duration::from_secs(20), async || {
+        (daemon.metric(probes).await.unwrap_or(0.0) >= before + 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(last_used(&alice, &id).await, (json!(proxied_at), json!("proxy")));
+
+    // A connection straight to the published port (an IDE, SSH) is seen by the backend.
+    let connection = tokio::net::TcpStream::connect(&direct).await.unwrap();
+    let direct_at = rfc3339(daemon.clock_now());
+    wait_for("the backend's activity report", Duration::from_secs(20), async || {
+        (last_used(&alice, &id).await == (json!(direct_at), json!("backend"))).then_some(())
+    })
+    .await;
+    let recorded = daemon
+        .metric(r#"workspaced_activity_reports_total{result="recorded",source="backend"}"#)
+        .await;
+    assert_eq!(recorded, Some(1.0));
+    drop(connection);
     daemon.shutdown().await;
     podman.clean(&[id]);
 }

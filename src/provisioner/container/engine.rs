@@ -79,6 +79,8 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
     /// Published TCP ports: container port → `host:port`.
     pub published: HashMap<u16, String>,
+    /// The main process on the host, while it runs (from an inspect; a listing has none).
+    pub pid: Option<u32>,
 }
 
 /// A labelled object found by a listing.
@@ -327,6 +329,7 @@ impl Engine {
                     status,
                     labels: summary.labels.unwrap_or_default(),
                     published,
+                    pid: None,
                 },
             );
         }
@@ -402,5 +405,6 @@ fn info_of(response: ContainerInspectResponse) -> ContainerInfo {
         status,
         labels: response.config.and_then(|config| config.labels).unwrap_or_default(),
         published,
+        pid: state.pid.and_then(|pid| u32::try_from(pid).ok()).filter(|pid| *pid > 0),
     }
 }

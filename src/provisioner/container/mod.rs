@@ -9,6 +9,7 @@
 //! only the identity (owner, name): it is written to `$HOME/.workspaced/identity` in the
 //! running container, which is never recreated for it.
 
+pub mod connections;
 pub mod engine;
 pub mod orphans;
 pub mod probe;
