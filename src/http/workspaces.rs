@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::auth::{Action as Permission, Object};
 use crate::domain::activity::ActivitySource;
-use crate::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, Transition};
+use crate::domain::{BuildReason, DEFAULT_ORGANIZATION_ID, TextEnum, Transition};
 use crate::http::api::{ApiError, ApiResult, Ctx, json, json_body, parse_param, query};
 use crate::store::audit::{self, Entry};
 use crate::store::builds::{self, BuildError, BuildRequest};
@@ -367,7 +367,16 @@ pub async fn act(ctx: &Ctx, request: Request<Incoming>, id: String, action: Acti
                     }
                     Ok::<_, StoreError>(activity)
                 })
-                .await?;
+                .await;
+            let reports = &ctx.state.ctx.metrics.proxy.activity_reports;
+            let activity = activity.inspect_err(|_| {
+                reports.with_label_values(&[ActivitySource::Api.as_str(), "failed"]).inc();
+            })?;
+            let result = match activity {
+                crate::store::lifecycle::Activity::Recorded { .. } => "recorded",
+                _ => "coalesced",
+            };
+            reports.with_label_values(&[ActivitySource::Api.as_str(), result]).inc();
             let (recorded, extended) = match activity {
                 crate::store::lifecycle::Activity::Recorded { deadline_extended } => {
                     (true, deadline_extended)

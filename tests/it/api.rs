@@ -442,6 +442,11 @@ async fn workspaces_claim_build_start_stop_protect_delete_and_show_logs() {
     let (status, activity) = alice.post(&format!("{slow_path}/activity"), json!({})).await;
     assert_eq!((status, &activity["recorded"]), (200, &json!(true)));
     assert_eq!(alice.post(&format!("{slow_path}/activity"), json!({})).await.1["recorded"], false);
+    let reports = |result: &str| {
+        format!("workspaced_activity_reports_total{{result=\"{result}\",source=\"api\"}}")
+    };
+    assert_eq!(daemon.metric(&reports("recorded")).await, Some(1.0));
+    assert_eq!(daemon.metric(&reports("coalesced")).await, Some(1.0));
     let (_, used) = alice.get(&slow_path).await;
     assert_eq!(used["last_used_source"], "api", "{used}");
     assert_eq!(
