@@ -170,7 +170,7 @@ fn main() {
         .unwrap();
     std::fs::set_permissions(&provisioner, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[log]\nformat = \"json\"\nlevel = \"warn\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[log]\nformat = \"json\"\n\
          [api]\nrate_limit = 100000\nrate_burst = 100000\n\
          [provisioner.exec.bench]\ncommand = {:?}\n\
          [[templates]]\nname = \"app\"\nprovisioner = \"bench\"\n",
@@ -179,6 +179,8 @@ fn main() {
     );
     let path = dir.path().join("workspaced.toml");
     std::fs::write(&path, config).unwrap();
+    let migrated = Command::new(BIN).args(["migrate", "--config"]).arg(&path).output().unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     let token = Command::new(BIN)
         .args(["token", "create", "--user", "bench", "--role", "owner", "--config"])
         .arg(&path)
