@@ -101,6 +101,33 @@ fn template(connection_activity: bool) -> TemplateConfig {
     .unwrap()
 }
 
+/// A daemon on the manual clock whose `app` template runs the proxy_app image.
+async fn spawn(connection_activity: bool) -> (&'static Podman, TestDaemon) {
+    let podman = app_image();
+    let socket = format!("unix://{}", podman.socket.display());
+    let daemon = TestDaemon::spawn_with(move |config| {
+        config.provisioner.container.socket = socket;
+        config.provisioner.job_timeout = workspaced::config::duration::HumanDuration::from_secs(60);
+        config.templates = vec![template(connection_activity)];
+    })
+    .await;
+    (podman, daemon)
+}
+
+/// Creates `dev` of the `app` template for `owner`; its id and the running workspace.
+async fn run_dev(owner: &Api) -> (String, Value) {
+    let (status, created) =
+        owner.post("/api/v1/workspaces", json!({ "template": "app", "name": "dev" })).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
+    let workspace = wait_for("the workspace to run", Duration::from_secs(90), async || {
+        let (_, workspace) = owner.get(&format!("/api/v1/workspaces/{id}")).await;
+        (workspace["status"] == "running").then_some(workspace)
+    })
+    .await;
+    (id, workspace)
+}
+
 async fn last_used(api: &Api, id: &str) -> (Value, Value) {
     let (_, workspace) = api.get(&format!("/api/v1/workspaces/{id}")).await;
     (workspace["last_used_at"].clone(), workspace["last_used_source"].clone())
@@ -112,14 +139,7 @@ fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_proxy_admits_the_owner_counts_real_use_and_not_an_idle_websocket() {
-    let podman = app_image();
-    let socket = format!("unix://{}", podman.socket.display());
-    let daemon = TestDaemon::spawn_with(move |config| {
-        config.provisioner.container.socket = socket;
-        config.provisioner.job_timeout = workspaced::config::duration::HumanDuration::from_secs(60);
-        config.templates = vec![template(false)];
-    })
-    .await;
+    let (podman, daemon) = spawn(false).await;
     let api = Api::new(daemon.addr, None);
     let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
     let bob = api.as_user(&user(&daemon, "bob", Role::Member, "default").await);
@@ -128,15 +148,7 @@ async fn the_app_proxy_admits_the_owner_counts_real_use_and_not_an_idle_websocke
     let revoked_token = user(&daemon, "rita", Role::Member, "default").await;
 
     let started_at = daemon.clock_now();
-    let (status, created) =
-        alice.post("/api/v1/workspaces", json!({ "template": "app", "name": "dev" })).await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
-    let workspace = wait_for("the workspace to run", Duration::from_secs(90), async || {
-        let (_, workspace) = alice.get(&format!("/api/v1/workspaces/{id}")).await;
-        (workspace["status"] == "running").then_some(workspace)
-    })
-    .await;
+    let (id, workspace) = run_dev(&alice).await;
     assert_eq!(workspace["apps"][1]["name"], "web", "{workspace}");
     assert_eq!(workspace["apps"][0]["share"], "authenticated", "{workspace}");
     let app = "/@alice/dev/apps/web";
@@ -287,26 +299,11 @@ async fn the_app_proxy_admits_the_owner_counts_real_use_and_not_an_idle_websocke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_connections_count_as_backend_activity_and_the_proxys_own_do_not() {
-    let podman = app_image();
-    let socket = format!("unix://{}", podman.socket.display());
-    let daemon = TestDaemon::spawn_with(move |config| {
-        config.provisioner.container.socket = socket;
-        config.provisioner.job_timeout = workspaced::config::duration::HumanDuration::from_secs(60);
-        config.templates = vec![template(true)];
-    })
-    .await;
+    let (podman, daemon) = spawn(true).await;
     let api = Api::new(daemon.addr, None);
     let alice = api.as_user(&user(&daemon, "alice", Role::Member, "default").await);
     let started_at = daemon.clock_now();
-    let (status, created) =
-        alice.post("/api/v1/workspaces", json!({ "template": "app", "name": "dev" })).await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["workspace"]["id"].as_str().unwrap().to_owned();
-    let workspace = wait_for("the workspace to run", Duration::from_secs(90), async || {
-        let (_, workspace) = alice.get(&format!("/api/v1/workspaces/{id}")).await;
-        (workspace["status"] == "running").then_some(workspace)
-    })
-    .await;
+    let (id, workspace) = run_dev(&alice).await;
     let direct = workspace["apps"][1]["url"].as_str().unwrap().trim_start_matches("http://");
     let direct = direct.trim_end_matches('/').to_owned();
 
