@@ -10,39 +10,19 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_workspaced");
+mod common;
+use common::{http, owner_token, pause, start};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn pause(duration: Duration) {
-    let (_never, wait) = std::sync::mpsc::channel::<()>();
-    let _ = wait.recv_timeout(duration);
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// GET `url` (http://host:port/...) until it answers 200.
@@ -123,36 +103,6 @@ interval = "1s"
     )
 }
 
-struct Daemon(Child, SocketAddr);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(config: &Path) -> Daemon {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the daemon exited").unwrap();
-        let value: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if value["fields"]["message"] == "http server listening" {
-            break value["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Daemon(child, addr)
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let service = Command::new(repo().join("scripts/podman-service"))
@@ -175,12 +125,7 @@ fn main() {
     );
     let path = dir.path().join("workspaced.toml");
     std::fs::write(&path, &config).unwrap();
-    let token = Command::new(BIN)
-        .args(["token", "create", "--user", "bench", "--role", "owner", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let token = owner_token(&path);
     let daemon = start(&path);
     let addr = daemon.1;
     let mut ids = Vec::new();

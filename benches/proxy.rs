@@ -10,12 +10,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_workspaced");
+mod common;
+use common::{http, owner_token, pause, start};
+
 const WARM_UP: usize = 500;
 const REQUESTS: usize = 5_000;
 
@@ -99,49 +100,6 @@ impl Client {
     }
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(config: &std::path::Path) -> (Daemon, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the daemon exited").unwrap();
-        let value: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if value["fields"]["message"] == "http server listening" {
-            break value["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Daemon(child), addr)
-}
-
-fn api(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> Value {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
-    serde_json::from_str(body).unwrap_or(Value::Null)
-}
-
 fn summary(name: &str, samples: &mut [Duration]) -> Duration {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
@@ -179,23 +137,18 @@ fn main() {
     );
     let path = dir.path().join("workspaced.toml");
     std::fs::write(&path, config).unwrap();
-    let migrated = Command::new(BIN).args(["migrate", "--config"]).arg(&path).output().unwrap();
-    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
-    let token = Command::new(BIN)
-        .args(["token", "create", "--user", "bench", "--role", "owner", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
-    let (_daemon, addr) = start(&path);
-    let created =
-        api(addr, "POST", "/api/v1/workspaces", &token, r#"{"template":"app","name":"dev"}"#);
+    let token = owner_token(&path);
+    let daemon = start(&path);
+    let addr = daemon.1;
+    let (_, created) =
+        http(addr, "POST", "/api/v1/workspaces", &token, r#"{"template":"app","name":"dev"}"#);
     let id = created["workspace"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while api(addr, "GET", &format!("/api/v1/workspaces/{id}"), &token, "")["status"] != "running" {
+    while http(addr, "GET", &format!("/api/v1/workspaces/{id}"), &token, "").1["status"]
+        != "running"
+    {
         assert!(Instant::now() < deadline, "the workspace never ran");
-        let (_never, wait) = std::sync::mpsc::channel::<()>();
-        let _ = wait.recv_timeout(Duration::from_millis(50));
+        pause(Duration::from_millis(50));
     }
 
     let mut direct = Client::connect(app);
