@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod accounts;
+mod bench;
 mod pool;
 mod remote;
 mod table;
@@ -93,6 +94,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Fleet-scale benchmark: `seed` a data directory, `run` the measurements on it.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Prebuild pools of the running daemon, over its API.
     Pool {
         #[command(flatten)]
@@ -197,6 +201,8 @@ pub enum CliError {
     Reset(#[from] ResetError),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Bench(bench::BenchError),
     #[error("cannot reach the daemon at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the daemon answered {status}: {message}{}", field.as_ref().map(|field| format!(" (field {field})")).unwrap_or_default())]
@@ -261,6 +267,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ws { api, command } => ws::run(source, &api, command),
         Command::Man { out } => man_pages(&out),
         Command::Pool { api, command: pool::PoolCommand::List } => pool::list(source, &api),
+        Command::Bench(command) => bench::bench(command),
     }
 }
 

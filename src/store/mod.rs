@@ -10,6 +10,7 @@
 //! Domain SQL lives in the submodules; this module knows no table but the outbox.
 
 pub mod audit;
+pub mod bench;
 pub mod builds;
 mod error;
 pub mod group;

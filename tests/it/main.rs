@@ -8,6 +8,7 @@
 mod admin;
 mod api;
 mod bad_input;
+mod bench;
 mod binary;
 mod candidates;
 mod cli;
