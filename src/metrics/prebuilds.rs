@@ -26,9 +26,23 @@ pub struct PrebuildMetrics {
     /// The database totals the counters were last brought to, so they can be advanced by
     /// the difference (counters only go up; totals come from the database).
     seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PresetKey, [u64; 3]>>>,
+    /// The presets the gauges were last set for.
+    gauged: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PresetKey>>>,
 }
 
 impl PrebuildMetrics {
+    /// Removes the gauge series of presets not in `current` (the ones set this cycle).
+    pub fn retain_gauges(&self, current: std::collections::HashSet<PresetKey>) {
+        let mut gauged = self.gauged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for stale in gauged.difference(&current) {
+            let labels = [&stale.0[..], &stale.1[..], &stale.2[..]];
+            for gauge in [&self.desired, &self.running, &self.eligible, &self.hard_limited] {
+                let _ = gauge.remove_label_values(&labels);
+            }
+        }
+        *gauged = current;
+    }
+
     /// Advances the lifetime counters to the database totals.
     pub fn sync_counters(&self, totals: &[PresetTotals]) {
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -127,6 +141,7 @@ impl PrebuildMetrics {
                 "Preset actions that failed in a reconcile cycle (the cycle went on with the other presets).",
             )?,
             seen: Default::default(),
+            gauged: Default::default(),
         };
         for collector in [
             Box::new(prebuilds.created.clone()) as Box<dyn prometheus::core::Collector>,

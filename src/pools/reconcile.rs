@@ -19,9 +19,14 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
     let started = tokio::time::Instant::now();
     let settings = ctx.config.borrow().planner_settings();
     let store_error = |source| LoopError::Store { loop_name: "reconciler", source };
-    let snapshot = ctx
+    let (snapshot, stored) = ctx
         .store
-        .read(move |conn| snapshot::read(conn, now, settings))
+        .read(move |conn| {
+            Ok((
+                snapshot::read(conn, now, settings)?,
+                crate::store::presets::hard_limit_states(conn)?,
+            ))
+        })
         .await
         .map_err(store_error)?;
     let index = Index::new(&snapshot);
@@ -52,7 +57,8 @@ pub async fn tick(ctx: &LoopCtx, now: Now) -> Result<TickReport, LoopError> {
         if let Some(problem) = reconcile::schedule_problem(preset) {
             span.in_scope(|| tracing::warn!(preset_id = %preset.id, problem = %problem, "preset schedules ignored; using the base instances"));
         }
-        match execute(ctx, preset_plan, now, &mut budget).instrument(span.clone()).await {
+        let stored = stored.get(preset_plan.preset_id.as_str());
+        match execute(ctx, preset_plan, stored, now, &mut budget).instrument(span.clone()).await {
             Ok(done) => actions += done,
             Err(error) => {
                 metrics.preset_errors.inc();
@@ -120,17 +126,26 @@ async fn clean_up(
 }
 
 /// Executes one preset's actions in order; returns how many builds were enqueued.
+/// `stored` is the preset's pool status and whether its hard limit was notified, as read
+/// with the snapshot: the status is written (and re-checked) only when the plan changes it.
 async fn execute(
     ctx: &LoopCtx,
     plan: &PresetPlan,
+    stored: Option<&(String, bool)>,
     now: Now,
     budget: &mut u64,
 ) -> Result<u64, BuildError> {
     let preset_id = plan.preset_id.clone();
     let limited = plan.hard_limited;
-    let id = preset_id.clone();
-    let newly_limited =
-        ctx.store.write(move |tx| pools::sync_hard_limit(tx, &id, limited, now)).await?;
+    let wanted = if limited { "hard_limited" } else { "healthy" };
+    let unchanged =
+        stored.is_some_and(|(status, notified)| status == wanted && (!limited || *notified));
+    let newly_limited = if unchanged {
+        false
+    } else {
+        let id = preset_id.clone();
+        ctx.store.write(move |tx| pools::sync_hard_limit(tx, &id, limited, now)).await?
+    };
     if plan.hard_limited {
         tracing::warn!(
             preset_id = %preset_id,
@@ -194,9 +209,7 @@ async fn execute(
 /// (outdated, deleted) disappear.
 fn update_gauges(ctx: &LoopCtx, snapshot: &Snapshot, plans: &[PresetPlan]) {
     let metrics = &ctx.metrics.prebuilds;
-    for gauge in [&metrics.desired, &metrics.running, &metrics.eligible, &metrics.hard_limited] {
-        gauge.reset();
-    }
+    let mut current = std::collections::HashSet::new();
     let templates: HashMap<&str, _> =
         snapshot.templates.iter().map(|template| (template.id.as_str(), template)).collect();
     let presets: HashMap<&str, &Preset> =
@@ -214,10 +227,14 @@ fn update_gauges(ctx: &LoopCtx, snapshot: &Snapshot, plans: &[PresetPlan]) {
         metrics.running.with_label_values(&labels).set(gauge(plan.state.actual));
         metrics.eligible.with_label_values(&labels).set(gauge(plan.state.eligible));
         metrics.hard_limited.with_label_values(&labels).set(i64::from(plan.hard_limited));
+        current.insert((labels[0].to_owned(), labels[1].to_owned(), labels[2].to_owned()));
         // Counters start at 0 for every pooled preset, so `increase()` sees the first one.
         for counter in [&metrics.created, &metrics.failed, &metrics.claimed] {
             counter.with_label_values(&labels);
         }
         ctx.metrics.provisioner.resource_replacements.with_label_values(&labels);
     }
+    // Series of presets no longer pooled go; the others were overwritten in place, so a
+    // scrape never sees a gauge family emptied and half refilled.
+    metrics.retain_gauges(current);
 }

@@ -242,28 +242,36 @@ pub type PresetKey = (String, String, String);
 /// Lifetime figures of one preset: `[created, failed, claimed]`.
 pub type PresetTotals = (PresetKey, [u64; 3]);
 
-/// Lifetime prebuild figures per preset name, from the database (so they survive
-/// restarts). A claim is one workspace: a claim build re-queued after an interruption does
-/// not count twice.
+/// Lifetime prebuild figures per preset name, from `prebuild_totals` (schema V10: kept by
+/// triggers in the transactions that create, fail and claim, so they survive restarts and
+/// cost the same however long the build history is). A claim is one workspace: a claim
+/// build re-queued after an interruption does not count twice.
 pub fn lifetime_counts(conn: &Connection) -> Result<Vec<PresetTotals>, StoreError> {
     let mut statement = conn.prepare_cached(
-        "SELECT o.name, t.name, p.name,
-                SUM(b.is_prebuild AND b.transition = 'start' AND b.build_number = 1),
-                SUM(b.is_prebuild AND b.transition = 'start' AND j.status = 'failed'),
-                COUNT(DISTINCT CASE WHEN b.is_prebuild_claim THEN b.workspace_id END)
-           FROM workspace_builds b
-           JOIN provisioner_jobs j ON j.id = b.job_id
-           JOIN presets p ON p.id = b.preset_id
+        "SELECT o.name, t.name, p.name, SUM(x.created), SUM(x.failed), SUM(x.claimed)
+           FROM prebuild_totals x
+           JOIN presets p ON p.id = x.preset_id
            JOIN template_versions v ON v.id = p.template_version_id
            JOIN templates t ON t.id = v.template_id
            JOIN organizations o ON o.id = t.organization_id
-          WHERE b.preset_id IS NOT NULL
           GROUP BY o.name, t.name, p.name",
     )?;
     let rows = statement.query_map([], |row| {
         let count = |index| row.get::<_, i64>(index).map(|value| u64::try_from(value).unwrap_or(0));
         Ok(((row.get(0)?, row.get(1)?, row.get(2)?), [count(3)?, count(4)?, count(5)?]))
     })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every preset's stored pool status and whether its hard limit was notified: what the
+/// reconciler compares its plan with, so it writes only what changed.
+pub fn hard_limit_states(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, (String, bool)>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, prebuild_status, hard_limit_notified_at IS NOT NULL FROM presets",
+    )?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -350,7 +350,8 @@ impl People<'_> {
             preset_id: None,
             name: format!("ws{n:06}"),
             parameters: Default::default(),
-            autostart_schedule: (n.is_multiple_of(5)).then(|| format!("CRON_TZ=UTC 0 {hour} * * *")),
+            autostart_schedule: (n.is_multiple_of(5))
+                .then(|| format!("CRON_TZ=UTC 0 {hour} * * *")),
             ttl_s: due.then_some(DUE_TTL_S),
         };
         let at = |k: usize| time::before(self.now, ((count - 1 - k) * 3600) as u64);
