@@ -225,7 +225,7 @@ async fn route(
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(state).await,
-        _ => metrics(state),
+        _ => metrics(state).await,
     }
 }
 
@@ -252,11 +252,17 @@ async fn readyz(state: &HttpState) -> HttpResponse {
     }
 }
 
-fn metrics(state: &HttpState) -> HttpResponse {
+async fn metrics(state: &HttpState) -> HttpResponse {
     // The store counts its own failures; the counter follows it at every scrape.
     let errors = &state.ctx.metrics.api.store_errors;
     errors.inc_by(state.ctx.store.write_failures().saturating_sub(errors.get()));
-    match state.ctx.metrics.render() {
+    // Thousands of presets make a render take milliseconds: off the async workers.
+    let metrics = state.ctx.metrics.clone();
+    let rendered =
+        tokio::task::spawn_blocking(move || metrics.render()).await.unwrap_or_else(|error| {
+            Err(prometheus::Error::Msg(format!("render task failed: {error}")))
+        });
+    match rendered {
         Ok(body) => {
             let mut response = Response::new(full(body));
             response.headers_mut().insert(

@@ -1,11 +1,10 @@
 //! Prebuild pool figures (Coder's families with the `workspaced_` prefix).
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::PresetKey;
 use super::PresetTotals;
+use super::pool::PoolGauges;
 
 /// Prebuild pool figures, labelled `organization_name`, `template_name`, `preset_name`
 /// (Coder's families with the `workspaced_` prefix).
@@ -14,10 +13,8 @@ pub struct PrebuildMetrics {
     pub created: IntCounterVec,
     pub failed: IntCounterVec,
     pub claimed: IntCounterVec,
-    pub desired: IntGaugeVec,
-    pub running: IntGaugeVec,
-    pub eligible: IntGaugeVec,
-    pub hard_limited: IntGaugeVec,
+    /// desired, running, eligible, hard-limited per preset: replaced whole each cycle.
+    pub pool: PoolGauges,
     pub last_updated: IntGauge,
     pub paused: IntGauge,
     pub reconcile_duration: Histogram,
@@ -26,23 +23,9 @@ pub struct PrebuildMetrics {
     /// The database totals the counters were last brought to, so they can be advanced by
     /// the difference (counters only go up; totals come from the database).
     seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PresetKey, [u64; 3]>>>,
-    /// The presets the gauges were last set for.
-    gauged: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PresetKey>>>,
 }
 
 impl PrebuildMetrics {
-    /// Removes the gauge series of presets not in `current` (the ones set this cycle).
-    pub fn retain_gauges(&self, current: std::collections::HashSet<PresetKey>) {
-        let mut gauged = self.gauged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for stale in gauged.difference(&current) {
-            let labels = [&stale.0[..], &stale.1[..], &stale.2[..]];
-            for gauge in [&self.desired, &self.running, &self.eligible, &self.hard_limited] {
-                let _ = gauge.remove_label_values(&labels);
-            }
-        }
-        *gauged = current;
-    }
-
     /// Advances the lifetime counters to the database totals.
     pub fn sync_counters(&self, totals: &[PresetTotals]) {
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -86,34 +69,6 @@ impl PrebuildMetrics {
                 ),
                 &preset_labels,
             )?,
-            desired: IntGaugeVec::new(
-                Opts::new(
-                    "workspaced_prebuilt_workspaces_desired",
-                    "Prebuilt workspaces a preset should have now (schedules applied).",
-                ),
-                &preset_labels,
-            )?,
-            running: IntGaugeVec::new(
-                Opts::new(
-                    "workspaced_prebuilt_workspaces_running",
-                    "Running prebuilt workspaces of a preset, expired ones included.",
-                ),
-                &preset_labels,
-            )?,
-            eligible: IntGaugeVec::new(
-                Opts::new(
-                    "workspaced_prebuilt_workspaces_eligible",
-                    "Ready, unexpired prebuilt workspaces a user can claim now.",
-                ),
-                &preset_labels,
-            )?,
-            hard_limited: IntGaugeVec::new(
-                Opts::new(
-                    "workspaced_prebuilt_workspaces_preset_hard_limited",
-                    "1 while a preset is hard-limited (its newest prebuild builds all failed); needs `workspaced preset reset`.",
-                ),
-                &preset_labels,
-            )?,
             last_updated: IntGauge::new(
                 "workspaced_prebuilt_workspaces_metrics_last_updated",
                 "Unix time the prebuild gauges were last computed.",
@@ -140,17 +95,14 @@ impl PrebuildMetrics {
                 "workspaced_prebuilt_workspaces_reconcile_errors_total",
                 "Preset actions that failed in a reconcile cycle (the cycle went on with the other presets).",
             )?,
+            pool: PoolGauges::new()?,
             seen: Default::default(),
-            gauged: Default::default(),
         };
         for collector in [
             Box::new(prebuilds.created.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(prebuilds.failed.clone()),
             Box::new(prebuilds.claimed.clone()),
-            Box::new(prebuilds.desired.clone()),
-            Box::new(prebuilds.running.clone()),
-            Box::new(prebuilds.eligible.clone()),
-            Box::new(prebuilds.hard_limited.clone()),
+            Box::new(prebuilds.pool.clone()),
             Box::new(prebuilds.last_updated.clone()),
             Box::new(prebuilds.paused.clone()),
             Box::new(prebuilds.reconcile_duration.clone()),

@@ -8,6 +8,7 @@ use tracing::Instrument;
 
 use crate::context::{LoopCtx, LoopError, Now, TickReport};
 use crate::error::error_chain;
+use crate::metrics::PoolFigures;
 use crate::planner::plan::{PoolAction, PresetPlan};
 use crate::planner::reconcile;
 use crate::planner::snapshot::{Index, Preset, Snapshot};
@@ -209,7 +210,7 @@ async fn execute(
 /// (outdated, deleted) disappear.
 fn update_gauges(ctx: &LoopCtx, snapshot: &Snapshot, plans: &[PresetPlan]) {
     let metrics = &ctx.metrics.prebuilds;
-    let mut current = std::collections::HashSet::new();
+    let mut figures = Vec::with_capacity(plans.len());
     let templates: HashMap<&str, _> =
         snapshot.templates.iter().map(|template| (template.id.as_str(), template)).collect();
     let presets: HashMap<&str, &Preset> =
@@ -222,19 +223,19 @@ fn update_gauges(ctx: &LoopCtx, snapshot: &Snapshot, plans: &[PresetPlan]) {
         }
         let labels =
             [template.organization_name.as_str(), template.name.as_str(), preset.name.as_str()];
-        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        metrics.desired.with_label_values(&labels).set(gauge(plan.state.desired));
-        metrics.running.with_label_values(&labels).set(gauge(plan.state.actual));
-        metrics.eligible.with_label_values(&labels).set(gauge(plan.state.eligible));
-        metrics.hard_limited.with_label_values(&labels).set(i64::from(plan.hard_limited));
-        current.insert((labels[0].to_owned(), labels[1].to_owned(), labels[2].to_owned()));
+        figures.push(PoolFigures {
+            labels: labels.map(str::to_owned),
+            desired: plan.state.desired,
+            running: plan.state.actual,
+            eligible: plan.state.eligible,
+            hard_limited: plan.hard_limited,
+        });
         // Counters start at 0 for every pooled preset, so `increase()` sees the first one.
         for counter in [&metrics.created, &metrics.failed, &metrics.claimed] {
             counter.with_label_values(&labels);
         }
         ctx.metrics.provisioner.resource_replacements.with_label_values(&labels);
     }
-    // Series of presets no longer pooled go; the others were overwritten in place, so a
-    // scrape never sees a gauge family emptied and half refilled.
-    metrics.retain_gauges(current);
+    // One swap: a scrape sees the previous cycle's set or this one, whole.
+    metrics.pool.publish(&figures);
 }

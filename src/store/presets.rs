@@ -280,6 +280,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_totals_the_triggers_keep_are_a_recount_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            crate::store::Store::open(crate::store::StoreOptions::at(dir.path().join("db")))
+                .unwrap();
+        store
+            .write_blocking(|tx| {
+                tx.execute_batch(
+                    "INSERT INTO users (id, username, created_at, updated_at) VALUES ('u', 'u', 0, 0);
+                     INSERT INTO templates (id, organization_id, name, created_at, updated_at)
+                          VALUES ('t', '00000000-0000-0000-0000-000000000001', 'dev', 0, 0);
+                     INSERT INTO template_versions (id, template_id, name, content_hash, provisioner, created_at)
+                          VALUES ('v', 't', 'v1', 'h', 'local', 0);
+                     INSERT INTO presets (id, template_version_id, name, desired_instances, created_at)
+                          VALUES ('p', 'v', 'small', 2, 0);
+                     INSERT INTO workspaces (id, organization_id, owner_id, template_id, preset_id, name, created_at, updated_at, last_used_at)
+                          VALUES ('w1', '00000000-0000-0000-0000-000000000001', 'u', 't', 'p', 'a', 0, 0, 0),
+                                 ('w2', '00000000-0000-0000-0000-000000000001', 'u', 't', 'p', 'b', 0, 0, 0);
+                     INSERT INTO provisioner_jobs (id, status, backend, created_at, updated_at)
+                          VALUES ('j1', 'pending', 'local', 0, 0), ('j2', 'succeeded', 'local', 0, 0),
+                                 ('j3', 'interrupted', 'local', 0, 0), ('j4', 'running', 'local', 0, 0);
+                     INSERT INTO workspace_builds (id, workspace_id, build_number, template_version_id, transition,
+                          reason, initiator_id, job_id, preset_id, is_prebuild, is_prebuild_claim, created_at, updated_at)
+                          VALUES ('b1', 'w1', 1, 'v', 'start', 'prebuild', 'u', 'j1', 'p', 1, 0, 0, 0),
+                                 ('b2', 'w2', 1, 'v', 'start', 'prebuild', 'u', 'j2', 'p', 1, 0, 0, 0),
+                                 ('b3', 'w2', 2, 'v', 'start', 'claim', 'u', 'j3', 'p', 0, 1, 0, 0),
+                                 ('b4', 'w2', 3, 'v', 'start', 'claim', 'u', 'j4', 'p', 0, 1, 0, 0);
+                     UPDATE provisioner_jobs SET status = 'running' WHERE id = 'j1';
+                     UPDATE provisioner_jobs SET status = 'failed' WHERE id IN ('j1', 'j4');
+                     UPDATE provisioner_jobs SET status = 'failed' WHERE id = 'j1';",
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let recount: [u64; 3] = store
+            .read_blocking(|conn| {
+                Ok(conn.query_row(
+                    "SELECT SUM(b.is_prebuild AND b.transition = 'start' AND b.build_number = 1),
+                            SUM(b.is_prebuild AND b.transition = 'start' AND j.status = 'failed'),
+                            COUNT(DISTINCT CASE WHEN b.is_prebuild_claim THEN b.workspace_id END)
+                       FROM workspace_builds b JOIN provisioner_jobs j ON j.id = b.job_id",
+                    [],
+                    |row| {
+                        let count = |i| row.get::<_, i64>(i).map(|n| n.unsigned_abs());
+                        Ok([count(0)?, count(1)?, count(2)?])
+                    },
+                )?)
+            })
+            .unwrap();
+        // Two created, the first one failed (once, however often its row is written), one
+        // workspace claimed (its claim build re-queued; the failed claim is not a prebuild).
+        assert_eq!(recount, [2, 1, 1]);
+        let totals = store.read_blocking(lifetime_counts).unwrap();
+        let key = ("default".to_owned(), "dev".to_owned(), "small".to_owned());
+        assert_eq!(totals, vec![(key, recount)]);
+    }
+
+    #[test]
     fn the_claim_query_uses_its_index() {
         let plan = crate::store::tests::query_plan(CLAIMABLE, ("u", "p", "v", 0));
         assert!(plan.iter().any(|step| step.contains("workspaces_claimable")), "{plan:?}");

@@ -43,7 +43,8 @@ fn the_daemon_speaks_sd_notify_and_its_watchdog_tracks_the_loops() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let messages = listen(UnixDatagram::bind(&socket_path).unwrap());
-    // The reconciler's first cycle (3 s after start) must write: a template with a pool.
+    // The reconciler's cycle 3 s after start must write: the reload below grows the pool
+    // (the cycle at start already filled the first one, and an unchanged pool writes nothing).
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nloop_stall_timeout = \"2s\"\n\
          [storage]\ndata_dir = {:?}\nbusy_timeout = \"60s\"\n[log]\nformat = \"json\"\n\
@@ -69,6 +70,7 @@ fn the_daemon_speaks_sd_notify_and_its_watchdog_tracks_the_loops() {
     assert!(ready_at > started);
 
     // Reload: RELOADING (with the monotonic time systemd wants), then READY again.
+    write_config(dir.path(), &config.replace("instances = 1", "instances = 2"));
     daemon.signal(Signal::SIGHUP);
     let (_, reloading) = next(&messages, "RELOADING=1");
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
