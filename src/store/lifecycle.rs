@@ -22,32 +22,37 @@ use crate::store::time::{from_millis, to_millis};
 /// TTL, inactive past time-til-dormant, or dormant past `deleting_at`. A superset: the
 /// executor re-checks each. (`CROSS JOIN` fixes the join order: SQLite then walks the few
 /// suspended users and dormancy templates and looks their workspaces up by index, instead
-/// of scanning the fleet.)
-pub fn candidates(conn: &Connection, tick: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id FROM workspaces
+/// of scanning the fleet. `UNION ALL`, deduplicated here: a `UNION` is planned as a merge
+/// that reads each branch in id order, which made one branch walk the whole table.)
+const CANDIDATES: &str = "SELECT id FROM workspaces
           WHERE deleted = 0 AND latest_deadline IS NOT NULL AND latest_deadline <= ?1 AND owner_id <> ?2
-         UNION
+         UNION ALL
          SELECT w.id FROM users u CROSS JOIN workspaces w ON w.owner_id = u.id
           WHERE u.status = 'suspended' AND w.deleted = 0 AND w.latest_transition = 'start'
-         UNION
+         UNION ALL
          SELECT id FROM workspaces
           WHERE deleted = 0 AND next_start_at IS NOT NULL AND next_start_at <= ?1
-         UNION
+         UNION ALL
          SELECT w.id FROM workspaces w JOIN templates t ON t.id = w.template_id
           WHERE w.deleted = 0 AND w.latest_job_status = 'failed' AND t.failure_ttl_s > 0
             AND w.latest_job_completed_at < ?1 - t.failure_ttl_s * 1000
-         UNION
+         UNION ALL
          SELECT w.id FROM templates t CROSS JOIN workspaces w ON w.template_id = t.id
           WHERE t.time_til_dormant_s > 0 AND w.deleted = 0 AND w.dormant_at IS NULL
             AND w.last_used_at < ?1 - t.time_til_dormant_s * 1000 AND w.owner_id <> ?2
-         UNION
+         UNION ALL
          SELECT id FROM workspaces
-          WHERE deleted = 0 AND deleting_at IS NOT NULL AND deleting_at < ?1",
-    )?;
+          WHERE deleted = 0 AND deleting_at IS NOT NULL AND deleting_at < ?1";
+
+/// The ids `CANDIDATES` finds at `tick`, each once, in id order.
+pub fn candidates(conn: &Connection, tick: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    let mut statement = conn.prepare_cached(CANDIDATES)?;
     let rows =
         statement.query_map(params![to_millis(tick), PREBUILDS_USER_ID], |row| row.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut ids: Vec<String> = rows.collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Recomputes when the workspace's autostart next fires: only for a stopped (not failed)
@@ -269,4 +274,30 @@ pub fn set_ttl(
         params![workspace_id, ttl_s],
     )?;
     Ok(changed > 0)
+}
+
+#[cfg(test)]
+mod plan_tests {
+    /// The bundled SQLite's plan of the candidate query: every branch looks its rows up
+    /// by the index that makes its cost follow what is due (a `UNION` was planned as a
+    /// merge that walked the whole primary key for failed starts).
+    #[test]
+    fn every_candidate_branch_uses_its_index() {
+        let plan = crate::store::tests::query_plan(super::CANDIDATES, (0i64, "p"));
+        for index in [
+            "workspaces_live_deadline",
+            "workspaces_live_owner_template",
+            "workspaces_live_next_start",
+            "workspaces_live_failed_start",
+            "workspaces_live_template_last_used",
+            "workspaces_live_deleting",
+        ] {
+            assert!(plan.iter().any(|step| step.contains(index)), "{index} unused: {plan:#?}");
+        }
+        for step in &plan {
+            let scans_workspaces = step.starts_with("SCAN w") && !step.contains("workspaces_live_");
+            assert!(!scans_workspaces, "a fleet scan: {step} in {plan:#?}");
+            assert!(!step.contains("TEMP B-TREE"), "a sort: {step} in {plan:#?}");
+        }
+    }
 }
