@@ -28,12 +28,13 @@ pub struct Serve {
 }
 
 impl Serve {
-    pub fn start(config: &Path) -> Result<Serve, BenchError> {
+    pub fn start(config: &Path, data_dir: &Path) -> Result<Serve, BenchError> {
         let exe = std::env::current_exe().map_err(io("cannot find this executable"))?;
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(config)
             .env("WORKSPACED_SERVER__LISTEN", "127.0.0.1:0")
+            .env("WORKSPACED_STORAGE__DATA_DIR", data_dir)
             .env("WORKSPACED_LOG__FORMAT", "json")
             .env("WORKSPACED_LOG__LEVEL", "info")
             .env("WORKSPACED_RECONCILER__INTERVAL", "1s")

@@ -95,8 +95,11 @@ pub fn run(args: &RunArgs) -> Result<Value, BenchError> {
     let info: SeedInfo = serde_json::from_str(&text)
         .map_err(|e| BenchError::Input(format!("{}: {e}", info_path.display())))?;
     let config_path = args.dir.join("workspaced.toml");
-    let config = crate::config::load(&ConfigSource::resolve(Some(&config_path)))
+    let mut config = crate::config::load(&ConfigSource::resolve(Some(&config_path)))
         .map_err(|e| BenchError::Run(e.to_string()))?;
+    // The directory's own data, also when it was copied from where it was seeded.
+    let data_dir = args.dir.join("data");
+    config.storage.data_dir = data_dir.clone();
     let iterations = args.iterations.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -107,7 +110,7 @@ pub fn run(args: &RunArgs) -> Result<Value, BenchError> {
     drop(runtime);
     let token_path = args.dir.join("token");
     let token = std::fs::read_to_string(&token_path).map_err(|e| BenchError::io(&token_path, e))?;
-    let serve = Serve::start(&config_path)?;
+    let serve = Serve::start(&config_path, &data_dir)?;
     rows.extend(serve_rows(&serve, &info, args.cycles.max(1), iterations)?);
     rows.push(claims(&serve, &info, token.trim(), args.clients.max(1), args.claims)?);
     drop(serve);
@@ -294,6 +297,8 @@ fn claims(
 ) -> Result<Row, BenchError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = Arc::new(AtomicUsize::new(0));
+    // Names unique to this run, so a second run on the same directory claims again.
+    let run_id = std::process::id();
     let started = Instant::now();
     let mut threads = Vec::new();
     for _ in 0..clients {
@@ -309,7 +314,7 @@ fn claims(
                 }
                 let name = &names[n % names.len()];
                 let (template, preset) = name.split_once('/').unwrap_or((name, ""));
-                let body = json!({ "template": template, "preset": preset, "name": format!("bench-claim-{n}") });
+                let body = json!({ "template": template, "preset": preset, "name": format!("bench-claim-{run_id}-{n}") });
                 let begun = Instant::now();
                 let (status, answer) =
                     connection.request("POST", "/api/v1/workspaces", &token, &body.to_string())?;
